@@ -1,0 +1,401 @@
+"""``AuditClient``: the SDK backend services embed to log security events.
+
+    client = AuditClient("ingest:50051", source_service="payments")
+    client.log("payment.refund", user_id="u1", organization_id="o1", wedding_id="w1",
+               severity=pb.P1_HIGH, outcome=pb.OUTCOME_SUCCESS)
+    client.flush()          # wait until everything logged so far is acknowledged
+    client.close()
+
+``log()`` never touches the network: it appends a tuple to an in-memory buffer and returns the
+event id (client-made: a random producer prefix plus a sequence number, the idempotency key).
+A background thread with its own event loop turns the buffer into batches (by size and time;
+P0 events are sent at once, ahead of others) and sends them over one or more bidi streams to
+ingest. Every batch is kept until its ack arrives; after a broken stream or a RETRY ack it is
+resent unchanged (same event ids), with jittered backoff. Per-event rejections go to the
+``on_rejected`` callback (called on the SDK thread) and to the counters in :class:`ClientStats`.
+
+Bounds: at most ``max_pending_events`` events and ``max_pending_bytes`` bytes wait in the SDK.
+Past that, ``log()`` drops non-critical events (counted in ``dropped``, warned once per
+interval); P0_CRITICAL events are never dropped.
+
+The client is safe to use from any number of threads and from asyncio code (``log`` never
+blocks; use ``aflush``/``aclose`` in coroutines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+
+__all__ = ["AuditClient", "ClientStats"]
+
+log = logging.getLogger("auditmesh.client")
+_P0 = pb.P0_CRITICAL
+_DROP_WARN_INTERVAL_S = 10.0
+_Item = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """Counters since the client started. ``pending`` = logged but not yet settled."""
+
+    logged: int
+    acked: int
+    rejected: int
+    resent: int
+    dropped: int
+    pending: int
+    reconnects: int
+
+
+class _Batch:
+    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "size")
+
+    def __init__(self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None]) -> None:
+        self.msg = msg
+        self.count = len(msg.events)
+        self.size = msg.ByteSize()
+        self.critical = critical
+        self.first_ns = first_ns
+        self.done = done
+        self.attempts = 0
+
+
+class AuditClient:
+    """Non-blocking, batching, at-least-once audit event producer."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        source_service: str = "",
+        batch_size: int = 500,
+        linger_ms: float = 20.0,
+        streams: int = 1,
+        max_pending_events: int = 200_000,
+        max_pending_bytes: int = 128 * 1024 * 1024,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        batches_in_flight: int = 32,
+        on_rejected: Callable[[pb.Rejection], None] | None = None,
+        record_ack_latency: bool = False,
+    ) -> None:
+        self.target = target
+        self._source = source_service
+        self._batch_size = batch_size
+        self._linger_s = linger_ms / 1000
+        self._streams = streams
+        self._max_events = max_pending_events
+        self._max_bytes = max_pending_bytes
+        self._max_batch_bytes = max_batch_bytes
+        self._window = batches_in_flight
+        self._on_rejected = on_rejected
+        self._prefix = os.urandom(8).hex() + "-"
+        self._seq = itertools.count(1)
+        self._normal: deque[_Item] = deque()
+        self._critical: deque[_Item] = deque()
+        self._woken = False
+        self._closing = False
+        self._unsettled_events = 0
+        self._unsettled_bytes = 0
+        self._open: set[_Batch] = set()
+        self._batch_ids = itertools.count(1)
+        self.ack_latency_ns: list[int] | None = [] if record_ack_latency else None
+        self._acked = self._rejected = self._resent = self._dropped = self._reconnects = 0
+        self._last_drop_warning = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._thread_main, name="auditmesh-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    # ---- the caller's side -------------------------------------------------------------------
+
+    def log(
+        self,
+        event_type: str,
+        *,
+        user_id: str,
+        organization_id: str = "",
+        wedding_id: str = "",
+        severity: int = pb.P2_MEDIUM,
+        outcome: int = pb.OUTCOME_SUCCESS,
+        resource_type: str = "",
+        resource_id: str = "",
+        source_ip: str = "",
+        attributes: Mapping[str, str] | None = None,
+        event_id: str | None = None,
+        occurred_at_ns: int | None = None,
+    ) -> str:
+        """Queue one event and return its id; never blocks, never raises for load."""
+        seq = next(self._seq)
+        if event_id is None:
+            event_id = f"{self._prefix}{seq:x}"
+        item = (event_id, occurred_at_ns or time.time_ns(), event_type, user_id, organization_id, wedding_id,
+                severity, outcome, resource_type, resource_id, source_ip, attributes)
+        if severity == _P0:
+            self._critical.append(item)
+            self._wake()
+        elif len(self._normal) + self._unsettled_events >= self._max_events:
+            self._drop()
+        else:
+            self._normal.append(item)
+            if len(self._normal) >= self._batch_size and not self._woken:
+                self._wake()
+        return event_id
+
+    def log_event(self, event: pb.Event) -> str:
+        """Queue a ready-made Event (its event_id and occurred_at are kept when set)."""
+        ts = event.occurred_at
+        return self.log(
+            event.event_type, user_id=event.user_id, organization_id=event.organization_id,
+            wedding_id=event.wedding_id, severity=event.severity, outcome=event.outcome,
+            resource_type=event.resource_type, resource_id=event.resource_id, source_ip=event.source_ip,
+            attributes=dict(event.attributes) or None, event_id=event.event_id or None,
+            occurred_at_ns=(ts.seconds * 1_000_000_000 + ts.nanos) or None,
+        )
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every event logged before this call is acknowledged or rejected."""
+        future = self._submit(self._flush())
+        try:
+            future.result(timeout)
+            return True
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return False
+
+    async def aflush(self) -> None:
+        """``flush`` for coroutines; bound it with ``asyncio.timeout`` as needed."""
+        await asyncio.wrap_future(self._submit(self._flush()))
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Flush, then stop the background thread. Returns False if events were left unacked."""
+        if self._closing:
+            return True
+        flushed = self.flush(timeout)
+        self._closing = True
+        if self._loop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._thread.join(10)
+        return flushed
+
+    async def aclose(self) -> bool:
+        """``close`` for coroutines, without blocking the caller's event loop."""
+        return await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> AuditClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> ClientStats:
+        logged = next(self._seq) - 1
+        return ClientStats(
+            logged=logged, acked=self._acked, rejected=self._rejected, resent=self._resent,
+            dropped=self._dropped, pending=len(self._normal) + len(self._critical) + self._unsettled_events,
+            reconnects=self._reconnects,
+        )
+
+    def _wake(self) -> None:
+        self._woken = True
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    def _drop(self) -> None:
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_warning >= _DROP_WARN_INTERVAL_S:
+            self._last_drop_warning = now
+            log.warning("audit buffer full (%d events pending): %d non-critical events dropped so far",
+                        self._max_events, self._dropped)
+
+    def _submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    # ---- the SDK thread ----------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        import uvloop
+
+        uvloop.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._outbox: asyncio.PriorityQueue[tuple[int, int, _Batch]] = asyncio.PriorityQueue()
+        self._ready.set()
+        workers = [asyncio.create_task(self._stream_worker()) for _ in range(self._streams)]
+        batcher = asyncio.create_task(self._batcher())
+        await self._stop_event.wait()
+        for task in [batcher, *workers]:
+            task.cancel()
+        await asyncio.gather(batcher, *workers, return_exceptions=True)
+
+    async def _batcher(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._linger_s)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            self._woken = False
+            self._drain(force=False)
+
+    def _drain(self, *, force: bool) -> None:
+        """Turn buffered events into batches on the outbox; critical ones first."""
+        while self._critical:
+            self._enqueue(self._build(self._critical, critical=True))
+        while self._normal and (force or self._unsettled_bytes < self._max_bytes):
+            self._enqueue(self._build(self._normal, critical=False))
+
+    def _build(self, source: deque[_Item], *, critical: bool) -> _Batch:
+        msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}")
+        add = msg.events.add
+        size = 0
+        first_ns = 0
+        source_service = self._source
+        while source and len(msg.events) < self._batch_size and size < self._max_batch_bytes:
+            (event_id, ns, event_type, user_id, org, wedding, severity, outcome,
+             resource_type, resource_id, source_ip, attributes) = source.popleft()
+            ev = add(event_id=event_id, event_type=event_type, user_id=user_id, organization_id=org,
+                     wedding_id=wedding, severity=severity, outcome=outcome, resource_type=resource_type,
+                     resource_id=resource_id, source_ip=source_ip, source_service=source_service)
+            ev.occurred_at.seconds, ev.occurred_at.nanos = divmod(ns, 1_000_000_000)
+            if attributes:
+                ev.attributes.update(attributes)
+            first_ns = first_ns or ns
+            size += ev.ByteSize()
+        assert self._loop is not None
+        return _Batch(msg, critical, first_ns, self._loop.create_future())
+
+    def _enqueue(self, batch: _Batch) -> None:
+        self._open.add(batch)
+        self._unsettled_events += batch.count
+        self._unsettled_bytes += batch.size
+        self._outbox.put_nowait((0 if batch.critical else 1, next(self._batch_ids), batch))
+
+    def _requeue(self, batch: _Batch) -> None:
+        if batch in self._open:
+            self._resent += batch.count
+            self._outbox.put_nowait((0 if batch.critical else 1, next(self._batch_ids), batch))
+
+    def _settle(self, batch: _Batch) -> None:
+        if batch not in self._open:
+            return
+        self._open.discard(batch)
+        self._unsettled_events -= batch.count
+        self._unsettled_bytes -= batch.size
+        if self.ack_latency_ns is not None:
+            self.ack_latency_ns.append(time.time_ns() - batch.first_ns)
+        if not batch.done.done():
+            batch.done.set_result(None)
+
+    async def _flush(self) -> None:
+        self._drain(force=True)
+        waits = [batch.done for batch in self._open]
+        if waits:
+            await asyncio.gather(*(asyncio.shield(w) for w in waits))
+
+    def _on_ack(self, ack: pb.BatchAck, in_flight: dict[str, _Batch]) -> None:
+        batch = in_flight.pop(ack.batch_id, None)
+        if batch is None:
+            return
+        if ack.status == pb.ACK_STATUS_RETRY:
+            assert self._loop is not None
+            delay = (ack.retry_after_ms or 100) / 1000 * random.uniform(0.8, 1.2)
+            self._loop.call_later(delay, self._requeue, batch)
+            return
+        if ack.status == pb.ACK_STATUS_REFUSED:
+            rejections = [
+                pb.Rejection(index=i, event_id=ev.event_id, field="", reason=ack.message)
+                for i, ev in enumerate(batch.msg.events)
+            ]
+        else:
+            rejections = list(ack.rejected)
+            self._acked += ack.accepted
+        self._rejected += len(rejections)
+        if self._on_rejected is not None:
+            for rejection in rejections:
+                try:
+                    self._on_rejected(rejection)
+                except Exception:
+                    log.exception("on_rejected callback failed")
+        self._settle(batch)
+
+    async def _stream_worker(self) -> None:
+        """Own one bidi stream at a time; on any failure resend its unacked batches elsewhere."""
+        backoff = [0.05]
+        while True:
+            in_flight: dict[str, _Batch] = {}
+            window = asyncio.Semaphore(self._window)
+            channel = grpc.aio.insecure_channel(
+                self.target,
+                options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
+                         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                         ("grpc.keepalive_time_ms", 10_000)],
+            )
+            call = pb_grpc.IngestServiceStub(channel).Stream()
+            reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff))
+            writer = asyncio.create_task(self._write_batches(call, in_flight, window))
+            try:
+                await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                outcome = await asyncio.gather(reader, writer, return_exceptions=True)
+                call.cancel()
+                await channel.close()
+                for batch in in_flight.values():
+                    self._requeue(batch)
+            errors = [r for r in outcome if isinstance(r, BaseException)
+                      and not isinstance(r, asyncio.CancelledError)]
+            reason = _describe(errors[0]) if errors else "stream closed by ingest"
+            log.info("stream to %s lost (%s); resending %d batches", self.target, reason, len(in_flight))
+            self._reconnects += 1
+            await asyncio.sleep(backoff[0] * random.uniform(0.5, 1.5))
+            backoff[0] = min(backoff[0] * 2, 5.0)
+
+    async def _read_acks(
+        self, call: Any, in_flight: dict[str, _Batch], window: asyncio.Semaphore, backoff: list[float]
+    ) -> None:
+        async for ack in call:
+            backoff[0] = 0.05
+            self._on_ack(ack, in_flight)
+            window.release()
+
+    async def _write_batches(self, call: Any, in_flight: dict[str, _Batch], window: asyncio.Semaphore) -> None:
+        while True:
+            await window.acquire()
+            _, _, batch = await self._outbox.get()
+            if batch not in self._open:
+                window.release()
+                continue
+            in_flight[batch.msg.batch_id] = batch  # from here a lost stream resends it
+            batch.attempts += 1
+            await call.write(batch.msg)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,64 @@
+"""The Cassandra schema, created idempotently once per deployment (``auditmesh schema``).
+
+Why this shape:
+- ``events_by_wedding``: one partition per (wedding, day bucket), rows newest first by
+  (occurred_at, event_id). A day of one wedding stays far below 100k rows / 100 MB.
+- ``events_by_user``: every event again, one partition per (user, day bucket); events without a
+  wedding live only here. A storage-attached index on ``event_id`` serves ``GetEvent``.
+- ``partitions``: which day buckets hold data for a wedding or user, so a search visits only
+  non-empty partitions, newest first, and stops when its page is full.
+- ``wedding_calendar``: wedding dates and time zones, for priority and forecasts.
+The event itself is stored once per row as serialized protobuf (``payload``); the columns beside
+it are those that queries filter on. Time-window compaction and a TTL fit append-only audit data.
+"""
+
+from __future__ import annotations
+
+from cassandra.cluster import Session
+
+from auditmesh.config import StoreConfig
+
+__all__ = ["create_schema", "statements"]
+
+_EVENT_COLUMNS = """
+    occurred_at timestamp,
+    event_id text,
+    severity tinyint,
+    outcome tinyint,
+    event_type text,
+    organization_id text,
+    payload blob"""
+
+
+def statements(cfg: StoreConfig) -> list[str]:
+    ttl = cfg.retention_days * 86400
+    ks = cfg.keyspace
+    table_opts = (
+        "WITH CLUSTERING ORDER BY (occurred_at DESC, event_id DESC)"
+        " AND compaction = {'class': 'TimeWindowCompactionStrategy',"
+        " 'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}"
+        f" AND default_time_to_live = {ttl} AND gc_grace_seconds = 86400"
+    )
+    return [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+        f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_wedding (
+    wedding_id text, bucket int, user_id text,{_EVENT_COLUMNS},
+    PRIMARY KEY ((wedding_id, bucket), occurred_at, event_id)) {table_opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_user (
+    user_id text, bucket int, wedding_id text,{_EVENT_COLUMNS},
+    PRIMARY KEY ((user_id, bucket), occurred_at, event_id)) {table_opts}""",
+        f"CREATE CUSTOM INDEX IF NOT EXISTS events_by_user_event_id ON {ks}.events_by_user (event_id) "
+        "USING 'StorageAttachedIndex'",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.partitions (
+    scope text, key text, bucket int, PRIMARY KEY ((scope, key), bucket))
+    WITH CLUSTERING ORDER BY (bucket DESC) AND default_time_to_live = {ttl}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.wedding_calendar (
+    wedding_id text PRIMARY KEY, wedding_date date, timezone text)""",
+    ]
+
+
+def create_schema(session: Session, cfg: StoreConfig) -> None:
+    """Create the keyspace and tables when missing; harmless when they exist."""
+    for stmt in statements(cfg):
+        session.execute(stmt, timeout=120)

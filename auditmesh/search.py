@@ -1,0 +1,193 @@
+"""Search planning: which partitions to read, in which order, and signed page tokens.
+
+A search reads the ``partitions`` index once, then visits only non-empty day buckets newest
+first, reading each with keyset pagination on (occurred_at, event_id) and filtering rows on
+their columns; it stops as soon as a page is full. The page token records where the page ended
+and is bound by an HMAC to the search it came from, so it cannot be edited into another
+wedding's (or filter's) data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from auditmesh.errors import InvalidRequest
+from auditmesh.store import DAY_MS, Row
+from auditpb.v1 import audit_pb2 as pb
+
+__all__ = ["Cursor", "RowSource", "SearchSpec", "TokenSigner", "pages"]
+
+DEFAULT_WINDOW_MS = 30 * DAY_MS
+MAX_WINDOW_MS = 400 * DAY_MS
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_PAGES = 100
+
+
+class RowSource(Protocol):
+    async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]: ...
+
+    async def rows(
+        self,
+        scope: str,
+        key: str,
+        bucket: int,
+        *,
+        end_ms: int,
+        start_ms: int,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[Row]: ...
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A validated search: the partition key, the range and the row filters."""
+
+    scope: str
+    key: str
+    start_ms: int
+    end_ms: int
+    event_types: frozenset[str]
+    min_severity: int
+    outcome: int
+    organization_id: str
+    page_size: int
+
+    @classmethod
+    def from_request(cls, req: pb.SearchRequest, now_ms: int | None = None) -> SearchSpec:
+        if bool(req.wedding_id) == bool(req.user_id):
+            raise InvalidRequest("wedding_id", "give exactly one of wedding_id and user_id")
+        if req.min_severity not in pb.Severity.values():
+            raise InvalidRequest("min_severity", f"unknown severity {req.min_severity}")
+        if req.outcome not in pb.Outcome.values():
+            raise InvalidRequest("outcome", f"unknown outcome {req.outcome}")
+        if req.page_size > MAX_PAGE:
+            raise InvalidRequest("page_size", f"at most {MAX_PAGE}")
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        end_ms = _ms(req.end) if req.HasField("end") else now_ms + 1
+        start_ms = _ms(req.start) if req.HasField("start") else end_ms - DEFAULT_WINDOW_MS
+        if start_ms >= end_ms:
+            raise InvalidRequest("start", "start must be before end")
+        if end_ms - start_ms > MAX_WINDOW_MS:
+            raise InvalidRequest("start", f"range longer than {MAX_WINDOW_MS // DAY_MS} days")
+        scope, key = ("w", req.wedding_id) if req.wedding_id else ("u", req.user_id)
+        return cls(
+            scope=scope,
+            key=key,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            event_types=frozenset(req.event_types),
+            min_severity=req.min_severity,
+            outcome=req.outcome,
+            organization_id=req.organization_id,
+            page_size=req.page_size or DEFAULT_PAGE,
+        )
+
+    def fingerprint(self) -> str:
+        """What a page token is bound to: everything but the page size."""
+        parts = [
+            self.scope,
+            self.key,
+            str(self.start_ms),
+            str(self.end_ms),
+            *sorted(self.event_types),
+            str(self.min_severity),
+            str(self.outcome),
+            self.organization_id,
+        ]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+    def matches(self, row: Row) -> bool:
+        if self.event_types and row.event_type not in self.event_types:
+            return False
+        if self.min_severity and row.severity > self.min_severity:
+            return False
+        if self.outcome and row.outcome != self.outcome:
+            return False
+        return not (self.organization_id and row.organization_id != self.organization_id)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the previous page ended: its bucket and last (occurred_ms, event_id)."""
+
+    bucket: int
+    occurred_ms: int
+    event_id: str
+
+
+class TokenSigner:
+    """Encodes cursors as opaque tokens, signed and bound to one search."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _sig(self, body: bytes) -> str:
+        return base64.urlsafe_b64encode(hmac.new(self._key, body, hashlib.sha256).digest()[:18]).decode()
+
+    def encode(self, spec: SearchSpec, cursor: Cursor) -> str:
+        body = json.dumps(
+            [spec.fingerprint(), cursor.bucket, cursor.occurred_ms, cursor.event_id], separators=(",", ":")
+        ).encode()
+        return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + self._sig(body)
+
+    def decode(self, spec: SearchSpec, token: str) -> Cursor:
+        try:
+            encoded, sig = token.split(".", 1)
+            body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except (ValueError, TypeError):
+            raise InvalidRequest("page_token", "malformed") from None
+        if not hmac.compare_digest(self._sig(body), sig):
+            raise InvalidRequest("page_token", "bad signature")
+        fingerprint, bucket, occurred, event_id = json.loads(body)
+        if fingerprint != spec.fingerprint():
+            raise InvalidRequest("page_token", "belongs to a different search")
+        return Cursor(int(bucket), int(occurred), str(event_id))
+
+
+async def pages(
+    source: RowSource, spec: SearchSpec, cursor: Cursor | None
+) -> AsyncIterator[tuple[list[Row], Cursor | None]]:
+    """Yield full pages newest first, each with the cursor after it; the last has cursor None."""
+    newest = (spec.end_ms - 1) // DAY_MS
+    if cursor is not None:
+        newest = min(newest, cursor.bucket)
+    buckets = await source.buckets(spec.scope, spec.key, newest, spec.start_ms // DAY_MS)
+    page: list[Row] = []
+    fetch = spec.page_size
+    for bucket in buckets:
+        after = (cursor.occurred_ms, cursor.event_id) if cursor and cursor.bucket == bucket else None
+        while True:
+            rows = await source.rows(
+                spec.scope,
+                spec.key,
+                bucket,
+                end_ms=spec.end_ms,
+                start_ms=spec.start_ms,
+                after=after,
+                limit=fetch,
+            )
+            for row in rows:
+                if spec.matches(row):
+                    page.append(row)
+                    if len(page) == spec.page_size:
+                        yield page, Cursor(bucket, row.occurred_ms, row.event_id)
+                        page = []
+            if len(rows) < fetch:
+                break
+            after = (rows[-1].occurred_ms, rows[-1].event_id)
+    yield page, None
+
+
+def _ms(ts: object) -> int:
+    seconds = getattr(ts, "seconds", 0)
+    nanos = getattr(ts, "nanos", 0)
+    return int(seconds) * 1000 + int(nanos) // 1_000_000

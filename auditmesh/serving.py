@@ -1,0 +1,173 @@
+"""What every service process shares: server construction with health checking and reflection,
+the bidi "read many, answer as each completes" loop, error-to-status mapping, and a main loop
+that stops gracefully on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import uvloop
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from auditmesh.errors import AuditError, InvalidRequest, Overloaded, PermanentError, RetryableError
+from auditpb.v1 import audit_pb2  # noqa: F401  (registers auditpb in the pool reflection serves)
+
+__all__ = ["abort_with", "create_server", "respond_concurrently", "retry_after_ms", "run_service", "status_of"]
+
+log = logging.getLogger("auditmesh")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def create_server(
+    handlers: Iterable[grpc.GenericRpcHandler],
+    service_names: Iterable[str],
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    max_message_bytes: int = 8 * 1024 * 1024,
+    reuse_port: bool = False,
+) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """A server with the given handlers plus gRPC health checking and reflection, bound to port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ]
+    )
+    server.add_generic_rpc_handlers(tuple(handlers))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    for name in names:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    return server, bound, health_servicer
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:
+    """The gRPC status code, message and retry delay (ms, 0 for none) for an error."""
+    if isinstance(exc, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), 0
+    if isinstance(exc, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_ms
+    if isinstance(exc, RetryableError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc), exc.retry_after_ms
+    if isinstance(exc, PermanentError | AuditError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc), 0
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", 0
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    """End the call with the status for ``exc``; retryable errors carry google.rpc.RetryInfo."""
+    code, message, retry_ms = status_of(exc)
+    if retry_ms:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(retry_ms)
+        status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+        status.details.add().Pack(info)
+        await context.abort_with_status(rpc_status.to_status(status))
+    await context.abort(code, message)
+    raise AssertionError("unreachable")
+
+
+def retry_after_ms(error: grpc.RpcError) -> int:
+    """The RetryInfo delay a server attached to an error, or 0."""
+    if not isinstance(error, grpc.Call):
+        return 0
+    status = rpc_status.from_call(error)
+    if status is None:
+        return 0
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return int(info.retry_delay.ToMilliseconds())
+    return 0
+
+
+async def respond_concurrently(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req], Awaitable[Resp | None]],
+    *,
+    max_in_flight: int = 64,
+) -> AsyncIterator[Resp]:
+    """Read requests while earlier ones are still being handled; yield each answer when ready.
+
+    At most ``max_in_flight`` requests are handled at once; past that the stream is not read,
+    which pushes back on the sender through HTTP/2 flow control. Errors reading the stream end it after the
+    answers already under way have been sent.
+    """
+    answers: asyncio.Queue[Resp | None] = asyncio.Queue()
+    pending: set[asyncio.Task[None]] = set()
+    reader_error: list[BaseException] = []
+
+    slots = asyncio.Semaphore(max_in_flight)
+
+    async def one(request: Req) -> None:
+        try:
+            answer = await handle(request)
+        finally:
+            slots.release()
+        if answer is not None:
+            answers.put_nowait(answer)
+
+    async def reader() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()
+                task = asyncio.ensure_future(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except BaseException as exc:  # noqa: BLE001 - surfaced after in-flight answers
+            reader_error.append(exc)
+        finally:
+            if pending:
+                await asyncio.gather(*list(pending), return_exceptions=True)
+            answers.put_nowait(None)
+
+    read_task = asyncio.ensure_future(reader())
+    try:
+        while True:
+            answer = await answers.get()
+            if answer is None:
+                break
+            yield answer
+        if reader_error and not isinstance(reader_error[0], asyncio.CancelledError):
+            raise reader_error[0]
+    finally:
+        read_task.cancel()
+        for task in list(pending):
+            task.cancel()
+
+
+def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` on uvloop; ``stop`` is set by SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(wrapper())

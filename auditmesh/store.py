@@ -1,0 +1,297 @@
+"""Cassandra adapter: the only module that talks to cassandra-driver.
+
+Writes are idempotent by (partition, occurred_at, event_id): a resent event lands on the same
+row. Driver exceptions are translated here, once: connection trouble and timeouts become
+:class:`StoreUnavailable` (retryable), anything else :class:`PermanentError`.
+The driver is callback based; :meth:`EventStore._run` joins many statements into one asyncio
+future with a single cross-thread wake-up per call, not one per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from cassandra import ConsistencyLevel, OperationTimedOut, Timeout, Unavailable
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
+from cassandra.connection import ConnectionException
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement, BatchType
+
+from auditmesh.config import StoreConfig
+from auditmesh.errors import PermanentError, StoreUnavailable
+from auditmesh.priority import CalendarEntry
+from auditpb.v1 import audit_pb2 as pb
+
+__all__ = ["DAY_MS", "EventStore", "Row", "WriteStats", "bucket_of", "occurred_ms"]
+
+DAY_MS = 86_400_000
+_BATCH_ROWS = 100
+_KNOWN_PARTITIONS = 100_000
+_RETRYABLE = (NoHostAvailable, OperationTimedOut, Timeout, Unavailable, ConnectionException, OSError)
+
+
+def occurred_ms(ev: pb.Event) -> int:
+    """The clustering time of an event: occurred_at in whole milliseconds."""
+    ts = ev.occurred_at
+    return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+def bucket_of(ms: int) -> int:
+    """Day bucket (days since the Unix epoch, UTC) of a millisecond timestamp."""
+    return ms // DAY_MS
+
+
+class Row(NamedTuple):
+    """One stored event as read for a search: clustering key, filter columns, payload."""
+
+    occurred_ms: int
+    event_id: str
+    severity: int
+    outcome: int
+    event_type: str
+    organization_id: str
+    payload: bytes
+
+
+@dataclass
+class WriteStats:
+    statements: int
+    partitions: int
+
+
+def _translate(exc: BaseException) -> Exception:
+    if isinstance(exc, _RETRYABLE):
+        return StoreUnavailable(f"cassandra: {type(exc).__name__}: {exc}"[:500])
+    return PermanentError(f"cassandra: {type(exc).__name__}: {exc}"[:500])
+
+
+class EventStore:
+    """Reads and writes audit events; one per process, shared by its tasks."""
+
+    def __init__(self, cluster: Cluster, session: Session, cfg: StoreConfig) -> None:
+        self._cluster = cluster
+        self._session = session
+        self._cfg = cfg
+        ks = cfg.keyspace
+        cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
+        p = session.prepare
+        self._ins_wedding = p(
+            f"INSERT INTO {ks}.events_by_wedding (wedding_id, bucket, user_id, {cols})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._ins_user = p(
+            f"INSERT INTO {ks}.events_by_user (user_id, bucket, wedding_id, {cols})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._ins_partition = p(f"INSERT INTO {ks}.partitions (scope, key, bucket) VALUES (?, ?, ?)")
+        self._sel_buckets = p(
+            f"SELECT bucket FROM {ks}.partitions WHERE scope = ? AND key = ? AND bucket <= ? AND bucket >= ?"
+        )
+        select = f"SELECT {cols} FROM {ks}"
+        self._sel_rows: dict[str, Any] = {}
+        self._sel_rows_after: dict[str, Any] = {}
+        for scope, table, key in (("w", "events_by_wedding", "wedding_id"), ("u", "events_by_user", "user_id")):
+            self._sel_rows[scope] = p(
+                f"{select}.{table} WHERE {key} = ? AND bucket = ? AND occurred_at < ? AND occurred_at >= ? LIMIT ?"
+            )
+            self._sel_rows_after[scope] = p(
+                f"{select}.{table} WHERE {key} = ? AND bucket = ?"
+                " AND (occurred_at, event_id) < (?, ?) AND (occurred_at) >= (?) LIMIT ?"
+            )
+        self._sel_by_id = p(f"SELECT payload FROM {ks}.events_by_user WHERE event_id = ? LIMIT 1")
+        self._sel_calendar = p(f"SELECT wedding_id, wedding_date, timezone FROM {ks}.wedding_calendar")
+        self._ins_calendar = p(
+            f"INSERT INTO {ks}.wedding_calendar (wedding_id, wedding_date, timezone) VALUES (?, ?, ?)"
+        )
+        self._known: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._consistency = ConsistencyLevel.name_to_value[cfg.consistency]
+
+    @classmethod
+    def connect(cls, cfg: StoreConfig, *, executor_threads: int = 2) -> EventStore:
+        """Connect to the cluster and prepare statements (the schema must exist)."""
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+            consistency_level=ConsistencyLevel.name_to_value[cfg.consistency],
+            request_timeout=10.0,
+        )
+        cluster = Cluster(
+            list(cfg.hosts),
+            port=cfg.port,
+            protocol_version=5,
+            executor_threads=executor_threads,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=5,
+            control_connection_timeout=5,
+        )
+        try:
+            session = cluster.connect()
+            return cls(cluster, session, cfg)
+        except Exception as exc:
+            cluster.shutdown()
+            raise _translate(exc) from exc
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    def close(self) -> None:
+        self._cluster.shutdown()
+
+    async def _run(self, statements: Sequence[Any], *, fetch: bool = False) -> list[Any]:
+        """Execute statements concurrently; return their rows (when ``fetch``) in order."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        results: list[Any] = [None] * len(statements)
+        if not statements:
+            return results
+        lock = threading.Lock()
+        left = [len(statements)]
+        first_error: list[BaseException] = []
+
+        def settle(index: int, value: Any, error: BaseException | None) -> None:
+            with lock:
+                if error is not None and not first_error:
+                    first_error.append(error)
+                results[index] = value
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                loop.call_soon_threadsafe(_finish, done, first_error[0] if first_error else None)
+
+        for index, stmt in enumerate(statements):
+            try:
+                future = self._session.execute_async(stmt, timeout=10.0)
+            except Exception as exc:
+                settle(index, None, exc)
+                continue
+            future.add_callbacks(
+                lambda rows, i=index: settle(i, rows if fetch else None, None),
+                lambda exc, i=index: settle(i, None, exc),
+            )
+        try:
+            await done
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return results
+
+    async def write(self, events: Iterable[pb.Event]) -> WriteStats:
+        """Durably write events to both tables and note their partitions; idempotent."""
+        by_wedding: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        by_user: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        for ev in events:
+            ms = occurred_ms(ev)
+            bucket = ms // DAY_MS
+            common = (
+                ms,
+                ev.event_id,
+                ev.severity,
+                ev.outcome,
+                ev.event_type,
+                ev.organization_id,
+                ev.SerializeToString(),
+            )
+            wedding = ev.wedding_id
+            if wedding:
+                by_wedding.setdefault((wedding, bucket), []).append((wedding, bucket, ev.user_id, *common))
+            by_user.setdefault((ev.user_id, bucket), []).append((ev.user_id, bucket, wedding, *common))
+        statements: list[Any] = []
+        fresh: list[tuple[str, str, int]] = []
+        for scope, groups, prepared in (("w", by_wedding, self._ins_wedding), ("u", by_user, self._ins_user)):
+            for (key, bucket), rows in groups.items():
+                self._group(statements, prepared, rows)
+                marker = (scope, key, bucket)
+                if marker not in self._known:
+                    fresh.append(marker)
+                    statements.append(self._ins_partition.bind(marker))
+        await self._run(statements)
+        for marker in fresh:
+            self._known[marker] = None
+            if len(self._known) > _KNOWN_PARTITIONS:
+                self._known.popitem(last=False)
+        return WriteStats(statements=len(statements), partitions=len(by_wedding) + len(by_user))
+
+    def _group(self, out: list[Any], prepared: Any, rows: list[tuple[Any, ...]]) -> None:
+        if len(rows) == 1:
+            out.append(prepared.bind(rows[0]))
+            return
+        for start in range(0, len(rows), _BATCH_ROWS):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._consistency)
+            for row in rows[start : start + _BATCH_ROWS]:
+                batch.add(prepared, row)
+            out.append(batch)
+
+    async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:
+        """Day buckets holding data for a wedding ("w") or user ("u"), newest first."""
+        (rows,) = await self._run([self._sel_buckets.bind((scope, key, newest, oldest))], fetch=True)
+        return [r.bucket for r in rows]
+
+    async def rows(
+        self,
+        scope: str,
+        key: str,
+        bucket: int,
+        *,
+        end_ms: int,
+        start_ms: int,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[Row]:
+        """Rows of one partition with start_ms <= occurred < end_ms, newest first, after a cursor."""
+        if after is None:
+            stmt = self._sel_rows[scope].bind((key, bucket, end_ms, start_ms, limit))
+        else:
+            stmt = self._sel_rows_after[scope].bind((key, bucket, after[0], after[1], start_ms, limit))
+        (rows,) = await self._run([stmt], fetch=True)
+        return [
+            Row(
+                _ms(r.occurred_at),
+                r.event_id,
+                r.severity or 0,
+                r.outcome or 0,
+                r.event_type or "",
+                r.organization_id or "",
+                r.payload,
+            )
+            for r in rows
+        ]
+
+    async def get(self, event_id: str) -> bytes | None:
+        (rows,) = await self._run([self._sel_by_id.bind((event_id,))], fetch=True)
+        found = list(rows)
+        return bytes(found[0].payload) if found else None
+
+    async def calendar(self) -> list[CalendarEntry]:
+        (rows,) = await self._run([self._sel_calendar.bind(())], fetch=True)
+        return [CalendarEntry(r.wedding_id, r.wedding_date.date(), r.timezone or "UTC") for r in rows]
+
+    async def put_calendar(self, entries: Sequence[CalendarEntry]) -> None:
+        await self._run([self._ins_calendar.bind((e.wedding_id, e.wedding_date, e.timezone)) for e in entries])
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_ONE_MS = dt.timedelta(milliseconds=1)
+
+
+def _ms(value: dt.datetime) -> int:
+    return (value.replace(tzinfo=None) - _EPOCH) // _ONE_MS
+
+
+def _finish(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

@@ -1,0 +1,141 @@
+"""Per-event validation at the ingest edge.
+
+:func:`validate_batch` never raises for a bad event: it returns the indexes of the valid events
+and one :class:`~auditpb.v1.audit_pb2.Rejection` per bad one (field and reason), so valid
+neighbours are stored. Limits are configuration (:class:`Limits`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from auditmesh.config import Env
+from auditpb.v1 import audit_pb2 as pb
+
+__all__ = ["Limits", "validate_batch"]
+
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
+_ID = re.compile(r"[\x21-\x7e]+")
+_SEVERITIES = frozenset(v for v in pb.Severity.values() if v != pb.SEVERITY_UNSPECIFIED)
+_OUTCOMES = frozenset(v for v in pb.Outcome.values() if v != pb.OUTCOME_UNSPECIFIED)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one event and one batch may carry."""
+
+    max_batch_events: int = 2000
+    """Events per batch; more is RESOURCE_EXHAUSTED (AUDITMESH_MAX_BATCH_EVENTS)."""
+    max_message_bytes: int = 8 * 1024 * 1024
+    """Bytes per gRPC message; more is RESOURCE_EXHAUSTED (AUDITMESH_MAX_MESSAGE_BYTES)."""
+    max_id_len: int = 128
+    """Characters in event_id, wedding_id, organization_id, user_id (AUDITMESH_MAX_ID_LEN)."""
+    max_text_len: int = 256
+    """Characters in event_type, source and resource fields (AUDITMESH_MAX_TEXT_LEN)."""
+    max_attributes: int = 64
+    """Attributes per event (AUDITMESH_MAX_ATTRIBUTES)."""
+    max_attribute_bytes: int = 8192
+    """Bytes of all attribute keys and values of one event (AUDITMESH_MAX_ATTRIBUTE_BYTES)."""
+    max_past_s: int = 7 * 24 * 3600
+    """How old occurred_at may be, in seconds (AUDITMESH_MAX_PAST_S)."""
+    max_future_s: int = 300
+    """How far ahead of ingest's clock occurred_at may be, in seconds (AUDITMESH_MAX_FUTURE_S)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Limits:
+        e = Env(env)
+        return cls(
+            max_batch_events=e.integer("AUDITMESH_MAX_BATCH_EVENTS", cls.max_batch_events, minimum=1),
+            max_message_bytes=e.integer("AUDITMESH_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
+            max_id_len=e.integer("AUDITMESH_MAX_ID_LEN", cls.max_id_len, minimum=8),
+            max_text_len=e.integer("AUDITMESH_MAX_TEXT_LEN", cls.max_text_len, minimum=8),
+            max_attributes=e.integer("AUDITMESH_MAX_ATTRIBUTES", cls.max_attributes),
+            max_attribute_bytes=e.integer("AUDITMESH_MAX_ATTRIBUTE_BYTES", cls.max_attribute_bytes),
+            max_past_s=e.integer("AUDITMESH_MAX_PAST_S", cls.max_past_s),
+            max_future_s=e.integer("AUDITMESH_MAX_FUTURE_S", cls.max_future_s),
+        )
+
+
+def _check_event(ev: pb.Event, limits: Limits, now_s: int) -> tuple[str, str] | None:
+    """Return (field, reason) for the first problem of ``ev``, or None when it is valid."""
+    max_id = limits.max_id_len
+    event_id = ev.event_id
+    if not event_id:
+        return "event_id", "required"
+    if len(event_id) > max_id:
+        return "event_id", f"longer than {max_id} characters"
+    if not _ID.fullmatch(event_id):
+        return "event_id", "must be printable ASCII without spaces"
+    if not ev.user_id:
+        return "user_id", "required"
+    for name, value in (
+        ("user_id", ev.user_id),
+        ("wedding_id", ev.wedding_id),
+        ("organization_id", ev.organization_id),
+    ):
+        if len(value) > max_id:
+            return name, f"longer than {max_id} characters"
+    event_type = ev.event_type
+    if not event_type:
+        return "event_type", "required"
+    if len(event_type) > limits.max_text_len or not _EVENT_TYPE.fullmatch(event_type):
+        return "event_type", "must be dotted lower-case words, e.g. auth.login.failed"
+    if ev.severity not in _SEVERITIES:
+        return "severity", f"unknown severity {ev.severity}"
+    if ev.outcome not in _OUTCOMES:
+        return "outcome", f"unknown outcome {ev.outcome}"
+    seconds = ev.occurred_at.seconds
+    if seconds == 0 and ev.occurred_at.nanos == 0:
+        return "occurred_at", "required"
+    if seconds > now_s + limits.max_future_s:
+        return "occurred_at", f"more than {limits.max_future_s}s in the future"
+    if seconds < now_s - limits.max_past_s:
+        return "occurred_at", f"more than {limits.max_past_s}s in the past"
+    max_text = limits.max_text_len
+    for name, value in (
+        ("source_service", ev.source_service),
+        ("source_ip", ev.source_ip),
+        ("resource_type", ev.resource_type),
+        ("resource_id", ev.resource_id),
+    ):
+        if len(value) > max_text:
+            return name, f"longer than {max_text} characters"
+    attributes = ev.attributes
+    if attributes:
+        if len(attributes) > limits.max_attributes:
+            return "attributes", f"more than {limits.max_attributes} entries"
+        size = 0
+        for key, value in attributes.items():
+            if not key:
+                return "attributes", "empty key"
+            size += len(key.encode()) + len(value.encode())
+            if size > limits.max_attribute_bytes:
+                return f"attributes[{key[:64]}]", f"attributes exceed {limits.max_attribute_bytes} bytes"
+    return None
+
+
+def validate_batch(
+    events: Sequence[pb.Event], limits: Limits, now_s: int | None = None
+) -> tuple[list[int], list[pb.Rejection]]:
+    """Split a batch into the indexes of valid events and rejections of the others.
+
+    A repeated ``event_id`` within one batch keeps its first occurrence and rejects the rest.
+    """
+    if now_s is None:
+        now_s = int(time.time())
+    valid: list[int] = []
+    rejected: list[pb.Rejection] = []
+    seen: set[str] = set()
+    for index, ev in enumerate(events):
+        problem = _check_event(ev, limits, now_s)
+        if problem is None and ev.event_id in seen:
+            problem = ("event_id", "duplicate event_id within the batch")
+        if problem is None:
+            seen.add(ev.event_id)
+            valid.append(index)
+        else:
+            rejected.append(pb.Rejection(index=index, event_id=ev.event_id[:128], field=problem[0], reason=problem[1]))
+    return valid, rejected

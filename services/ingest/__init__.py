@@ -1,0 +1,1 @@
+"""ingest: the edge. Validates, prioritises and routes event batches; acks only durable writes."""

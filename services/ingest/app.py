@@ -1,0 +1,31 @@
+"""Builds the ingest gRPC server from its config and injected router and calendar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health
+
+from auditmesh.priority import CalendarSnapshot
+from auditmesh.serving import create_server
+from services.ingest.config import IngestConfig
+from services.ingest.router import Router
+from services.ingest.servicer import SERVICE, IngestServicer
+
+__all__ = ["create"]
+
+
+def create(
+    cfg: IngestConfig, router: Router, calendar: Callable[[], CalendarSnapshot], *, reuse_port: bool = False
+) -> tuple[grpc.aio.Server, int, IngestServicer, health.HealthServicer]:
+    servicer = IngestServicer(router, cfg.limits, calendar, admit_wait_s=cfg.admit_wait_s)
+    server, port, health_servicer = create_server(
+        [servicer.handler()],
+        [SERVICE],
+        port=cfg.port,
+        host=cfg.host,
+        max_message_bytes=cfg.limits.max_message_bytes,
+        reuse_port=reuse_port,
+    )
+    return server, port, servicer, health_servicer

@@ -1,0 +1,53 @@
+"""Configuration of the ingest service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from auditmesh.config import Env, StoreConfig
+from auditmesh.validation import Limits
+
+__all__ = ["IngestConfig"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    host: str = "127.0.0.1"
+    """Interface to listen on (AUDITMESH_INGEST_HOST)."""
+    port: int = 50051
+    """Port to listen on; 0 picks a free one (AUDITMESH_INGEST_PORT)."""
+    processors: tuple[str, ...] = ("127.0.0.1:50061",)
+    """Processor addresses, comma separated (AUDITMESH_PROCESSORS)."""
+    max_in_flight_events: int = 200_000
+    """Events accepted but not yet acknowledged by a processor; past it callers wait, then get
+    RESOURCE_EXHAUSTED with retry info (AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS)."""
+    max_in_flight_bytes: int = 256 * 1024 * 1024
+    """Bytes of those events (AUDITMESH_INGEST_MAX_IN_FLIGHT_BYTES)."""
+    admit_wait_s: float = 2.0
+    """How long a batch may wait for in-flight room before it is refused (AUDITMESH_INGEST_ADMIT_WAIT_S)."""
+    processor_timeout_s: float = 15.0
+    """How long to wait for a processor's answer before asking the caller to resend
+    (AUDITMESH_PROCESSOR_TIMEOUT_S)."""
+    calendar_refresh_s: float = 30.0
+    """How often the wedding calendar is re-read (AUDITMESH_CALENDAR_REFRESH_S)."""
+    limits: Limits = field(default_factory=Limits)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> IngestConfig:
+        e = Env(env)
+        return cls(
+            host=e.text("AUDITMESH_INGEST_HOST", cls.host),
+            port=e.integer("AUDITMESH_INGEST_PORT", cls.port),
+            processors=tuple(e.items("AUDITMESH_PROCESSORS", list(cls.processors))),
+            max_in_flight_events=e.integer(
+                "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS", cls.max_in_flight_events, minimum=1
+            ),
+            max_in_flight_bytes=e.integer("AUDITMESH_INGEST_MAX_IN_FLIGHT_BYTES", cls.max_in_flight_bytes, minimum=1),
+            admit_wait_s=e.number("AUDITMESH_INGEST_ADMIT_WAIT_S", cls.admit_wait_s),
+            processor_timeout_s=e.number("AUDITMESH_PROCESSOR_TIMEOUT_S", cls.processor_timeout_s, minimum=0.1),
+            calendar_refresh_s=e.number("AUDITMESH_CALENDAR_REFRESH_S", cls.calendar_refresh_s, minimum=1),
+            limits=Limits.from_env(env),
+            store=StoreConfig.from_env(env),
+        )

@@ -1,0 +1,184 @@
+"""Routes validated events to processors over long-lived bidi streams.
+
+Each :class:`ProcessorLink` owns one stream to one processor: requests are queued by lane
+(critical first), answers are matched by sequence number. When a stream breaks, every request
+waiting on it fails as retryable (the caller resends; writes are idempotent) and the link
+reconnects with jittered exponential backoff. The :class:`Router` sends to the connected link
+with the fewest events in flight, and bounds what is in flight in events and bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+
+from auditmesh.errors import Overloaded, StoreUnavailable
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+
+__all__ = ["Budget", "ProcessorLink", "Router"]
+
+log = logging.getLogger("auditmesh.ingest")
+_LANE_ORDER = {pb.LANE_CRITICAL: 0, pb.LANE_WEDDING_DAY: 1, pb.LANE_NORMAL: 2}
+
+
+class Budget:
+    """A bound on events and bytes in flight; waiting callers are admitted in arrival order."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.events = 0
+        self.bytes = 0
+        self._changed = asyncio.Condition()
+
+    def _fits(self, events: int, size: int) -> bool:
+        if self.events == 0:
+            return True  # one oversized batch alone is still admitted: limits per batch guard size
+        return self.events + events <= self.max_events and self.bytes + size <= self.max_bytes
+
+    async def acquire(self, events: int, size: int, wait_s: float) -> None:
+        """Reserve room or raise :class:`Overloaded` after ``wait_s``."""
+        if not self._fits(events, size):
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self._fits(events, size)), wait_s)
+                except TimeoutError:
+                    raise Overloaded(
+                        f"ingest has {self.events} events in flight (limit {self.max_events})", 500
+                    ) from None
+        self.events += events
+        self.bytes += size
+
+    async def release(self, events: int, size: int) -> None:
+        self.events -= events
+        self.bytes -= size
+        async with self._changed:
+            self._changed.notify_all()
+
+
+class ProcessorLink:
+    """One bidi stream to one processor, reconnected for as long as the link runs."""
+
+    def __init__(self, target: str, timeout_s: float, max_message_bytes: int) -> None:
+        self.target = target
+        self._timeout_s = timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._seq = itertools.count(1)
+        self._queue: asyncio.PriorityQueue[tuple[int, int, pb.ProcessRequest]] = asyncio.PriorityQueue()
+        self._waiting: dict[int, asyncio.Future[pb.ProcessResponse]] = {}
+        self.connected = asyncio.Event()
+        self.in_flight_events = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"link {self.target}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._fail_all("ingest is shutting down")
+
+    async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+        """Send one request and wait for its answer; raises StoreUnavailable when none comes."""
+        seq = next(self._seq)
+        req.seq = seq
+        future: asyncio.Future[pb.ProcessResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[seq] = future
+        count = len(req.events)
+        self.in_flight_events += count
+        self._queue.put_nowait((_LANE_ORDER.get(req.lane, 2), seq, req))
+        try:
+            return await asyncio.wait_for(future, self._timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(f"processor {self.target} did not answer in {self._timeout_s}s") from None
+        finally:
+            self._waiting.pop(seq, None)
+            self.in_flight_events -= count
+
+    def _fail_all(self, reason: str) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(StoreUnavailable(reason, 200))
+        self._waiting.clear()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _requests(self) -> AsyncIterator[pb.ProcessRequest]:
+        while True:
+            _, seq, req = await self._queue.get()
+            if seq in self._waiting:
+                yield req
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            channel = grpc.aio.insecure_channel(
+                self.target,
+                options=[
+                    ("grpc.max_send_message_length", self._max_message_bytes),
+                    ("grpc.max_receive_message_length", self._max_message_bytes),
+                    ("grpc.keepalive_time_ms", 10_000),
+                ],
+            )
+            try:
+                await asyncio.wait_for(channel.channel_ready(), 5)
+                call = pb_grpc.ProcessorServiceStub(channel).Process(self._requests())
+                self.connected.set()
+                log.info("connected to processor %s", self.target)
+                backoff = 0.05
+                async for resp in call:
+                    future = self._waiting.get(resp.seq)
+                    if future is not None and not future.done():
+                        future.set_result(resp)
+                reason = f"processor {self.target} closed the stream"
+            except asyncio.CancelledError:
+                await channel.close()
+                raise
+            except (grpc.RpcError, TimeoutError, OSError) as exc:
+                reason = f"processor {self.target} unreachable: {_describe(exc)}"
+            self.connected.clear()
+            self._fail_all(reason)
+            await channel.close()
+            log.warning("%s; reconnecting", reason)
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, 2.0)
+
+
+class Router:
+    """Picks a processor link per request; owns the in-flight budget."""
+
+    def __init__(self, links: list[ProcessorLink], budget: Budget) -> None:
+        self.links = links
+        self.budget = budget
+
+    def start(self) -> None:
+        for link in self.links:
+            link.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links))
+
+    def healthy(self) -> bool:
+        return any(link.connected.is_set() for link in self.links)
+
+    async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+        live = [link for link in self.links if link.connected.is_set()]
+        if not live:
+            raise StoreUnavailable("no processor is connected", 500)
+        link = min(live, key=lambda candidate: candidate.in_flight_events)
+        return await link.send(req)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return type(exc).__name__

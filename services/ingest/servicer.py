@@ -1,0 +1,166 @@
+"""IngestService: validates each event, prioritises, routes to processors, and acknowledges a
+batch only when a processor has made its valid events durable.
+
+Requests are parsed here (the handlers take raw bytes) so that a message that is not an
+EventBatch is INVALID_ARGUMENT with the decode error, not an opaque INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from auditmesh.errors import InvalidRequest, RetryableError, StoreUnavailable
+from auditmesh.priority import CalendarSnapshot, assign_priority
+from auditmesh.serving import abort_with, respond_concurrently
+from auditmesh.validation import Limits, validate_batch
+from auditpb.v1 import audit_pb2 as pb
+from services.ingest.router import Router
+
+__all__ = ["IngestServicer", "IngestStats"]
+
+SERVICE = "auditpb.v1.IngestService"
+
+
+class IngestStats:
+    """Counters since start, read by load reports and ``auditmesh status``."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.retried = 0
+        self.refused = 0
+
+
+def _parse(raw: bytes) -> pb.EventBatch:
+    try:
+        batch = pb.EventBatch.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidRequest("EventBatch", f"malformed message: {exc}") from None
+    if not batch.events:
+        raise InvalidRequest("events", "empty batch")
+    return batch
+
+
+class IngestServicer:
+    def __init__(
+        self, router: Router, limits: Limits, calendar: Callable[[], CalendarSnapshot], *, admit_wait_s: float
+    ) -> None:
+        self._router = router
+        self._limits = limits
+        self._calendar = calendar
+        self._admit_wait_s = admit_wait_s
+        self.stats = IngestStats()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        serialize = pb.BatchAck.SerializeToString
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Stream": grpc.stream_stream_rpc_method_handler(self.Stream, None, serialize),
+                "Submit": grpc.unary_unary_rpc_method_handler(self.Submit, None, serialize),
+            },
+        )
+
+    async def Submit(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.BatchAck:  # noqa: N802
+        try:
+            batch = _parse(raw)
+            too_large = self._too_large(batch)
+            if too_large:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large)
+            return await self._ingest(batch, len(raw))
+        except (InvalidRequest, RetryableError) as exc:
+            await abort_with(context, exc)
+
+    async def Stream(  # noqa: N802
+        self, raw_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.BatchAck]:
+        async def parsed() -> AsyncIterator[tuple[int, pb.EventBatch]]:
+            async for raw in raw_iterator:
+                yield len(raw), _parse(raw)
+
+        try:
+            async for ack in respond_concurrently(parsed(), self._answer, max_in_flight=128):
+                yield ack
+        except InvalidRequest as exc:
+            await abort_with(context, exc)
+
+    def _too_large(self, batch: pb.EventBatch) -> str:
+        limit = self._limits.max_batch_events
+        if len(batch.events) <= limit:
+            return ""
+        self.stats.refused += 1
+        return f"events: {len(batch.events)} events in one batch, limit {limit}"
+
+    async def _answer(self, item: tuple[int, pb.EventBatch]) -> pb.BatchAck:
+        size, batch = item
+        too_large = self._too_large(batch)
+        if too_large:
+            return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_REFUSED, message=too_large)
+        try:
+            return await self._ingest(batch, size)
+        except RetryableError as exc:
+            return pb.BatchAck(
+                batch_id=batch.batch_id,
+                status=pb.ACK_STATUS_RETRY,
+                message=str(exc),
+                retry_after_ms=exc.retry_after_ms,
+            )
+
+    async def _ingest(self, batch: pb.EventBatch, size: int) -> pb.BatchAck:
+        self.stats.batches += 1
+        events = batch.events
+        valid, rejected = validate_batch(events, self._limits)
+        self.stats.rejected += len(rejected)
+        if not valid:
+            return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, rejected=rejected)
+        cal = self._calendar()
+        now_us = time.time_ns() // 1000
+        requests: dict[int, pb.ProcessRequest] = {}
+        for index in valid:
+            ev = events[index]
+            ev.received_at_us = now_us
+            lane = assign_priority(ev, cal)
+            req = requests.get(lane)
+            if req is None:
+                req = requests[lane] = pb.ProcessRequest(lane=lane)  # type: ignore[arg-type]
+            req.events.append(ev)
+        budget = self._router.budget
+        await budget.acquire(len(valid), size, self._admit_wait_s)
+        try:
+            ordered = sorted(requests.values(), key=lambda r: -r.lane)
+            answers = await asyncio.gather(*(self._router.send(r) for r in ordered), return_exceptions=True)
+        finally:
+            await budget.release(len(valid), size)
+        for answer in answers:
+            if isinstance(answer, RetryableError):
+                self.stats.retried += len(valid)
+                raise answer
+            if isinstance(answer, BaseException):
+                raise answer
+            if not answer.ok and answer.retryable:
+                self.stats.retried += len(valid)
+                raise StoreUnavailable(answer.error, answer.retry_after_ms or 200)
+        accepted = len(valid)
+        for req, answer in zip(ordered, answers, strict=True):
+            assert not isinstance(answer, BaseException)
+            if not answer.ok:
+                accepted -= len(req.events)
+                position = {ev.event_id: i for i, ev in enumerate(events)}
+                rejected.extend(
+                    pb.Rejection(
+                        index=position[ev.event_id],
+                        event_id=ev.event_id,
+                        field="",
+                        reason=f"store refused the write: {answer.error}",
+                    )
+                    for ev in req.events
+                )
+        self.stats.accepted += accepted
+        return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, accepted=accepted, rejected=rejected)

@@ -1,0 +1,1 @@
+"""processor: writes validated events to Cassandra and acknowledges upstream after the write."""

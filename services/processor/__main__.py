@@ -1,0 +1,32 @@
+"""Entry point: ``python -m services.processor``. Reads config once, wires, serves until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from auditmesh.serving import run_service
+from auditmesh.store import EventStore
+from services.processor.app import create
+from services.processor.config import ProcessorConfig
+
+log = logging.getLogger("auditmesh.processor")
+
+
+async def main(stop: asyncio.Event) -> None:
+    cfg = ProcessorConfig.from_env(os.environ)
+    store = EventStore.connect(cfg.store)
+    server, port, servicer, health_servicer = create(cfg, store)
+    await server.start()
+    log.info("processor serving on %s:%d", cfg.host, port)
+    await stop.wait()
+    health_servicer.enter_graceful_shutdown()
+    # In-flight writes finish and are answered; ingest resends anything it sees no answer for.
+    await server.stop(grace=10)
+    store.close()
+    log.info("processor stopped: %d written, %d failed", servicer.written, servicer.failed)
+
+
+if __name__ == "__main__":
+    run_service(main)

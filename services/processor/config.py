@@ -1,0 +1,38 @@
+"""Configuration of the processor service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from auditmesh.config import Env, StoreConfig
+
+__all__ = ["ProcessorConfig"]
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    host: str = "127.0.0.1"
+    """Interface to listen on (AUDITMESH_PROCESSOR_HOST)."""
+    port: int = 50061
+    """Port to listen on; 0 picks a free one (AUDITMESH_PROCESSOR_PORT)."""
+    max_writes: int = 16
+    """Concurrent batch writes of the normal and wedding-day lanes (AUDITMESH_PROCESSOR_MAX_WRITES)."""
+    critical_writes: int = 4
+    """Concurrent writes reserved for the critical lane, on top of max_writes
+    (AUDITMESH_PROCESSOR_CRITICAL_WRITES)."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest request from ingest (AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES)."""
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProcessorConfig:
+        e = Env(env)
+        return cls(
+            host=e.text("AUDITMESH_PROCESSOR_HOST", cls.host),
+            port=e.integer("AUDITMESH_PROCESSOR_PORT", cls.port),
+            max_writes=e.integer("AUDITMESH_PROCESSOR_MAX_WRITES", cls.max_writes, minimum=1),
+            critical_writes=e.integer("AUDITMESH_PROCESSOR_CRITICAL_WRITES", cls.critical_writes, minimum=1),
+            max_message_bytes=e.integer("AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
+            store=StoreConfig.from_env(env),
+        )

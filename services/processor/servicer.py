@@ -1,0 +1,62 @@
+"""ProcessorService: one bidi stream per ingest connection; each request is written to the
+store and answered with ok only after the write succeeded.
+
+Critical-lane requests have their own write slots, so a backlog of bulk writes never delays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
+
+import grpc
+
+from auditmesh.errors import RetryableError
+from auditmesh.serving import respond_concurrently
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+
+__all__ = ["EventWriter", "ProcessorServicer"]
+
+log = logging.getLogger("auditmesh.processor")
+
+
+class EventWriter(Protocol):
+    async def write(self, events: Iterable[pb.Event]) -> object: ...
+
+
+class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
+    def __init__(self, store: EventWriter, *, max_writes: int, critical_writes: int) -> None:
+        self._store = store
+        self._normal = asyncio.Semaphore(max_writes)
+        self._critical = asyncio.Semaphore(critical_writes)
+        self.written = 0
+        self.failed = 0
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ProcessResponse]:
+        async for answer in respond_concurrently(request_iterator, self._handle, max_in_flight=256):
+            yield answer
+
+    async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+        slots = self._critical if req.lane == pb.LANE_CRITICAL else self._normal
+        async with slots:
+            started = time.perf_counter()
+            try:
+                await self._store.write(req.events)
+            except RetryableError as exc:
+                self.failed += len(req.events)
+                return pb.ProcessResponse(
+                    seq=req.seq, ok=False, error=str(exc), retryable=True, retry_after_ms=exc.retry_after_ms
+                )
+            except Exception as exc:
+                log.exception("write of %d events failed", len(req.events))
+                self.failed += len(req.events)
+                return pb.ProcessResponse(seq=req.seq, ok=False, error=str(exc)[:500], retryable=False)
+            write_us = int((time.perf_counter() - started) * 1e6)
+        self.written += len(req.events)
+        return pb.ProcessResponse(seq=req.seq, ok=True, write_us=min(write_us, 2**32 - 1))

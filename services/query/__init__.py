@@ -1,0 +1,1 @@
+"""query: filtered, paginated, streaming search over the audit trail, with a Redis read cache."""

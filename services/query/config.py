@@ -1,0 +1,39 @@
+"""Configuration of the query service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from auditmesh.config import Env, StoreConfig
+
+__all__ = ["QueryConfig"]
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    host: str = "127.0.0.1"
+    """Interface to listen on (AUDITMESH_QUERY_HOST)."""
+    port: int = 50071
+    """Port to listen on; 0 picks a free one (AUDITMESH_QUERY_PORT)."""
+    token_key: str = ""
+    """Secret that signs page tokens; every query replica needs the same one. Empty means a
+    random key per process: tokens then work only against the process that made them
+    (AUDITMESH_TOKEN_KEY)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis for the read cache; empty disables the cache (AUDITMESH_REDIS_URL)."""
+    cache_ttl_s: int = 300
+    """How long a cached page lives (AUDITMESH_CACHE_TTL_S)."""
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> QueryConfig:
+        e = Env(env)
+        return cls(
+            host=e.text("AUDITMESH_QUERY_HOST", cls.host),
+            port=e.integer("AUDITMESH_QUERY_PORT", cls.port),
+            token_key=e.text("AUDITMESH_TOKEN_KEY", cls.token_key),
+            redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
+            cache_ttl_s=e.integer("AUDITMESH_CACHE_TTL_S", cls.cache_ttl_s, minimum=1),
+            store=StoreConfig.from_env(env),
+        )

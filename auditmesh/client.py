@@ -145,8 +145,20 @@ class AuditClient:
         seq = next(self._seq)
         if event_id is None:
             event_id = f"{self._prefix}{seq:x}"
-        item = (event_id, occurred_at_ns or time.time_ns(), event_type, user_id, organization_id, wedding_id,
-                severity, outcome, resource_type, resource_id, source_ip, attributes)
+        item = (
+            event_id,
+            occurred_at_ns or time.time_ns(),
+            event_type,
+            user_id,
+            organization_id,
+            wedding_id,
+            severity,
+            outcome,
+            resource_type,
+            resource_id,
+            source_ip,
+            attributes,
+        )
         if severity == _P0:
             self._critical.append(item)
             self._wake()
@@ -162,10 +174,17 @@ class AuditClient:
         """Queue a ready-made Event (its event_id and occurred_at are kept when set)."""
         ts = event.occurred_at
         return self.log(
-            event.event_type, user_id=event.user_id, organization_id=event.organization_id,
-            wedding_id=event.wedding_id, severity=event.severity, outcome=event.outcome,
-            resource_type=event.resource_type, resource_id=event.resource_id, source_ip=event.source_ip,
-            attributes=dict(event.attributes) or None, event_id=event.event_id or None,
+            event.event_type,
+            user_id=event.user_id,
+            organization_id=event.organization_id,
+            wedding_id=event.wedding_id,
+            severity=event.severity,
+            outcome=event.outcome,
+            resource_type=event.resource_type,
+            resource_id=event.resource_id,
+            source_ip=event.source_ip,
+            attributes=dict(event.attributes) or None,
+            event_id=event.event_id or None,
             occurred_at_ns=(ts.seconds * 1_000_000_000 + ts.nanos) or None,
         )
 
@@ -206,10 +225,14 @@ class AuditClient:
 
     @property
     def stats(self) -> ClientStats:
-        logged = next(self._seq) - 1
+        logged = int(repr(self._seq)[6:-1]) - 1  # itertools.count has no peek; its repr is "count(N)"
         return ClientStats(
-            logged=logged, acked=self._acked, rejected=self._rejected, resent=self._resent,
-            dropped=self._dropped, pending=len(self._normal) + len(self._critical) + self._unsettled_events,
+            logged=logged,
+            acked=self._acked,
+            rejected=self._rejected,
+            resent=self._resent,
+            dropped=self._dropped,
+            pending=len(self._normal) + len(self._critical) + self._unsettled_events,
             reconnects=self._reconnects,
         )
 
@@ -224,8 +247,11 @@ class AuditClient:
         now = time.monotonic()
         if now - self._last_drop_warning >= _DROP_WARN_INTERVAL_S:
             self._last_drop_warning = now
-            log.warning("audit buffer full (%d events pending): %d non-critical events dropped so far",
-                        self._max_events, self._dropped)
+            log.warning(
+                "audit buffer full (%d events pending): %d non-critical events dropped so far",
+                self._max_events,
+                self._dropped,
+            )
 
     def _submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         assert self._loop is not None
@@ -275,11 +301,33 @@ class AuditClient:
         first_ns = 0
         source_service = self._source
         while source and len(msg.events) < self._batch_size and size < self._max_batch_bytes:
-            (event_id, ns, event_type, user_id, org, wedding, severity, outcome,
-             resource_type, resource_id, source_ip, attributes) = source.popleft()
-            ev = add(event_id=event_id, event_type=event_type, user_id=user_id, organization_id=org,
-                     wedding_id=wedding, severity=severity, outcome=outcome, resource_type=resource_type,
-                     resource_id=resource_id, source_ip=source_ip, source_service=source_service)
+            (
+                event_id,
+                ns,
+                event_type,
+                user_id,
+                org,
+                wedding,
+                severity,
+                outcome,
+                resource_type,
+                resource_id,
+                source_ip,
+                attributes,
+            ) = source.popleft()
+            ev = add(
+                event_id=event_id,
+                event_type=event_type,
+                user_id=user_id,
+                organization_id=org,
+                wedding_id=wedding,
+                severity=severity,
+                outcome=outcome,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                source_ip=source_ip,
+                source_service=source_service,
+            )
             ev.occurred_at.seconds, ev.occurred_at.nanos = divmod(ns, 1_000_000_000)
             if attributes:
                 ev.attributes.update(attributes)
@@ -350,9 +398,11 @@ class AuditClient:
             window = asyncio.Semaphore(self._window)
             channel = grpc.aio.insecure_channel(
                 self.target,
-                options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
-                         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                         ("grpc.keepalive_time_ms", 10_000)],
+                options=[
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    ("grpc.keepalive_time_ms", 10_000),
+                ],
             )
             call = pb_grpc.IngestServiceStub(channel).Stream()
             reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff))
@@ -367,8 +417,7 @@ class AuditClient:
                 await channel.close()
                 for batch in in_flight.values():
                     self._requeue(batch)
-            errors = [r for r in outcome if isinstance(r, BaseException)
-                      and not isinstance(r, asyncio.CancelledError)]
+            errors = [r for r in outcome if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
             reason = _describe(errors[0]) if errors else "stream closed by ingest"
             log.info("stream to %s lost (%s); resending %d batches", self.target, reason, len(in_flight))
             self._reconnects += 1

@@ -14,7 +14,7 @@ it are those that queries filter on. Time-window compaction and a TTL fit append
 
 from __future__ import annotations
 
-from cassandra.cluster import Session
+from cassandra.cluster import Cluster
 
 from auditmesh.config import StoreConfig
 
@@ -58,7 +58,12 @@ def statements(cfg: StoreConfig) -> list[str]:
     ]
 
 
-def create_schema(session: Session, cfg: StoreConfig) -> None:
+def create_schema(cfg: StoreConfig) -> None:
     """Create the keyspace and tables when missing; harmless when they exist."""
-    for stmt in statements(cfg):
-        session.execute(stmt, timeout=120)
+    cluster = Cluster(list(cfg.hosts), port=cfg.port, protocol_version=5)
+    try:
+        session = cluster.connect()
+        for stmt in statements(cfg):
+            session.execute(stmt, timeout=120)
+    finally:
+        cluster.shutdown()

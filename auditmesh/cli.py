@@ -1,0 +1,202 @@
+"""The ``auditmesh`` command: bring the local mesh up and down, check it, emit and query events.
+
+auditmesh up | down | status | schema
+auditmesh emit N [--weddings W]
+auditmesh query (--wedding ID | --user ID) [--type T ...] [--min-severity P1] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from auditmesh.client import AuditClient
+from auditmesh.config import StoreConfig
+from auditmesh.mesh import MeshLayout, infra
+from auditmesh.schema import create_schema
+from auditmesh.store import EventStore
+from auditmesh.supervisor import Supervisor
+from auditmesh.synthetic import Synthetic
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+
+__all__ = ["main"]
+
+
+def _run_dir() -> Path:
+    return Path(os.environ.get("AUDITMESH_RUN_DIR", Path.home() / ".local" / "state" / "auditmesh"))
+
+
+def _schema() -> None:
+    cfg = StoreConfig.from_env(os.environ)
+    create_schema(cfg)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    infra("up")
+    _schema()
+    layout = MeshLayout.from_env(os.environ)
+    supervisor = Supervisor(_run_dir() / "services")
+    layout.start(supervisor)
+    return cmd_status(args)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    layout = MeshLayout.from_env(os.environ)
+    layout.stop(Supervisor(_run_dir() / "services"))
+    if not args.services_only:
+        infra("down")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    layout = MeshLayout.from_env(os.environ)
+    ok = True
+    targets = {p.name: p.target for p in layout.services()}
+    for name, state in layout.health().items():
+        print(f"{name:<12} {'up' if state == 'SERVING' else 'down':<5} {targets[name]:<22} {state}")
+        ok = ok and state == "SERVING"
+    try:
+        infra("status")
+    except Exception:
+        ok = False
+    return 0 if ok else 1
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    _schema()
+    print("schema ready")
+    return 0
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    rate = done / max(time.monotonic() - started, 1e-9)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:,.0f} ev/s")
+    sys.stderr.flush()
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    layout = MeshLayout.from_env(os.environ)
+    synthetic = Synthetic(weddings=args.weddings, seed=args.seed)
+    cfg = StoreConfig.from_env(os.environ)
+    store = EventStore.connect(cfg)
+    try:
+        asyncio.run(store.put_calendar(synthetic.calendar(dt.datetime.now(dt.UTC).date())))
+    finally:
+        store.close()
+    rejected: Counter[str] = Counter()
+    client = AuditClient(
+        layout.ingest_target,
+        source_service="auditmesh-emit",
+        on_rejected=lambda r: rejected.update([f"{r.field}: {r.reason}"]),
+    )
+    started = time.monotonic()
+    for i, kwargs in enumerate(synthetic.events(args.count), 1):
+        client.log(**kwargs)
+        if i % 1000 == 0 or i == args.count:
+            _progress(client.stats.acked, args.count, started)
+    while client.stats.pending and time.monotonic() - started < args.timeout:
+        _progress(client.stats.acked, args.count, started)
+        time.sleep(0.1)
+    flushed = client.close(timeout=max(1.0, args.timeout - (time.monotonic() - started)))
+    _progress(client.stats.acked, args.count, started)
+    s = client.stats
+    elapsed = time.monotonic() - started
+    print(
+        f"\nemitted {s.logged} events to {layout.ingest_target} in {elapsed:.1f}s: {s.acked} acknowledged, "
+        f"{s.rejected} rejected, {s.resent} resent, {s.dropped} dropped"
+    )
+    for reason, n in rejected.most_common(5):
+        print(f"  rejected {n}: {reason}")
+    print(f"busiest wedding: {synthetic.wedding_id(0)}")
+    return 0 if flushed and s.acked + s.rejected == s.logged else 1
+
+
+def _table(events: list[pb.Event]) -> str:
+    rows = [("occurred_at (UTC)", "severity", "outcome", "event_type", "user", "org", "prio", "event_id")]
+    for ev in events:
+        when = dt.datetime.fromtimestamp(ev.occurred_at.seconds + ev.occurred_at.nanos / 1e9, dt.UTC)
+        rows.append(
+            (
+                when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                pb.Severity.Name(ev.severity),
+                pb.Outcome.Name(ev.outcome).removeprefix("OUTCOME_").lower(),
+                ev.event_type,
+                ev.user_id,
+                ev.organization_id,
+                str(ev.priority),
+                ev.event_id,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    layout = MeshLayout.from_env(os.environ)
+    req = pb.SearchRequest(
+        wedding_id=args.wedding or "",
+        user_id=args.user or "",
+        event_types=args.type or [],
+        organization_id=args.org or "",
+        page_size=min(args.limit, 1000),
+        max_pages=1,
+    )
+    if args.min_severity:
+        req.min_severity = pb.Severity.Value(args.min_severity)
+    if args.outcome:
+        req.outcome = pb.Outcome.Value(f"OUTCOME_{args.outcome.upper()}")
+    with grpc.insecure_channel(layout.query_target) as channel:
+        try:
+            pages = list(pb_grpc.QueryServiceStub(channel).Search(req, timeout=10))
+        except grpc.RpcError as exc:
+            print(f"query failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    events = [ev for page in pages for ev in page.events][: args.limit]
+    print(_table(events))
+    more = " (more available)" if pages and pages[-1].next_page_token else ""
+    print(f"{len(events)} events{more}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="auditmesh", description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start Cassandra, Redis and the services (idempotent)").set_defaults(fn=cmd_up)
+    down = sub.add_parser("down", help="stop the services, then Cassandra and Redis")
+    down.add_argument("--services-only", action="store_true", help="leave Cassandra and Redis running")
+    down.set_defaults(fn=cmd_down)
+    sub.add_parser("status", help="health of every part; exit 1 if any is down").set_defaults(fn=cmd_status)
+    sub.add_parser("schema", help="create the keyspace and tables if missing").set_defaults(fn=cmd_schema)
+    emit = sub.add_parser("emit", help="send N realistic synthetic events through the SDK")
+    emit.add_argument("count", type=int)
+    emit.add_argument("--weddings", type=int, default=200)
+    emit.add_argument("--seed", type=int, default=7)
+    emit.add_argument("--timeout", type=float, default=120.0)
+    emit.set_defaults(fn=cmd_emit)
+    query = sub.add_parser("query", help="search events, newest first, as a table")
+    who = query.add_mutually_exclusive_group(required=True)
+    who.add_argument("--wedding")
+    who.add_argument("--user")
+    query.add_argument("--type", action="append", help="event type (repeatable)")
+    query.add_argument("--min-severity", choices=[n for n in pb.Severity.keys() if n != "SEVERITY_UNSPECIFIED"])
+    query.add_argument("--outcome", choices=["success", "failure", "denied"])
+    query.add_argument("--org")
+    query.add_argument("--limit", type=int, default=20)
+    query.set_defaults(fn=cmd_query)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,8 @@ it are those that queries filter on. Time-window compaction and a TTL fit append
 
 from __future__ import annotations
 
-from cassandra.cluster import Cluster
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import RoundRobinPolicy
 
 from auditmesh.config import StoreConfig
 
@@ -60,7 +61,10 @@ def statements(cfg: StoreConfig) -> list[str]:
 
 def create_schema(cfg: StoreConfig) -> None:
     """Create the keyspace and tables when missing; harmless when they exist."""
-    cluster = Cluster(list(cfg.hosts), port=cfg.port, protocol_version=5)
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=120)
+    cluster = Cluster(
+        list(cfg.hosts), port=cfg.port, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
+    )
     try:
         session = cluster.connect()
         for stmt in statements(cfg):

@@ -15,7 +15,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from auditmesh.errors import InvalidRequest
@@ -92,12 +92,11 @@ class SearchSpec:
         )
 
     def fingerprint(self) -> str:
-        """What a page token is bound to: everything but the page size."""
+        """What a page token is bound to: the partition key and the filters. The token carries
+        the time range itself, so a search with a default range continues over the same range."""
         parts = [
             self.scope,
             self.key,
-            str(self.start_ms),
-            str(self.end_ms),
             *sorted(self.event_types),
             str(self.min_severity),
             str(self.outcome),
@@ -135,11 +134,13 @@ class TokenSigner:
 
     def encode(self, spec: SearchSpec, cursor: Cursor) -> str:
         body = json.dumps(
-            [spec.fingerprint(), cursor.bucket, cursor.occurred_ms, cursor.event_id], separators=(",", ":")
+            [spec.fingerprint(), spec.start_ms, spec.end_ms, cursor.bucket, cursor.occurred_ms, cursor.event_id],
+            separators=(",", ":"),
         ).encode()
         return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + self._sig(body)
 
-    def decode(self, spec: SearchSpec, token: str) -> Cursor:
+    def decode(self, spec: SearchSpec, token: str, *, explicit_range: bool = False) -> tuple[SearchSpec, Cursor]:
+        """The search to continue (with the token's time range) and where to continue it."""
         try:
             encoded, sig = token.split(".", 1)
             body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
@@ -147,10 +148,14 @@ class TokenSigner:
             raise InvalidRequest("page_token", "malformed") from None
         if not hmac.compare_digest(self._sig(body), sig):
             raise InvalidRequest("page_token", "bad signature")
-        fingerprint, bucket, occurred, event_id = json.loads(body)
+        fingerprint, start_ms, end_ms, bucket, occurred, event_id = json.loads(body)
         if fingerprint != spec.fingerprint():
             raise InvalidRequest("page_token", "belongs to a different search")
-        return Cursor(int(bucket), int(occurred), str(event_id))
+        if explicit_range and (spec.start_ms, spec.end_ms) != (start_ms, end_ms):
+            raise InvalidRequest("page_token", "belongs to a search over a different time range")
+        return replace(spec, start_ms=int(start_ms), end_ms=int(end_ms)), Cursor(
+            int(bucket), int(occurred), str(event_id)
+        )
 
 
 async def pages(

@@ -33,7 +33,10 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
             spec = SearchSpec.from_request(request)
             if request.max_pages > MAX_PAGES:
                 raise InvalidRequest("max_pages", f"at most {MAX_PAGES}")
-            cursor: Cursor | None = self._signer.decode(spec, request.page_token) if request.page_token else None
+            cursor: Cursor | None = None
+            if request.page_token:
+                explicit = request.HasField("start") or request.HasField("end")
+                spec, cursor = self._signer.decode(spec, request.page_token, explicit_range=explicit)
             budget = request.max_pages or 1
             async for rows, after in pages(self._store, spec, cursor):
                 page = pb.SearchPage(events=[pb.Event.FromString(r.payload) for r in rows])

@@ -1,0 +1,42 @@
+# The two commands a newcomer needs:
+#   make up     install everything, start Cassandra, Redis and the services, run a short demo
+#   make test   lint, type-check, check generated code, run every test against real services
+# and: make down (stop everything), make bench (benchmarks), make status.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up down status test lint bench bench-smoke demo install
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/auditmesh up
+	$(MAKE) --no-print-directory demo
+
+demo: $(STAMP)
+	$(BIN)/auditmesh emit 5000 --weddings 100
+	$(BIN)/auditmesh query --wedding wed-7-00000 --limit 10
+
+down: $(STAMP)
+	$(BIN)/auditmesh down
+
+status: $(STAMP)
+	$(BIN)/auditmesh status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python scripts/gen_protos.py --check
+
+test: lint
+	$(BIN)/pytest

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real Cassandra and Redis (started by deploy/local/infra.sh when not
+running), a test keyspace created once per session, and the real services as separate
+processes on their own ports."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from auditmesh.config import StoreConfig
+from auditmesh.mesh import MeshLayout, infra
+from auditmesh.schema import create_schema
+from auditmesh.supervisor import Supervisor
+
+TEST_KEYSPACE = os.environ.get("AUDITMESH_TEST_KEYSPACE", "auditmesh_test")
+
+
+def assert_eventually(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> None:
+    """Retry ``check`` (an assertion or a truthy predicate) until it passes or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result is None or result:
+                return
+            error: Exception = AssertionError(f"{check} stayed false for {timeout}s")
+        except AssertionError as exc:
+            error = exc
+        if time.monotonic() > deadline:
+            raise error
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> None:
+    """Cassandra and Redis are up (started here when they are not)."""
+    infra("up")
+
+
+@pytest.fixture(scope="session")
+def store_config(infrastructure: None) -> StoreConfig:
+    cfg = StoreConfig(keyspace=TEST_KEYSPACE)
+    create_schema(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def mesh_layout(store_config: StoreConfig) -> MeshLayout:
+    return MeshLayout(
+        ingest_port=52051,
+        processor_base_port=52061,
+        processors=2,
+        query_port=52071,
+        keyspace=TEST_KEYSPACE,
+        extra_env={"AUDITMESH_TOKEN_KEY": "test-token-key", "AUDITMESH_REDIS_URL": "redis://127.0.0.1:6379/15"},
+    )
+
+
+@pytest.fixture(scope="session")
+def supervisor(tmp_path_factory: pytest.TempPathFactory) -> Supervisor:
+    return Supervisor(Path(tmp_path_factory.mktemp("run")))
+
+
+@pytest.fixture(scope="session")
+def mesh(mesh_layout: MeshLayout, supervisor: Supervisor) -> Iterator[MeshLayout]:
+    """ingest, two processors and query running as separate processes against the test keyspace."""
+    mesh_layout.start(supervisor)
+    yield mesh_layout
+    mesh_layout.stop(supervisor)

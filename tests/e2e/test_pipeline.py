@@ -1,0 +1,227 @@
+"""End to end through the real processes: SDK -> ingest -> processors -> Cassandra -> query."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from auditmesh.client import AuditClient
+from auditmesh.mesh import MeshLayout
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+
+DAY_NS = 86_400 * 10**9
+
+
+@pytest.fixture(scope="module")
+def query(mesh: MeshLayout) -> Iterator[pb_grpc.QueryServiceStub]:
+    with grpc.insecure_channel(mesh.query_target) as channel:
+        yield pb_grpc.QueryServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def ingest_channel(mesh: MeshLayout) -> Iterator[grpc.Channel]:
+    options = [("grpc.max_send_message_length", 128 * 1024 * 1024)]
+    with grpc.insecure_channel(mesh.ingest_target, options=options) as channel:
+        yield channel
+
+
+def search_all(query: pb_grpc.QueryServiceStub, page_size: int = 37, **fields: object) -> list[list[pb.Event]]:
+    """Follow page tokens one call at a time; return the pages."""
+    pages: list[list[pb.Event]] = []
+    token = ""
+    while True:
+        req = pb.SearchRequest(page_size=page_size, page_token=token, **fields)  # type: ignore[arg-type]
+        (page,) = list(query.Search(req, timeout=10))
+        pages.append(list(page.events))
+        token = page.next_page_token
+        if not token:
+            return pages
+
+
+def make_event(event_id: str, wedding: str, **fields: object) -> pb.Event:
+    ev = pb.Event(
+        event_id=event_id,
+        wedding_id=wedding,
+        user_id="u-1",
+        organization_id="o-1",
+        event_type="guestlist.export",
+        severity=pb.P1_HIGH,
+        outcome=pb.OUTCOME_SUCCESS,
+    )
+    ev.occurred_at.FromNanoseconds(time.time_ns())
+    for name, value in fields.items():
+        setattr(ev, name, value)
+    return ev
+
+
+def test_ten_thousand_events_come_back_exactly_once_newest_first(
+    mesh: MeshLayout, query: pb_grpc.QueryServiceStub
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    weddings = [f"e2e-{run}-w{i:02d}" for i in range(50)]
+    now = time.time_ns()
+    sent: dict[str, list[tuple[int, str]]] = {w: [] for w in weddings}
+    with AuditClient(mesh.ingest_target, source_service="e2e", batch_size=400) as client:
+        for i in range(10_000):
+            wedding = weddings[i % 50]
+            # Spread over three day buckets, each event at its own microsecond.
+            occurred = now - (i % 3) * DAY_NS - i * 1000
+            event_id = client.log(
+                "guestlist.viewed",
+                user_id=f"u-{run}-{i % 40}",
+                organization_id="o-1",
+                wedding_id=wedding,
+                severity=pb.P3_LOW,
+                occurred_at_ns=occurred,
+            )
+            sent[wedding].append((occurred // 1_000_000, event_id))
+        assert client.flush(timeout=120)
+        stats = client.stats
+    assert stats.acked == 10_000 and stats.rejected == 0 and stats.dropped == 0
+
+    for wedding in weddings:
+        pages = search_all(query, wedding_id=wedding)
+        got = [ev.event_id for page in pages for ev in page]
+        expected = [eid for _, eid in sorted(sent[wedding], reverse=True)]
+        assert sorted(got) == sorted(expected), f"{wedding}: missing or extra events"
+        assert len(got) == len(set(got)), f"{wedding}: repeated events across pages"
+        keys = [(ev.occurred_at.ToMilliseconds(), ev.event_id) for page in pages for ev in page]
+        assert keys == sorted(keys, reverse=True), f"{wedding}: not newest first"
+        assert all(len(page) == 37 for page in pages[:-1])
+
+    sample = random.Random(1).sample([eid for w in weddings for _, eid in sent[w]], 200)
+    for event_id in sample:
+        found = query.GetEvent(pb.GetEventRequest(event_id=event_id), timeout=5)
+        assert found.event_id == event_id and found.wedding_id.startswith(f"e2e-{run}")
+        assert found.priority >= 100 and found.received_at_us > 0
+
+
+def test_search_by_user_with_filters(mesh: MeshLayout, query: pb_grpc.QueryServiceStub) -> None:
+    run = uuid.uuid4().hex[:8]
+    user = f"user-{run}"
+    with AuditClient(mesh.ingest_target) as client:
+        for i in range(60):
+            client.log(
+                "auth.login.failed" if i % 3 == 0 else "auth.login.succeeded",
+                user_id=user,
+                severity=pb.P1_HIGH if i % 3 == 0 else pb.P3_LOW,
+                outcome=pb.OUTCOME_FAILURE if i % 3 == 0 else pb.OUTCOME_SUCCESS,
+            )
+        assert client.flush(60)
+    everything = [ev for page in search_all(query, user_id=user) for ev in page]
+    failed = [
+        ev
+        for page in search_all(query, page_size=7, user_id=user, min_severity=pb.P1_HIGH, outcome=pb.OUTCOME_FAILURE)
+        for ev in page
+    ]
+    typed = [ev for page in search_all(query, user_id=user, event_types=["auth.login.succeeded"]) for ev in page]
+    assert len(everything) == 60 and len(failed) == 20 and len(typed) == 40
+    assert all(ev.event_type == "auth.login.failed" for ev in failed)
+
+
+def test_resent_batch_creates_no_duplicates(ingest_channel: grpc.Channel, query: pb_grpc.QueryServiceStub) -> None:
+    wedding = f"e2e-resend-{uuid.uuid4().hex[:8]}"
+    batch = pb.EventBatch(batch_id="b1", events=[make_event(f"{wedding}-{i}", wedding) for i in range(25)])
+    submit = pb_grpc.IngestServiceStub(ingest_channel).Submit
+    for _ in range(3):
+        ack = submit(batch, timeout=10)
+        assert ack.status == pb.ACK_STATUS_OK and ack.accepted == 25
+    events = [ev for page in search_all(query, wedding_id=wedding) for ev in page]
+    assert len(events) == 25
+
+
+def test_mixed_batch_stores_valid_and_names_each_bad_event(
+    ingest_channel: grpc.Channel, query: pb_grpc.QueryServiceStub
+) -> None:
+    wedding = f"e2e-mixed-{uuid.uuid4().hex[:8]}"
+    future = make_event(f"{wedding}-future", wedding)
+    future.occurred_at.FromSeconds(int(time.time()) + 3 * 365 * 86400)
+    huge_attr = make_event(f"{wedding}-attr", wedding)
+    huge_attr.attributes["payload"] = "x" * 1_000_000
+    batch = pb.EventBatch(
+        batch_id="mixed",
+        events=[
+            make_event(f"{wedding}-ok-1", wedding),
+            make_event("", wedding),
+            make_event(f"{wedding}-longwedding", "w" * 10_240),
+            future,
+            make_event(f"{wedding}-severity", wedding, severity=17),
+            huge_attr,
+            make_event(f"{wedding}-ok-2", wedding),
+        ],
+    )
+    ack = pb_grpc.IngestServiceStub(ingest_channel).Submit(batch, timeout=10)
+    assert ack.status == pb.ACK_STATUS_OK and ack.accepted == 2
+    fields = {r.index: r.field for r in ack.rejected}
+    assert fields == {1: "event_id", 2: "wedding_id", 3: "occurred_at", 4: "severity", 5: "attributes[payload]"}
+    assert all(r.reason for r in ack.rejected)
+    stored = {ev.event_id for page in search_all(query, wedding_id=wedding) for ev in page}
+    assert stored == {f"{wedding}-ok-1", f"{wedding}-ok-2"}
+
+
+def test_64mb_message_is_refused_and_ingest_keeps_serving(mesh: MeshLayout, ingest_channel: grpc.Channel) -> None:
+    raw = ingest_channel.unary_unary("/auditpb.v1.IngestService/Submit")
+    big = pb.EventBatch(batch_id="big", events=[make_event("big", "w", resource_id="x" * (64 * 1024 * 1024))])
+    with pytest.raises(grpc.RpcError) as info:
+        raw(big.SerializeToString(), timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ack = pb_grpc.IngestServiceStub(ingest_channel).Submit(
+        pb.EventBatch(batch_id="after", events=[make_event(f"after-{uuid.uuid4().hex}", "w-after")]), timeout=10
+    )
+    assert ack.accepted == 1
+
+
+def test_malformed_and_oversized_calls(ingest_channel: grpc.Channel) -> None:
+    raw = ingest_channel.unary_unary("/auditpb.v1.IngestService/Submit")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\xff\xff\xff\xff not a protobuf", timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "EventBatch" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(pb.EventBatch(batch_id="empty").SerializeToString(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    many = pb.EventBatch(batch_id="many", events=[make_event(f"m{i}", "w") for i in range(2001)])
+    with pytest.raises(grpc.RpcError) as info:
+        raw(many.SerializeToString(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2001 events" in (info.value.details() or "")
+
+
+def test_invalid_search_is_invalid_argument(query: pb_grpc.QueryServiceStub) -> None:
+    reversed_range = pb.SearchRequest(wedding_id="w")
+    reversed_range.start.FromSeconds(2_000_000_000)
+    reversed_range.end.FromSeconds(1_900_000_000)
+    for req, field in [
+        (pb.SearchRequest(), "wedding_id"),
+        (reversed_range, "start"),
+        (pb.SearchRequest(wedding_id="w", page_token="forged.token"), "page_token"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            list(query.Search(req, timeout=5))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (info.value.details() or "").startswith(field)
+    with pytest.raises(grpc.RpcError) as info:
+        query.GetEvent(pb.GetEventRequest(event_id="no-such-event"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("which", ["ingest", "processor", "query"])
+def test_reflection_lists_services(mesh: MeshLayout, which: str) -> None:
+    target = {"ingest": mesh.ingest_target, "query": mesh.query_target, "processor": mesh.processor(0).target}[which]
+    with grpc.insecure_channel(target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (resp,) = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in resp.list_services_response.service}
+    expected = {
+        "ingest": "auditpb.v1.IngestService",
+        "processor": "auditpb.v1.ProcessorService",
+        "query": "auditpb.v1.QueryService",
+    }[which]
+    assert {expected, "grpc.health.v1.Health"} <= names

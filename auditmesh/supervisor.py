@@ -6,6 +6,7 @@ separate processes, and scaling adds or removes processor processes through it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -63,6 +65,16 @@ class Supervisor:
     def log_file(self, name: str) -> Path:
         return self.run_dir / "logs" / f"{name}.log"
 
+    def stats_file(self, name: str) -> Path:
+        return self.run_dir / "stats" / f"{name}.json"
+
+    def stats(self, name: str) -> dict[str, Any] | None:
+        """The last stats the process published, or None."""
+        try:
+            return dict(json.loads(self.stats_file(name).read_text()))
+        except (FileNotFoundError, ValueError):
+            return None
+
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / "pids" / f"{name}.pid"
 
@@ -85,7 +97,7 @@ class Supervisor:
         running = self.pid(proc.name)
         if running is not None:
             return running
-        env = {**os.environ, **proc.env}
+        env = {**os.environ, "AUDITMESH_STATS_FILE": str(self.stats_file(proc.name)), **proc.env}
         with open(self.log_file(proc.name), "ab") as out:
             child = subprocess.Popen(
                 [sys.executable, "-m", proc.module],

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 
+from auditmesh.metrics import StatsPublisher
 from auditmesh.serving import run_service
 from auditmesh.store import EventStore
 from services.ingest.app import create
@@ -28,6 +29,18 @@ async def main(stop: asyncio.Event) -> None:
         cfg, router, calendar.snapshot, reuse_port=os.environ.get("AUDITMESH_INGEST_REUSE_PORT") == "1"
     )
     refresher = asyncio.create_task(calendar.run(cfg.calendar_refresh_s))
+
+    def stats() -> dict[str, object]:
+        budget = router.budget
+        return {
+            **servicer.stats.as_dict(),
+            "in_flight_events": budget.events,
+            "in_flight_bytes": budget.bytes,
+            "processors_connected": sum(link.connected.is_set() for link in links),
+        }
+
+    publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), stats)
+    publishing = asyncio.create_task(publisher.run())
     await server.start()
     log.info("ingest serving on %s:%d, processors %s", cfg.host, port, ",".join(cfg.processors))
     await stop.wait()
@@ -35,6 +48,8 @@ async def main(stop: asyncio.Event) -> None:
     # New calls are refused; batches under way get their acks (or a RETRY) within the grace.
     await server.stop(grace=10)
     refresher.cancel()
+    publishing.cancel()
+    publisher.publish()
     await router.stop()
     store.close()
     s = servicer.stats

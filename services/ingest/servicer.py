@@ -37,6 +37,9 @@ class IngestStats:
         self.retried = 0
         self.refused = 0
 
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
 
 def _parse(raw: bytes) -> pb.EventBatch:
     try:

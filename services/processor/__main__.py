@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 
+from auditmesh.metrics import StatsPublisher
 from auditmesh.serving import run_service
 from auditmesh.store import EventStore
 from services.processor.app import create
@@ -18,12 +20,17 @@ async def main(stop: asyncio.Event) -> None:
     cfg = ProcessorConfig.from_env(os.environ)
     store = EventStore.connect(cfg.store)
     server, port, servicer, health_servicer = create(cfg, store)
+    publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), servicer.stats)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, servicer.reset_latencies)
+    publishing = asyncio.create_task(publisher.run())
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
     # In-flight writes finish and are answered; ingest resends anything it sees no answer for.
     await server.stop(grace=10)
+    publishing.cancel()
+    publisher.publish()
     store.close()
     log.info("processor stopped: %d written, %d failed", servicer.written, servicer.failed)
 

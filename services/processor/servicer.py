@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import grpc
 
 from auditmesh.errors import RetryableError
+from auditmesh.metrics import Reservoir
 from auditmesh.serving import respond_concurrently
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
@@ -35,6 +36,22 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self._critical = asyncio.Semaphore(critical_writes)
         self.written = 0
         self.failed = 0
+        self.write_us = Reservoir()
+        self.critical_us = Reservoir()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and latency summaries: write per request, and for the critical lane the time
+        from ingest receiving an event to its write being confirmed."""
+        return {
+            "written": self.written,
+            "failed": self.failed,
+            "write_us": self.write_us.summary(),
+            "critical_us": self.critical_us.summary(),
+        }
+
+    def reset_latencies(self) -> None:
+        self.write_us.reset()
+        self.critical_us.reset()
 
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -58,5 +75,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                 self.failed += len(req.events)
                 return pb.ProcessResponse(seq=req.seq, ok=False, error=str(exc)[:500], retryable=False)
             write_us = int((time.perf_counter() - started) * 1e6)
+        self.write_us.add(write_us)
+        if req.lane == pb.LANE_CRITICAL and req.events:
+            self.critical_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
         self.written += len(req.events)
         return pb.ProcessResponse(seq=req.seq, ok=True, write_us=min(write_us, 2**32 - 1))

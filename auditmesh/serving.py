@@ -16,7 +16,8 @@ import grpc
 import uvloop
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from grpc_status import rpc_status
 
 from auditmesh.errors import AuditError, InvalidRequest, Overloaded, PermanentError, RetryableError
@@ -55,11 +56,33 @@ def create_server(
     for name in names:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        _MethodAwareReflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), server
+    )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return server, bound, health_servicer
+
+
+class _MethodAwareReflection(ReflectionServicer):  # type: ignore[misc]
+    """Server reflection that also resolves method symbols ("pkg.Service.Method").
+
+    grpcio-reflection looks symbols up in the descriptor pool, which knows services but not
+    their methods (grpc/grpc#34743), so ghz and ``grpcurl describe`` of a method fail. A method
+    name resolves to the file of its service.
+    """
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        service, _, method = fully_qualified_name.rpartition(".")
+        if service:
+            try:
+                descriptor = self._pool.FindServiceByName(service)
+            except KeyError:
+                descriptor = None
+            if descriptor is not None and method in descriptor.methods_by_name:
+                fully_qualified_name = service
+        return super()._file_containing_symbol(request, fully_qualified_name)
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:

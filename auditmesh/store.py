@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,7 +37,7 @@ from auditpb.v1 import audit_pb2 as pb
 __all__ = ["DAY_MS", "EventStore", "Row", "WriteStats", "bucket_of", "occurred_ms"]
 
 DAY_MS = 86_400_000
-_BATCH_ROWS = 200
+_BATCH_ROWS = 100
 _KNOWN_PARTITIONS = 100_000
 _RETRYABLE = (NoHostAvailable, OperationTimedOut, Timeout, Unavailable, ConnectionException, OSError)
 
@@ -80,9 +80,11 @@ def _translate(exc: BaseException) -> Exception:
 class EventStore:
     """Reads and writes audit events; one per process, shared by its tasks."""
 
-    def __init__(self, cluster: Cluster, session: Session, cfg: StoreConfig) -> None:
+    def __init__(self, cluster: Cluster, session: Session, cfg: StoreConfig, urgent: Session | None = None) -> None:
         self._cluster = cluster
         self._session = session
+        # Critical writes get their own connections, so they never queue behind bulk batches.
+        self._urgent = urgent or session
         self._cfg = cfg
         ks = cfg.keyspace
         cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
@@ -137,7 +139,7 @@ class EventStore:
         )
         try:
             session = cluster.connect()
-            return cls(cluster, session, cfg)
+            return cls(cluster, session, cfg, cluster.connect())
         except Exception as exc:
             cluster.shutdown()
             raise _translate(exc) from exc
@@ -149,8 +151,22 @@ class EventStore:
     def close(self) -> None:
         self._cluster.shutdown()
 
-    async def _run(self, statements: Sequence[Any], *, fetch: bool = False) -> list[Any]:
-        """Execute statements concurrently; return their rows (when ``fetch``) in order."""
+    async def _run(
+        self,
+        statements: Sequence[Any],
+        *,
+        fetch: bool = False,
+        build: Callable[[Any], Any] | None = None,
+        session: Session | None = None,
+        cooperative: bool = False,
+    ) -> list[Any]:
+        """Execute statements concurrently; return their rows (when ``fetch``) in order.
+
+        ``build`` turns each item into a statement just before it is sent; ``cooperative``
+        yields to the event loop between statements, so one large write does not hold up
+        a critical one that arrives meanwhile.
+        """
+        session = session or self._session
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         results: list[Any] = [None] * len(statements)
@@ -170,9 +186,9 @@ class EventStore:
             if last:
                 loop.call_soon_threadsafe(_finish, done, first_error[0] if first_error else None)
 
-        for index, stmt in enumerate(statements):
+        for index, item in enumerate(statements):
             try:
-                future = self._session.execute_async(stmt, timeout=10.0)
+                future = session.execute_async(item if build is None else build(item), timeout=10.0)
             except Exception as exc:
                 settle(index, None, exc)
                 continue
@@ -180,20 +196,23 @@ class EventStore:
                 lambda rows, i=index: settle(i, rows if fetch else None, None),
                 lambda exc, i=index: settle(i, None, exc),
             )
+            if cooperative:
+                await asyncio.sleep(0)
         try:
             await done
         except Exception as exc:
             raise _translate(exc) from exc
         return results
 
-    async def write(self, events: Iterable[pb.Event]) -> WriteStats:
+    async def write(self, events: Iterable[pb.Event], *, urgent: bool = False) -> WriteStats:
         """Durably write events to both tables and note their partitions; idempotent.
 
         Rows are grouped by the replicas that own them and sent as unlogged batches of up to
         ``_BATCH_ROWS`` rows (the Spark Cassandra Connector's ``replica_set`` grouping): each
         batch is applied by one coordinator that owns every row in it, so it costs one request
         instead of one per row, without the cross-node fan-out that makes multi-partition
-        batches an anti-pattern. Rows of one partition always travel together.
+        batches an anti-pattern. Rows of one partition always travel together. ``urgent``
+        writes (the critical lane) use their own connections.
         """
         by_wedding: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         by_user: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
@@ -225,13 +244,16 @@ class EventStore:
                 if marker not in self._known:
                     fresh.append(marker)
                     group.append((self._ins_partition, marker))
-        statements = [self._batch(rows) for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
-        await self._run(statements)
+        chunks = [rows for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
+        if urgent:
+            await self._run(chunks, build=self._batch, session=self._urgent)
+        else:
+            await self._run(chunks, build=self._batch, cooperative=True)
         for marker in fresh:
             self._known[marker] = None
             if len(self._known) > _KNOWN_PARTITIONS:
                 self._known.popitem(last=False)
-        return WriteStats(statements=len(statements), partitions=len(by_wedding) + len(by_user))
+        return WriteStats(statements=len(chunks), partitions=len(by_wedding) + len(by_user))
 
     def _replicas(self, prepared: Any, row: tuple[Any, ...]) -> frozenset[Any]:
         routing_key = prepared.bind(row).routing_key

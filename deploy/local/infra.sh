@@ -14,7 +14,7 @@ CACHE_DIR="${AUDITMESH_CACHE_DIR:-$HOME/.cache/auditmesh}"
 RUN_DIR="${AUDITMESH_RUN_DIR:-$HOME/.local/state/auditmesh}"
 CQL_PORT="${AUDITMESH_CASSANDRA_PORT:-9042}"
 STORAGE_PORT="${AUDITMESH_CASSANDRA_STORAGE_PORT:-7000}"
-HEAP="${AUDITMESH_CASSANDRA_HEAP:-1G}"
+HEAP="${AUDITMESH_CASSANDRA_HEAP:-3G}"
 REDIS_PORT="${AUDITMESH_REDIS_PORT:-6379}"
 READY_TIMEOUT="${AUDITMESH_READY_TIMEOUT:-240}"
 
@@ -65,7 +65,7 @@ start_cassandra() {
            jdk.compiler/com.sun.tools.javac.file jdk.attach/sun.tools.attach; do
     opens+=("--add-exports=$m=ALL-UNNAMED"); done
   log "starting cassandra (heap $HEAP), log: $C_LOG"
-  nohup java -Xms"$HEAP" -Xmx"$HEAP" -Xss256k -XX:+UseG1GC -XX:+HeapDumpOnOutOfMemoryError \
+  nohup java -Xms"$HEAP" -Xmx"$HEAP" -Xss256k -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -XX:MaxGCPauseMillis=100 \
     -XX:ActiveProcessorCount=2 \
     -Djava.net.preferIPv4Stack=true -Djdk.attach.allowAttachSelf=true \
     -Dio.netty.tryReflectionSetAccessible=true "${opens[@]}" \

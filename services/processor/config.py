@@ -16,7 +16,7 @@ class ProcessorConfig:
     """Interface to listen on (AUDITMESH_PROCESSOR_HOST)."""
     port: int = 50061
     """Port to listen on; 0 picks a free one (AUDITMESH_PROCESSOR_PORT)."""
-    max_writes: int = 16
+    max_writes: int = 2
     """Concurrent batch writes of the normal and wedding-day lanes (AUDITMESH_PROCESSOR_MAX_WRITES)."""
     critical_writes: int = 4
     """Concurrent writes reserved for the critical lane, on top of max_writes

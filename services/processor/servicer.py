@@ -26,7 +26,7 @@ log = logging.getLogger("auditmesh.processor")
 
 
 class EventWriter(Protocol):
-    async def write(self, events: Iterable[pb.Event]) -> object: ...
+    async def write(self, events: Iterable[pb.Event], *, urgent: bool = False) -> object: ...
 
 
 class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
@@ -60,11 +60,12 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             yield answer
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
-        slots = self._critical if req.lane == pb.LANE_CRITICAL else self._normal
+        critical = req.lane == pb.LANE_CRITICAL
+        slots = self._critical if critical else self._normal
         async with slots:
             started = time.perf_counter()
             try:
-                await self._store.write(req.events)
+                await self._store.write(req.events, urgent=critical)
             except RetryableError as exc:
                 self.failed += len(req.events)
                 return pb.ProcessResponse(

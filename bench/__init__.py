@@ -1,0 +1,1 @@
+"""Benchmarks: the pipeline against its baselines, ghz load profiles, queries."""

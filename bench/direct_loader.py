@@ -1,0 +1,110 @@
+"""The baseline a user would build instead of the mesh: events written straight into the same
+Cassandra tables with cassandra-driver, prepared statements, unlogged batches and
+``execute_concurrent``, in several processes.
+
+Two groupings are measured: one unlogged batch per partition (the textbook approach), and
+batches grouped by owning replica (the Spark Cassandra Connector's ``replica_set`` grouping,
+which the processor uses too). The better of the two is the store's ceiling on this machine.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from cassandra import ConsistencyLevel
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.concurrent import execute_concurrent
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement, BatchType
+
+from auditmesh.synthetic import Synthetic
+from auditpb.v1 import audit_pb2 as pb
+
+__all__ = ["run_loader"]
+
+BATCH_EVENTS = 500
+
+
+def _rows(events: list[pb.Event]) -> tuple[dict[Any, list[tuple[Any, ...]]], dict[Any, list[tuple[Any, ...]]]]:
+    by_wedding: dict[Any, list[tuple[Any, ...]]] = {}
+    by_user: dict[Any, list[tuple[Any, ...]]] = {}
+    for ev in events:
+        ms = ev.occurred_at.seconds * 1000 + ev.occurred_at.nanos // 1_000_000
+        bucket = ms // 86_400_000
+        common = (ms, ev.event_id, ev.severity, ev.outcome, ev.event_type, ev.organization_id, ev.SerializeToString())
+        if ev.wedding_id:
+            by_wedding.setdefault((ev.wedding_id, bucket), []).append((ev.wedding_id, bucket, ev.user_id, *common))
+        by_user.setdefault((ev.user_id, bucket), []).append((ev.user_id, bucket, ev.wedding_id, *common))
+    return by_wedding, by_user
+
+
+def run_loader(
+    conn: Connection,
+    *,
+    keyspace: str,
+    index: int,
+    grouping: str,
+    duration_s: float,
+    concurrency: int,
+    start_at: float,
+) -> None:
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        consistency_level=ConsistencyLevel.ONE,
+        request_timeout=30,
+    )
+    cluster = Cluster(["127.0.0.1"], protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    session = cluster.connect()
+    cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
+    ins_w = session.prepare(
+        f"INSERT INTO {keyspace}.events_by_wedding (wedding_id, bucket, user_id, {cols})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    ins_u = session.prepare(
+        f"INSERT INTO {keyspace}.events_by_user (user_id, bucket, wedding_id, {cols})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    synthetic = Synthetic(weddings=1000, seed=500 + index)
+    templates = list(synthetic.events(20_000))
+    while time.time() < start_at:
+        time.sleep(0.005)
+    started = time.monotonic()
+    written = 0
+    seq = 0
+    while time.monotonic() - started < duration_s:
+        now = time.time_ns()
+        events = []
+        for _ in range(BATCH_EVENTS):
+            ev = pb.Event(event_id=f"direct-{index}-{now}-{seq}", **templates[seq % len(templates)])
+            ev.occurred_at.FromNanoseconds(now)
+            events.append(ev)
+            seq += 1
+        by_wedding, by_user = _rows(events)
+        statements: list[tuple[Any, Any]] = []
+        if grouping == "partition":
+            for prepared, groups in ((ins_w, by_wedding), (ins_u, by_user)):
+                for rows in groups.values():
+                    if len(rows) == 1:
+                        statements.append((prepared, rows[0]))
+                        continue
+                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                    for row in rows:
+                        batch.add(prepared, row)
+                    statements.append((batch, ()))
+        else:  # one node owns everything here, so grouping by replica is one group, in chunks
+            flat = [(ins_w, r) for rows in by_wedding.values() for r in rows]
+            flat += [(ins_u, r) for rows in by_user.values() for r in rows]
+            for start in range(0, len(flat), 200):
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for prepared, row in flat[start : start + 200]:
+                    batch.add(prepared, row)
+                statements.append((batch, ()))
+        results = execute_concurrent(session, statements, concurrency=concurrency, raise_on_first_error=True)
+        assert all(ok for ok, _ in results)
+        written += len(events)
+    elapsed = time.monotonic() - started
+    cluster.shutdown()
+    conn.send({"index": index, "written": written, "elapsed_s": elapsed})
+    conn.close()

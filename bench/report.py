@@ -1,0 +1,126 @@
+"""Renders benchmark results as a table and writes them into the README between markers."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["RESULTS", "machine", "render_table", "update_readme"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "not measured"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
+    else:
+        text = f"{value:,}"
+    return f"{text}{unit}"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("met" if ok else "missed")
+
+
+def render_table(r: dict[str, Any]) -> str:
+    def ratio(a: Any, b: Any) -> float | None:
+        return round(a / b, 2) if a is not None and b else None
+
+    eps_ratio = ratio(r.get("throughput_eps"), r.get("direct_loader_eps"))
+    log_ratio = ratio(r.get("log_p99_ns"), r.get("stdlib_logging_p99_ns"))
+    rows = [
+        (
+            "sustained end-to-end acked throughput",
+            ">= 50K events/s and >= 0.8x direct loader",
+            f"{_fmt(r.get('throughput_eps'), ' ev/s')} ({eps_ratio}x direct loader: "
+            f"{_fmt(r.get('direct_loader_eps'), ' ev/s')})",
+            _verdict(None if eps_ratio is None else (r["throughput_eps"] >= 50_000 and eps_ratio >= 0.8)),
+        ),
+        (
+            "`log()` caller cost p99",
+            "<= 5 us and <= 0.5x stdlib logging",
+            f"{_fmt(r.get('log_p99_ns'), ' ns')} (p50 {_fmt(r.get('log_p50_ns'), ' ns')}; stdlib logging p99 "
+            f"{_fmt(r.get('stdlib_logging_p99_ns'), ' ns')}, {log_ratio}x)",
+            _verdict(None if log_ratio is None else (r["log_p99_ns"] <= 5000 and log_ratio <= 0.5)),
+        ),
+        (
+            "ack latency (log to ack)",
+            "-",
+            f"p50 {_fmt(r.get('ack_p50_ms'), ' ms')}, p99 {_fmt(r.get('ack_p99_ms'), ' ms')}",
+            "",
+        ),
+        (
+            "critical events, ingest to processed p99",
+            "< 500 us",
+            f"{_fmt(r.get('critical_p99_us'), ' us')} (p50 {_fmt(r.get('critical_p50_us'), ' us')}, "
+            f"{r.get('critical_events', 0)} P0 events)",
+            _verdict(None if r.get("critical_p99_us") is None else r["critical_p99_us"] < 500),
+        ),
+        (
+            "storage write per batch p99",
+            "< 5 ms",
+            f"{_fmt(r.get('write_p99_ms'), ' ms')} (p50 {_fmt(r.get('write_p50_ms'), ' ms')})",
+            _verdict(None if r.get("write_p99_ms") is None else r["write_p99_ms"] < 5),
+        ),
+        (
+            "ghz `Submit`, 500-event batches",
+            ">= 200K events/s",
+            _fmt(r.get("ghz_submit_eps"), " ev/s"),
+            _verdict(None if r.get("ghz_submit_eps") is None else r["ghz_submit_eps"] >= 200_000),
+        ),
+        ("ghz `Stream`, 10 x 500-event batches per stream", "-", _fmt(r.get("ghz_stream_eps"), " ev/s"), ""),
+    ]
+    lines = ["| measure | target | measured | |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    res = r.get("full_speed", {}).get("resources", {})
+    if res:
+        lines += ["", "| process (full-speed phase) | CPU (cores) | peak RSS (MB) |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {v['cpu_cores']} | {v['peak_rss_mb']} |" for name, v in sorted(res.items())]
+    m = r.get("machine", {})
+    lines += [
+        "",
+        f"Machine: {m.get('cpus')} cores ({m.get('cpu')}), {m.get('memory_gb')} GiB, Python "
+        f"{m.get('python')}, everything on one machine. Run {r.get('started')} at commit "
+        f"`{str(r.get('git_commit'))[:10]}` with `{r.get('command')}`.",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(
+    r: dict[str, Any],
+    start: str = "<!-- bench:pipeline:start -->",
+    end: str = "<!-- bench:pipeline:end -->",
+    text: str | None = None,
+) -> None:
+    content = README.read_text()
+    if start not in content or end not in content:
+        return
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{text if text is not None else render_table(r)}\n{end}{tail}")

@@ -295,7 +295,7 @@ class AuditClient:
             self._enqueue(self._build(self._normal, critical=False))
 
     def _build(self, source: deque[_Item], *, critical: bool) -> _Batch:
-        msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}")
+        msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}", client_dropped=self._dropped)
         add = msg.events.add
         size = 0
         first_ns = 0

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -22,7 +21,7 @@ from auditmesh.errors import InvalidRequest
 from auditmesh.store import DAY_MS, Row
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["Cursor", "RowSource", "SearchSpec", "TokenSigner", "pages"]
+__all__ = ["Cursor", "RowSource", "SearchSpec", "TokenSigner", "page"]
 
 DEFAULT_WINDOW_MS = 30 * DAY_MS
 MAX_WINDOW_MS = 400 * DAY_MS
@@ -60,6 +59,7 @@ class SearchSpec:
     outcome: int
     organization_id: str
     page_size: int
+    open_end: bool = False
 
     @classmethod
     def from_request(cls, req: pb.SearchRequest, now_ms: int | None = None) -> SearchSpec:
@@ -72,8 +72,11 @@ class SearchSpec:
         if req.page_size > MAX_PAGE:
             raise InvalidRequest("page_size", f"at most {MAX_PAGE}")
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        end_ms = _ms(req.end) if req.HasField("end") else now_ms + 1
-        start_ms = _ms(req.start) if req.HasField("start") else end_ms - DEFAULT_WINDOW_MS
+        # An open end reaches past the clock (events may be stamped slightly ahead of it); an
+        # open start is whole days, so a default search means the same thing all day.
+        open_end = not req.HasField("end")
+        end_ms = now_ms + DAY_MS if open_end else _ms(req.end)
+        start_ms = _ms(req.start) if req.HasField("start") else (now_ms - DEFAULT_WINDOW_MS) // DAY_MS * DAY_MS
         if start_ms >= end_ms:
             raise InvalidRequest("start", "start must be before end")
         if end_ms - start_ms > MAX_WINDOW_MS:
@@ -89,6 +92,7 @@ class SearchSpec:
             outcome=req.outcome,
             organization_id=req.organization_id,
             page_size=req.page_size or DEFAULT_PAGE,
+            open_end=open_end,
         )
 
     def fingerprint(self) -> str:
@@ -103,6 +107,19 @@ class SearchSpec:
             self.organization_id,
         ]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+    def buckets(self, cursor: Cursor | None) -> range:
+        """Every day bucket the page after ``cursor`` may read."""
+        newest = (self.end_ms - 1) // DAY_MS
+        if cursor is not None:
+            newest = min(newest, cursor.bucket)
+        return range(self.start_ms // DAY_MS, newest + 1)
+
+    def identity(self, cursor: Cursor | None) -> str:
+        """Everything that decides a page's content except the data: the cache key's stem."""
+        end = "open" if self.open_end else str(self.end_ms)
+        where = "" if cursor is None else f"{cursor.bucket}:{cursor.occurred_ms}:{cursor.event_id}"
+        return f"{self.fingerprint()}|{self.start_ms}|{end}|{self.page_size}|{where}"
 
     def matches(self, row: Row) -> bool:
         if self.event_types and row.event_type not in self.event_types:
@@ -158,38 +175,31 @@ class TokenSigner:
         )
 
 
-async def pages(
-    source: RowSource, spec: SearchSpec, cursor: Cursor | None
-) -> AsyncIterator[tuple[list[Row], Cursor | None]]:
-    """Yield full pages newest first, each with the cursor after it; the last has cursor None."""
-    newest = (spec.end_ms - 1) // DAY_MS
-    if cursor is not None:
-        newest = min(newest, cursor.bucket)
-    buckets = await source.buckets(spec.scope, spec.key, newest, spec.start_ms // DAY_MS)
-    page: list[Row] = []
+async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tuple[list[Row], Cursor | None]:
+    """The page after ``cursor``, newest first, and the cursor after it (None when nothing follows).
+
+    Reads the partitions index once, then only the non-empty day buckets of the range, newest
+    first, each with keyset pagination, and stops as soon as the page is full.
+    """
+    buckets = spec.buckets(cursor)
+    present = await source.buckets(spec.scope, spec.key, buckets.stop - 1, buckets.start)
+    found: list[Row] = []
     fetch = spec.page_size
-    for bucket in buckets:
+    for bucket in present:
         after = (cursor.occurred_ms, cursor.event_id) if cursor and cursor.bucket == bucket else None
         while True:
             rows = await source.rows(
-                spec.scope,
-                spec.key,
-                bucket,
-                end_ms=spec.end_ms,
-                start_ms=spec.start_ms,
-                after=after,
-                limit=fetch,
+                spec.scope, spec.key, bucket, end_ms=spec.end_ms, start_ms=spec.start_ms, after=after, limit=fetch
             )
             for row in rows:
                 if spec.matches(row):
-                    page.append(row)
-                    if len(page) == spec.page_size:
-                        yield page, Cursor(bucket, row.occurred_ms, row.event_id)
-                        page = []
+                    found.append(row)
+                    if len(found) == spec.page_size:
+                        return found, Cursor(bucket, row.occurred_ms, row.event_id)
             if len(rows) < fetch:
                 break
             after = (rows[-1].occurred_ms, rows[-1].event_id)
-    yield page, None
+    return found, None
 
 
 def _ms(ts: object) -> int:

@@ -67,8 +67,10 @@ class Row(NamedTuple):
 
 @dataclass
 class WriteStats:
+    """What a write touched: statements sent and the (scope, key, bucket) partitions written."""
+
     statements: int
-    partitions: int
+    partitions: list[tuple[str, str, int]]
 
 
 def _translate(exc: BaseException) -> Exception:
@@ -253,7 +255,9 @@ class EventStore:
             self._known[marker] = None
             if len(self._known) > _KNOWN_PARTITIONS:
                 self._known.popitem(last=False)
-        return WriteStats(statements=len(chunks), partitions=len(by_wedding) + len(by_user))
+        written = [("w", key, bucket) for key, bucket in by_wedding]
+        written += [("u", key, bucket) for key, bucket in by_user]
+        return WriteStats(statements=len(chunks), partitions=written)
 
     def _replicas(self, prepared: Any, row: tuple[Any, ...]) -> frozenset[Any]:
         routing_key = prepared.bind(row).routing_key

@@ -204,8 +204,13 @@ class EventBatch(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    CLIENT_DROPPED_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Client-made id of this batch, echoed in its BatchAck (a stream may have many in flight)."""
+    client_dropped: _builtins.int
+    """Events the sending client has dropped since it started (its buffer was full); lets
+    operators see client-side loss in one place. Never includes P0 events: they are not dropped.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
@@ -213,10 +218,11 @@ class EventBatch(_message.Message):
         *,
         batch_id: _builtins.str = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
+        client_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "client_dropped", b"client_dropped", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,7 @@ class IngestStats:
         self.rejected = 0
         self.retried = 0
         self.refused = 0
+        self.client_dropped = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -85,8 +86,13 @@ class IngestServicer:
         self, raw_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.BatchAck]:
         async def parsed() -> AsyncIterator[tuple[int, pb.EventBatch]]:
+            reported = 0  # the client's drop counter is cumulative per stream
             async for raw in raw_iterator:
-                yield len(raw), _parse(raw)
+                batch = _parse(raw)
+                if batch.client_dropped > reported:
+                    self.stats.client_dropped += batch.client_dropped - reported
+                    reported = batch.client_dropped
+                yield len(raw), batch
 
         try:
             async for ack in respond_concurrently(parsed(), self._answer, max_in_flight=128):

@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 
+from auditmesh import cache
+from auditmesh.cache import VersionBumper
 from auditmesh.metrics import StatsPublisher
 from auditmesh.serving import run_service
 from auditmesh.store import EventStore
@@ -19,7 +21,9 @@ log = logging.getLogger("auditmesh.processor")
 async def main(stop: asyncio.Event) -> None:
     cfg = ProcessorConfig.from_env(os.environ)
     store = EventStore.connect(cfg.store)
-    server, port, servicer, health_servicer = create(cfg, store)
+    redis_client = cache.connect(cfg.redis_url) if cfg.redis_url else None
+    versions = VersionBumper(redis_client)
+    server, port, servicer, health_servicer = create(cfg, store, versions)
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), servicer.stats)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, servicer.reset_latencies)
     publishing = asyncio.create_task(publisher.run())
@@ -31,6 +35,9 @@ async def main(stop: asyncio.Event) -> None:
     await server.stop(grace=10)
     publishing.cancel()
     publisher.publish()
+    await versions.close()
+    if redis_client is not None:
+        await redis_client.aclose()
     store.close()
     log.info("processor stopped: %d written, %d failed", servicer.written, servicer.failed)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health
 
+from auditmesh.cache import VersionBumper
 from auditmesh.serving import create_server
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.config import ProcessorConfig
@@ -16,9 +17,9 @@ SERVICE = "auditpb.v1.ProcessorService"
 
 
 def create(
-    cfg: ProcessorConfig, store: EventWriter
+    cfg: ProcessorConfig, store: EventWriter, versions: VersionBumper
 ) -> tuple[grpc.aio.Server, int, ProcessorServicer, health.HealthServicer]:
-    servicer = ProcessorServicer(store, max_writes=cfg.max_writes, critical_writes=cfg.critical_writes)
+    servicer = ProcessorServicer(store, versions, max_writes=cfg.max_writes, critical_writes=cfg.critical_writes)
     server, port, health_servicer = create_server(
         [], [SERVICE], port=cfg.port, host=cfg.host, max_message_bytes=cfg.max_message_bytes
     )

@@ -23,6 +23,9 @@ class ProcessorConfig:
     (AUDITMESH_PROCESSOR_CRITICAL_WRITES)."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest request from ingest (AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis whose cache versions the processor bumps after each write; empty disables
+    (AUDITMESH_REDIS_URL). Must be the query service's Redis."""
     store: StoreConfig = field(default_factory=StoreConfig)
 
     @classmethod
@@ -34,5 +37,6 @@ class ProcessorConfig:
             max_writes=e.integer("AUDITMESH_PROCESSOR_MAX_WRITES", cls.max_writes, minimum=1),
             critical_writes=e.integer("AUDITMESH_PROCESSOR_CRITICAL_WRITES", cls.critical_writes, minimum=1),
             max_message_bytes=e.integer("AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
+            redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
             store=StoreConfig.from_env(env),
         )

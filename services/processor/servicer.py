@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 import grpc
 
+from auditmesh.cache import VersionBumper
 from auditmesh.errors import RetryableError
 from auditmesh.metrics import Reservoir
 from auditmesh.serving import respond_concurrently
+from auditmesh.store import WriteStats
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
@@ -26,12 +28,13 @@ log = logging.getLogger("auditmesh.processor")
 
 
 class EventWriter(Protocol):
-    async def write(self, events: Iterable[pb.Event], *, urgent: bool = False) -> object: ...
+    async def write(self, events: Iterable[pb.Event], *, urgent: bool = False) -> WriteStats: ...
 
 
 class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
-    def __init__(self, store: EventWriter, *, max_writes: int, critical_writes: int) -> None:
+    def __init__(self, store: EventWriter, versions: VersionBumper, *, max_writes: int, critical_writes: int) -> None:
         self._store = store
+        self._versions = versions
         self._normal = asyncio.Semaphore(max_writes)
         self._critical = asyncio.Semaphore(critical_writes)
         self.written = 0
@@ -65,7 +68,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         async with slots:
             started = time.perf_counter()
             try:
-                await self._store.write(req.events, urgent=critical)
+                written = await self._store.write(req.events, urgent=critical)
             except RetryableError as exc:
                 self.failed += len(req.events)
                 return pb.ProcessResponse(
@@ -76,6 +79,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                 self.failed += len(req.events)
                 return pb.ProcessResponse(seq=req.seq, ok=False, error=str(exc)[:500], retryable=False)
             write_us = int((time.perf_counter() - started) * 1e6)
+        # Before the ack: a query that follows the ack must not be served a page cached earlier.
+        await self._versions.bump(written.partitions)
         self.write_us.add(write_us)
         if req.lane == pb.LANE_CRITICAL and req.events:
             self.critical_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)

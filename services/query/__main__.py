@@ -6,6 +6,9 @@ import asyncio
 import logging
 import os
 
+from auditmesh import cache
+from auditmesh.cache import PageCache
+from auditmesh.metrics import StatsPublisher
 from auditmesh.serving import run_service
 from auditmesh.store import EventStore
 from services.query.app import create
@@ -17,12 +20,19 @@ log = logging.getLogger("auditmesh.query")
 async def main(stop: asyncio.Event) -> None:
     cfg = QueryConfig.from_env(os.environ)
     store = EventStore.connect(cfg.store)
-    server, port, _servicer, health_servicer = create(cfg, store)
+    redis_client = cache.connect(cfg.redis_url) if cfg.redis_url else None
+    server, port, servicer, health_servicer = create(cfg, store, PageCache(redis_client, cfg.cache_ttl_s))
+    publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), lambda: {"cache": servicer.cache.stats()})
+    publishing = asyncio.create_task(publisher.run())
     await server.start()
     log.info("query serving on %s:%d", cfg.host, port)
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
+    publishing.cancel()
+    publisher.publish()
+    if redis_client is not None:
+        await redis_client.aclose()
     store.close()
 
 

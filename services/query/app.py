@@ -1,4 +1,4 @@
-"""Builds the query gRPC server from its config and injected store."""
+"""Builds the query gRPC server from its config and injected store and cache."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import secrets
 import grpc
 from grpc_health.v1 import health
 
+from auditmesh.cache import PageCache
 from auditmesh.search import TokenSigner
 from auditmesh.serving import create_server
-from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from auditpb.v1 import audit_pb2 as pb
 from services.query.config import QueryConfig
 from services.query.servicer import EventReader, QueryServicer
 
@@ -18,9 +19,24 @@ __all__ = ["SERVICE", "create"]
 SERVICE = "auditpb.v1.QueryService"
 
 
-def create(cfg: QueryConfig, store: EventReader) -> tuple[grpc.aio.Server, int, QueryServicer, health.HealthServicer]:
+def _raw(page: bytes) -> bytes:
+    return page
+
+
+def create(
+    cfg: QueryConfig, store: EventReader, cache: PageCache
+) -> tuple[grpc.aio.Server, int, QueryServicer, health.HealthServicer]:
     key = cfg.token_key.encode() if cfg.token_key else secrets.token_bytes(32)
-    servicer = QueryServicer(store, TokenSigner(key))
-    server, port, health_servicer = create_server([], [SERVICE], port=cfg.port, host=cfg.host)
-    pb_grpc.add_QueryServiceServicer_to_server(servicer, server)
+    servicer = QueryServicer(store, TokenSigner(key), cache)
+    # Search yields pages already serialized, so cached pages go out as the bytes Redis holds.
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Search": grpc.unary_stream_rpc_method_handler(servicer.Search, pb.SearchRequest.FromString, _raw),
+            "GetEvent": grpc.unary_unary_rpc_method_handler(
+                servicer.GetEvent, pb.GetEventRequest.FromString, pb.Event.SerializeToString
+            ),
+        },
+    )
+    server, port, health_servicer = create_server([handler], [SERVICE], port=cfg.port, host=cfg.host)
     return server, port, servicer, health_servicer

@@ -1,5 +1,5 @@
-"""QueryService: Search streams pages newest first with signed keyset page tokens; GetEvent
-finds one event by id."""
+"""QueryService: Search streams pages newest first with signed keyset page tokens, through a
+versioned Redis page cache; GetEvent finds one event by id."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any, Protocol
 
 import grpc
 
+from auditmesh.cache import PageCache
 from auditmesh.errors import AuditError, InvalidRequest
-from auditmesh.search import MAX_PAGES, Cursor, RowSource, SearchSpec, TokenSigner, pages
+from auditmesh.search import MAX_PAGES, Cursor, RowSource, SearchSpec, TokenSigner, page
 from auditmesh.serving import abort_with
 from auditpb.v1 import audit_pb2 as pb
-from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
 __all__ = ["EventReader", "QueryServicer"]
 
@@ -21,14 +21,15 @@ class EventReader(RowSource, Protocol):
     async def get(self, event_id: str) -> bytes | None: ...
 
 
-class QueryServicer(pb_grpc.QueryServiceServicer):
-    def __init__(self, store: EventReader, signer: TokenSigner) -> None:
+class QueryServicer:
+    def __init__(self, store: EventReader, signer: TokenSigner, cache: PageCache) -> None:
         self._store = store
         self._signer = signer
+        self.cache = cache
 
     async def Search(  # noqa: N802
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.SearchPage]:
+    ) -> AsyncIterator[bytes]:
         try:
             spec = SearchSpec.from_request(request)
             if request.max_pages > MAX_PAGES:
@@ -37,17 +38,27 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
             if request.page_token:
                 explicit = request.HasField("start") or request.HasField("end")
                 spec, cursor = self._signer.decode(spec, request.page_token, explicit_range=explicit)
-            budget = request.max_pages or 1
-            async for rows, after in pages(self._store, spec, cursor):
-                page = pb.SearchPage(events=[pb.Event.FromString(r.payload) for r in rows])
-                if after is not None:
-                    page.next_page_token = self._signer.encode(spec, after)
-                yield page
-                budget -= 1
-                if budget == 0 or after is None:
+            for _ in range(request.max_pages or 1):
+                raw, cursor = await self._page(spec, cursor)
+                yield raw
+                if cursor is None:
                     return
         except AuditError as exc:
             await abort_with(context, exc)
+
+    async def _page(self, spec: SearchSpec, cursor: Cursor | None) -> tuple[bytes, Cursor | None]:
+        """One serialized SearchPage and the cursor after it, from the cache when it is current."""
+        page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), spec.identity(cursor))
+        if cached is not None:
+            following = pb.SearchPage.FromString(cached).next_page_token
+            return cached, (self._signer.decode(spec, following)[1] if following else None)
+        rows, after = await page(self._store, spec, cursor)
+        out = pb.SearchPage(events=[pb.Event.FromString(r.payload) for r in rows])
+        if after is not None:
+            out.next_page_token = self._signer.encode(spec, after)
+        raw = out.SerializeToString()
+        await self.cache.store(page_key, raw)
+        return raw, after
 
     async def GetEvent(  # noqa: N802
         self, request: pb.GetEventRequest, context: grpc.aio.ServicerContext[Any, Any]

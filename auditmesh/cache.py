@@ -1,0 +1,163 @@
+"""Redis read cache for search pages, correct by construction.
+
+Writers (processors) bump a version per partition (scope, key, day bucket) once per batch,
+after the write is durable. A cached page's key includes the versions of every bucket its
+search may read, plus a per-key epoch and a global epoch, so a page cached before a write can
+never be found after it: readers read the versions first, then Cassandra.
+
+    am:v:{scope}:{key}     hash: "e" -> epoch of this hash, "{bucket}" -> version
+    am:epoch               global epoch, bumped when a writer may have missed bumps
+    am:p:{digest}          cached SearchPage bytes, with a TTL
+
+A version hash that is evicted or expires comes back with a fresh epoch, so old page keys stay
+unreachable. A writer that could not reach Redis bumps the global epoch once it can again,
+which retires every cached page. Every Redis failure on the read side is a cache miss, never
+an error; pages also expire after ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = ["PageCache", "VersionBumper"]
+
+log = logging.getLogger("auditmesh.cache")
+_EPOCH = "am:epoch"
+_VERSION_TTL_S = 8 * 86400
+_RETRY_AFTER_FAILURE_S = 1.0
+
+
+def _vkey(scope: str, key: str) -> str:
+    return f"am:v:{scope}:{key}"
+
+
+def connect(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=0, retry_on_timeout=False
+    )
+
+
+class VersionBumper:
+    """The writer side: one pipelined round trip per batch bumps every partition it wrote.
+
+    A failed bump is remembered: the next round trip that succeeds (the next batch's, or a
+    background retry every half second) first bumps the global epoch, retiring every page that
+    may have been cached without that write.
+    """
+
+    def __init__(self, client: aioredis.Redis | None) -> None:
+        self._client = client
+        self._missed = False
+        self._retry: asyncio.Task[None] | None = None
+        self.bumped = 0
+        self.failures = 0
+
+    async def bump(self, partitions: Iterable[tuple[str, str, int]]) -> None:
+        if self._client is None:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                if self._missed:
+                    pipe.incr(_EPOCH)
+                touched = set()
+                for scope, key, bucket in partitions:
+                    vkey = _vkey(scope, key)
+                    if vkey not in touched:
+                        touched.add(vkey)
+                        pipe.hsetnx(vkey, "e", os.urandom(6).hex())
+                        pipe.expire(vkey, _VERSION_TTL_S)
+                    pipe.hincrby(vkey, str(bucket), 1)
+                await pipe.execute()
+            self._missed = False
+            self.bumped += 1
+        except (RedisError, OSError) as exc:
+            self.failures += 1
+            if not self._missed:
+                log.warning("cache versions not bumped (%s); the cache is retired once Redis answers", exc)
+            self._missed = True
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.create_task(self._retire_when_back())
+
+    async def _retire_when_back(self) -> None:
+        assert self._client is not None
+        while self._missed:
+            await asyncio.sleep(_RETRY_AFTER_FAILURE_S / 2)
+            try:
+                await self._client.incr(_EPOCH)
+                self._missed = False
+                log.info("Redis answers again: cache retired")
+            except (RedisError, OSError):
+                continue
+
+    async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+
+
+class PageCache:
+    """The reader side: versioned page keys, TTL and a size bound per entry; failures are misses."""
+
+    def __init__(self, client: aioredis.Redis | None, ttl_s: int, max_entry_bytes: int = 1 << 20) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self._max_entry_bytes = max_entry_bytes
+        self._skip_until = 0.0
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+
+    def stats(self) -> dict[str, Any]:
+        total = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "errors": self.errors,
+            "hit_rate": round(self.hits / total, 4) if total else None,
+        }
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if time.monotonic() >= self._skip_until:
+            log.warning("cache unavailable (%s); reading from Cassandra", exc)
+        self._skip_until = time.monotonic() + _RETRY_AFTER_FAILURE_S
+
+    async def lookup(self, scope: str, key: str, buckets: range, identity: str) -> tuple[str | None, bytes | None]:
+        """The page key for this search page under the current versions, and the cached page if any."""
+        if self._client is None or time.monotonic() < self._skip_until:
+            self.misses += 1
+            return None, None
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(_EPOCH)
+                pipe.hgetall(_vkey(scope, key))
+                epoch, versions = await pipe.execute()
+            parts = [identity, (epoch or b"0").decode(), versions.get(b"e", b"-").decode()]
+            parts += [f"{b}={versions[k].decode()}" for b in buckets if (k := str(b).encode()) in versions]
+            page_key = "am:p:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
+            cached = await self._client.get(page_key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            self.misses += 1
+            return None, None
+        if not isinstance(cached, bytes):
+            self.misses += 1
+            return page_key, None
+        self.hits += 1
+        return page_key, cached
+
+    async def store(self, page_key: str | None, page: bytes) -> None:
+        if self._client is None or page_key is None or len(page) > self._max_entry_bytes:
+            return
+        try:
+            await self._client.set(page_key, page, ex=self._ttl_s)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)

@@ -34,6 +34,20 @@ log = logging.getLogger("auditmesh.cache")
 _EPOCH = "am:epoch"
 _VERSION_TTL_S = 8 * 86400
 _RETRY_AFTER_FAILURE_S = 1.0
+# One call per written batch, whatever the number of partitions in it.
+# KEYS: the version hashes touched; ARGV[1]: a fresh epoch seed; ARGV[2]: TTL of the hashes;
+# ARGV[3..]: "i:bucket" pairs, i the 1-based index into KEYS.
+_BUMP_LUA = """
+for i, k in ipairs(KEYS) do
+  redis.call('HSETNX', k, 'e', ARGV[1] .. ':' .. i)
+  redis.call('EXPIRE', k, ARGV[2])
+end
+for j = 3, #ARGV do
+  local sep = string.find(ARGV[j], ':', 1, true)
+  redis.call('HINCRBY', KEYS[tonumber(string.sub(ARGV[j], 1, sep - 1))], string.sub(ARGV[j], sep + 1), 1)
+end
+return #ARGV - 2
+"""
 
 
 def _vkey(scope: str, key: str) -> str:
@@ -47,7 +61,7 @@ def connect(url: str) -> aioredis.Redis:
 
 
 class VersionBumper:
-    """The writer side: one pipelined round trip per batch bumps every partition it wrote.
+    """The writer side: one script call per batch bumps every partition it wrote.
 
     A failed bump is remembered: the next round trip that succeeds (the next batch's, or a
     background retry every half second) first bumps the global epoch, retiring every page that
@@ -56,27 +70,26 @@ class VersionBumper:
 
     def __init__(self, client: aioredis.Redis | None) -> None:
         self._client = client
+        self._script = client.register_script(_BUMP_LUA) if client is not None else None
         self._missed = False
         self._retry: asyncio.Task[None] | None = None
         self.bumped = 0
         self.failures = 0
 
     async def bump(self, partitions: Iterable[tuple[str, str, int]]) -> None:
-        if self._client is None:
+        if self._client is None or self._script is None:
+            return
+        index: dict[str, int] = {}
+        pairs: list[str] = []
+        for scope, key, bucket in partitions:
+            i = index.setdefault(_vkey(scope, key), len(index) + 1)
+            pairs.append(f"{i}:{bucket}")
+        if not pairs:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                if self._missed:
-                    pipe.incr(_EPOCH)
-                touched = set()
-                for scope, key, bucket in partitions:
-                    vkey = _vkey(scope, key)
-                    if vkey not in touched:
-                        touched.add(vkey)
-                        pipe.hsetnx(vkey, "e", os.urandom(6).hex())
-                        pipe.expire(vkey, _VERSION_TTL_S)
-                    pipe.hincrby(vkey, str(bucket), 1)
-                await pipe.execute()
+            if self._missed:
+                await self._client.incr(_EPOCH)
+            await self._script(keys=list(index), args=[os.urandom(6).hex(), _VERSION_TTL_S, *pairs])
             self._missed = False
             self.bumped += 1
         except (RedisError, OSError) as exc:

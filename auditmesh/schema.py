@@ -63,7 +63,7 @@ def create_schema(cfg: StoreConfig) -> None:
     """Create the keyspace and tables when missing; harmless when they exist."""
     profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=120)
     cluster = Cluster(
-        list(cfg.hosts), port=cfg.port, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
+        list(cfg.hosts), port=cfg.port, protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
     )
     try:
         session = cluster.connect()

@@ -133,7 +133,7 @@ class EventStore:
         cluster = Cluster(
             list(cfg.hosts),
             port=cfg.port,
-            protocol_version=5,
+            protocol_version=4,
             executor_threads=executor_threads,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=5,

@@ -55,7 +55,7 @@ def run_loader(
         consistency_level=ConsistencyLevel.ONE,
         request_timeout=30,
     )
-    cluster = Cluster(["127.0.0.1"], protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    cluster = Cluster(["127.0.0.1"], protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     session = cluster.connect()
     cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
     ins_w = session.prepare(

@@ -131,11 +131,14 @@ async def respond_concurrently(
     handle: Callable[[Req], Awaitable[Resp | None]],
     *,
     max_in_flight: int = 64,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Resp]:
     """Read requests while earlier ones are still being handled; yield each answer when ready.
 
     At most ``max_in_flight`` requests are handled at once; past that the stream is not read,
-    which pushes back on the sender through HTTP/2 flow control. Errors reading the stream end it after the
+    which pushes back on the sender through HTTP/2 flow control. When ``stop`` is set (graceful
+    shutdown) no further request is read; the answers under way are sent and the stream ends,
+    so the peer resends nothing that was answered. Errors reading the stream end it after the
     answers already under way have been sent.
     """
     answers: asyncio.Queue[Resp | None] = asyncio.Queue()
@@ -152,9 +155,26 @@ async def respond_concurrently(
         if answer is not None:
             answers.put_nowait(answer)
 
+    async def next_request(iterator: AsyncIterator[Req]) -> Req:
+        if stop is None:
+            return await anext(iterator)
+        reading = asyncio.ensure_future(anext(iterator))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not reading.done():
+            reading.cancel()
+            raise StopAsyncIteration
+        return reading.result()
+
     async def reader() -> None:
+        iterator = aiter(requests)
         try:
-            async for request in requests:
+            while True:
+                try:
+                    request = await next_request(iterator)
+                except StopAsyncIteration:
+                    break
                 await slots.acquire()
                 task = asyncio.ensure_future(one(request))
                 pending.add(task)

@@ -26,7 +26,7 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.connection import ConnectionException
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
 from auditmesh.config import StoreConfig
@@ -138,6 +138,8 @@ class EventStore:
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=5,
             control_connection_timeout=5,
+            # Reconnect within seconds after Cassandra restarts (the default backs off to minutes).
+            reconnection_policy=ExponentialReconnectionPolicy(0.5, 4.0),
         )
         try:
             session = cluster.connect()

@@ -45,6 +45,7 @@ async def main(stop: asyncio.Event) -> None:
     log.info("ingest serving on %s:%d, processors %s", cfg.host, port, ",".join(cfg.processors))
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
+    servicer.draining.set()
     # New calls are refused; batches under way get their acks (or a RETRY) within the grace.
     await server.stop(grace=10)
     refresher.cancel()

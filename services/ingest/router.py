@@ -109,12 +109,12 @@ class ProcessorLink:
             if not future.done():
                 future.set_exception(StoreUnavailable(reason, 200))
         self._waiting.clear()
-        while not self._queue.empty():
-            self._queue.get_nowait()
 
-    async def _requests(self) -> AsyncIterator[pb.ProcessRequest]:
+    async def _requests(
+        self, queue: asyncio.PriorityQueue[tuple[int, int, pb.ProcessRequest]]
+    ) -> AsyncIterator[pb.ProcessRequest]:
         while True:
-            _, seq, req = await self._queue.get()
+            _, seq, req = await queue.get()
             if seq in self._waiting:
                 yield req
 
@@ -131,7 +131,9 @@ class ProcessorLink:
             )
             try:
                 await asyncio.wait_for(channel.channel_ready(), 5)
-                call = pb_grpc.ProcessorServiceStub(channel).Process(self._requests())
+                # A fresh queue per stream: a request can never be taken by a stream that died.
+                self._queue = asyncio.PriorityQueue()
+                call = pb_grpc.ProcessorServiceStub(channel).Process(self._requests(self._queue))
                 self.connected.set()
                 log.info("connected to processor %s", self.target)
                 backoff = 0.05

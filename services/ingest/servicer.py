@@ -61,6 +61,7 @@ class IngestServicer:
         self._calendar = calendar
         self._admit_wait_s = admit_wait_s
         self.stats = IngestStats()
+        self.draining = asyncio.Event()
 
     def handler(self) -> grpc.GenericRpcHandler:
         serialize = pb.BatchAck.SerializeToString
@@ -95,7 +96,7 @@ class IngestServicer:
                 yield len(raw), batch
 
         try:
-            async for ack in respond_concurrently(parsed(), self._answer, max_in_flight=128):
+            async for ack in respond_concurrently(parsed(), self._answer, max_in_flight=128, stop=self.draining):
                 yield ack
         except InvalidRequest as exc:
             await abort_with(context, exc)

@@ -31,6 +31,7 @@ async def main(stop: asyncio.Event) -> None:
     log.info("processor serving on %s:%d", cfg.host, port)
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
+    servicer.draining.set()
     # In-flight writes finish and are answered; ingest resends anything it sees no answer for.
     await server.stop(grace=10)
     publishing.cancel()

@@ -39,6 +39,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self._critical = asyncio.Semaphore(critical_writes)
         self.written = 0
         self.failed = 0
+        self.draining = asyncio.Event()
         self.write_us = Reservoir()
         self.critical_us = Reservoir()
 
@@ -59,7 +60,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ProcessResponse]:
-        async for answer in respond_concurrently(request_iterator, self._handle, max_in_flight=256):
+        async for answer in respond_concurrently(request_iterator, self._handle, max_in_flight=256, stop=self.draining):
             yield answer
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:

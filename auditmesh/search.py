@@ -145,6 +145,8 @@ class TokenSigner:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        # Cached pages hold tokens signed with this key; their cache keys must say which key.
+        self.key_id = hashlib.sha256(b"auditmesh-key-id" + key).hexdigest()[:12]
 
     def _sig(self, body: bytes) -> str:
         return base64.urlsafe_b64encode(hmac.new(self._key, body, hashlib.sha256).digest()[:18]).decode()

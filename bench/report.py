@@ -124,3 +124,40 @@ def update_readme(
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
     README.write_text(f"{head}{start}\n{text if text is not None else render_table(r)}\n{end}{tail}")
+
+
+def render_faults(data: dict[str, Any]) -> str:
+    lines = [
+        "| fault | load | events acknowledged | events found | duplicates | resent | recovery | peak service RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["faults"]:
+        recovery = "n/a" if r["recovery_s"] is None else f"{r['recovery_s']} s"
+        lines.append(
+            f"| {r['fault']} | {r['load_eps']:,.0f} ev/s | {r['acked']:,} | {r['found']:,} | "
+            f"{r['duplicates']} | {r['resent']:,} | {recovery} | {r['peak_rss_mb']} MB |"
+        )
+    lines += ["", f"From `pytest tests/faults` on {data['run']}; table written by `python -m bench.report faults`."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    import json
+    import sys
+
+    what = sys.argv[1] if len(sys.argv) > 1 else "pipeline"
+    if what == "faults":
+        data = json.loads((RESULTS / "faults-latest.json").read_text())
+        update_readme(data, "<!-- faults:start -->", "<!-- faults:end -->", render_faults(data))
+    elif what == "query":
+        data = json.loads((RESULTS / "query-latest.json").read_text())
+        from bench.query import render_query
+
+        update_readme(data, "<!-- bench:query:start -->", "<!-- bench:query:end -->", render_query(data))
+    else:
+        update_readme(json.loads((RESULTS / "latest.json").read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

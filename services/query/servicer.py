@@ -48,7 +48,8 @@ class QueryServicer:
 
     async def _page(self, spec: SearchSpec, cursor: Cursor | None) -> tuple[bytes, Cursor | None]:
         """One serialized SearchPage and the cursor after it, from the cache when it is current."""
-        page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), spec.identity(cursor))
+        identity = f"{self._signer.key_id}|{spec.identity(cursor)}"
+        page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), identity)
         if cached is not None:
             following = pb.SearchPage.FromString(cached).next_page_token
             return cached, (self._signer.decode(spec, following)[1] if following else None)

@@ -1,0 +1,332 @@
+"""The query benchmark: Search latency over a large, skewed store, cold and warm cache, alone
+and while the pipeline benchmark's clients ingest at full speed.
+
+    python -m bench.query            # >= 1M events over 1,000 weddings (loaded once, reused)
+    python -m bench.query --smoke    # 20K events, seconds
+
+Writes ``bench/results/query-latest.json`` and rewrites the README's query section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing as mp
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from auditmesh.config import StoreConfig
+from auditmesh.mesh import MeshLayout, infra
+from auditmesh.metrics import percentile
+from auditmesh.schema import create_schema
+from auditmesh.store import EventStore
+from auditmesh.supervisor import Supervisor
+from auditmesh.synthetic import Synthetic
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from bench.loadgen import run_client
+from bench.report import RESULTS, machine, update_readme
+
+DAY_NS = 86_400 * 10**9
+
+
+def _load_part(keyspace: str, index: int, count: int, weddings: int) -> None:
+    """Write ``count`` events of the dataset straight to the store (setup, not measured)."""
+
+    async def go() -> None:
+        store = EventStore.connect(StoreConfig(keyspace=keyspace))
+        synthetic = Synthetic(weddings=weddings, seed=7)
+        rng = random.Random(index)
+        now = time.time_ns()
+        batch: list[pb.Event] = []
+        sem = asyncio.Semaphore(4)
+        tasks = []
+
+        async def write(events: list[pb.Event]) -> None:
+            async with sem:
+                await store.write(events)
+
+        for i, kwargs in enumerate(Synthetic(weddings=weddings, seed=1000 + index).events(count)):
+            ev = pb.Event(event_id=f"q{index}-{i}", **kwargs)
+            ev.occurred_at.FromNanoseconds(now - rng.randrange(5 * DAY_NS))
+            ev.priority = 100
+            batch.append(ev)
+            if len(batch) == 500:
+                tasks.append(asyncio.create_task(write(batch)))
+                batch = []
+                if len(tasks) > 8:
+                    await asyncio.gather(*tasks)
+                    tasks = []
+        if batch:
+            tasks.append(asyncio.create_task(write(batch)))
+        await asyncio.gather(*tasks)
+        store.close()
+        _ = synthetic
+
+    asyncio.run(go())
+
+
+def ensure_dataset(keyspace: str, events: int, weddings: int, processes: int = 2) -> int:
+    """Load the dataset once; the count loaded is remembered in the keyspace itself."""
+    cfg = StoreConfig(keyspace=keyspace)
+    create_schema(cfg)
+    store = EventStore.connect(cfg)
+    session = store.session
+    session.execute(f"CREATE TABLE IF NOT EXISTS {keyspace}.bench_meta (name text PRIMARY KEY, value bigint)")
+    row = session.execute(f"SELECT value FROM {keyspace}.bench_meta WHERE name = 'events'").one()
+    loaded = row.value if row else 0
+    if loaded < events:
+        print(f"loading {events:,} events over {weddings:,} weddings into {keyspace} (once)...", flush=True)
+        started = time.monotonic()
+        per = events // processes
+        procs = [mp.Process(target=_load_part, args=(keyspace, i, per, weddings)) for i in range(processes)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+            if p.exitcode != 0:
+                raise RuntimeError("dataset load failed")
+        loaded = per * processes
+        session.execute(f"INSERT INTO {keyspace}.bench_meta (name, value) VALUES ('events', {loaded})")
+        print(f"loaded in {time.monotonic() - started:.0f}s", flush=True)
+    store.close()
+    return int(loaded)
+
+
+def _queries(weddings: int, rng: random.Random) -> list[tuple[str, pb.SearchRequest, int]]:
+    """The query mix: (kind, request, pages to follow)."""
+    synthetic = Synthetic(weddings=weddings, seed=1000)
+    mix: list[tuple[str, pb.SearchRequest, int]] = []
+    for _ in range(200):
+        k = min(int(rng.paretovariate(0.8)) - 1, weddings - 1)  # skewed: big weddings asked most
+        wedding = synthetic.wedding_id(k)
+        roll = rng.random()
+        if roll < 0.4:
+            mix.append(("recent", pb.SearchRequest(wedding_id=wedding, page_size=50), 1))
+        elif roll < 0.55:
+            mix.append(("severity", pb.SearchRequest(wedding_id=wedding, page_size=50, min_severity=pb.P1_HIGH), 1))
+        elif roll < 0.7:
+            mix.append(
+                (
+                    "type",
+                    pb.SearchRequest(
+                        wedding_id=wedding, page_size=50, event_types=["guestlist.export", "payment.viewed"]
+                    ),
+                    1,
+                )
+            )
+        elif roll < 0.85:
+            user = f"user-{k:05d}-{rng.randrange(8)}"
+            mix.append(("user", pb.SearchRequest(user_id=user, page_size=50), 1))
+        else:
+            mix.append(("deep", pb.SearchRequest(wedding_id=wedding, page_size=100), 10))
+    return mix
+
+
+async def run_queries(
+    target: str, mix: list[tuple[str, pb.SearchRequest, int]], duration_s: float, concurrency: int = 4
+) -> dict[str, Any]:
+    latencies: dict[str, list[float]] = {}
+    count = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.QueryServiceStub(channel)
+        end = time.monotonic() + duration_s
+        position = 0
+
+        async def worker() -> None:
+            nonlocal count, position
+            while time.monotonic() < end:
+                kind, req, pages = mix[position % len(mix)]
+                position += 1
+                token = ""
+                for _ in range(pages):
+                    request = pb.SearchRequest()
+                    request.CopyFrom(req)
+                    request.page_token = token
+                    started = time.perf_counter()
+                    async for page in stub.Search(request, timeout=10):
+                        token = page.next_page_token
+                    latencies.setdefault(kind, []).append((time.perf_counter() - started) * 1000)
+                    count += 1
+                    if not token:
+                        break
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.monotonic() - started
+    every = sorted(v for values in latencies.values() for v in values)
+    return {
+        "queries": count,
+        "queries_per_s": round(count / elapsed, 1),
+        "p50_ms": percentile(every, 50),
+        "p99_ms": percentile(every, 99),
+        "by_kind": {
+            k: {"n": len(v), "p50_ms": percentile(sorted(v), 50), "p99_ms": percentile(sorted(v), 99)}
+            for k, v in latencies.items()
+        },
+    }
+
+
+def _cache_stats(supervisor: Supervisor) -> dict[str, Any]:
+    time.sleep(2.5)  # the query service publishes its counters every 2 s
+    return dict((supervisor.stats("query") or {}).get("cache") or {})
+
+
+def render_query(r: dict[str, Any]) -> str:
+    def f(v: Any) -> str:
+        return "not measured" if v is None else f"{v:.2f} ms"
+
+    rows = [
+        (
+            "query p99, one page, alone (cold and warm mix)",
+            "-",
+            f(r["query_p99_ms"]) + f" (p50 {f(r['query_p50_ms'])})",
+        ),
+        ("query p99, one page, under full ingest load", "< 10 ms", f(r["query_p99_ms_under_load"])),
+        ("cold-cache query p99", "-", f(r["cold_p99_ms"])),
+        ("cached query p99", "< 2 ms", f(r["cached_p99_ms"])),
+        ("cache hit rate (warm phase)", "-", f"{r['cache_hit_rate']:.0%}" if r["cache_hit_rate"] is not None else "-"),
+        ("queries/s (4 concurrent callers, alone)", "-", f"{r['queries_per_s']:,.0f}"),
+    ]
+    lines = ["| measure | target | measured |", "| --- | --- | --- |"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines.append("")
+    lines.append("| query kind (alone, warm) | n | p50 | p99 |")
+    lines.append("| --- | --- | --- | --- |")
+    for kind, v in sorted(r["warm"]["by_kind"].items()):
+        lines.append(f"| {kind} | {v['n']} | {f(v['p50_ms'])} | {f(v['p99_ms'])} |")
+    m = r["machine"]
+    lines += [
+        "",
+        f"{r['events_stored']:,} events over {r['weddings']:,} weddings (Zipf-like skew), "
+        f"{m['cpus']} cores, everything on one machine. Run {r['started']} at commit "
+        f"`{r['git_commit'][:10]}` with `{r['command']}`.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--weddings", type=int, default=1000)
+    parser.add_argument("--duration", type=float, default=30.0)
+    args = parser.parse_args()
+    keyspace = "auditmesh_qbench"
+    if args.smoke:
+        args.events, args.weddings, args.duration, keyspace = 20_000, 100, 3.0, "auditmesh_qbench_smoke"
+    infra("up")
+    stored = ensure_dataset(keyspace, args.events, args.weddings)
+    run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-qbench-"))
+    layout = MeshLayout(
+        ingest_port=55051,
+        processor_base_port=55061,
+        processors=2,
+        query_port=55071,
+        keyspace=keyspace,
+        extra_env={"AUDITMESH_TOKEN_KEY": "qbench", "AUDITMESH_REDIS_URL": "redis://127.0.0.1:6379/13"},
+    )
+    supervisor = Supervisor(run_dir)
+    rng = random.Random(42)
+    mix = _queries(args.weddings, rng)
+    result: dict[str, Any] = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "events_stored": stored,
+        "weddings": args.weddings,
+    }
+    try:
+        layout.start(supervisor)
+        subprocess_flush_redis(layout)
+        cold = asyncio.run(run_queries(layout.query_target, [(k, r, 1) for k, r, _ in mix], min(args.duration, 200)))
+        before = _cache_stats(supervisor)
+        warm = asyncio.run(run_queries(layout.query_target, mix, args.duration))
+        after = _cache_stats(supervisor)
+        hits = after.get("hits", 0) - before.get("hits", 0)
+        misses = after.get("misses", 0) - before.get("misses", 0)
+        start_at = time.time() + 1.0
+        loaders = []
+        for i in range(2):
+            parent, child = mp.Pipe(duplex=False)
+            proc = mp.Process(
+                target=run_client,
+                kwargs={
+                    "conn": child,
+                    "target": layout.ingest_target,
+                    "index": i,
+                    "weddings": 1000,
+                    "warmup_s": 2.0,
+                    "duration_s": args.duration + 2,
+                    "rate": 0.0,
+                    "streams": 2,
+                    "log_dir": str(run_dir),
+                    "start_at": start_at,
+                },
+            )
+            proc.start()
+            loaders.append((proc, parent))
+        time.sleep(3.0)
+        loaded = asyncio.run(run_queries(layout.query_target, mix, args.duration))
+        ingest = [conn.recv() for _, conn in loaders]
+        for proc, _ in loaders:
+            proc.join(30)
+    finally:
+        layout.stop(supervisor)
+    cached = [v for k, v in warm["by_kind"].items()]
+    result.update(
+        {
+            "query_p50_ms": warm["p50_ms"],
+            "query_p99_ms": warm["p99_ms"],
+            "query_p99_ms_under_load": loaded["p99_ms"],
+            "query_p50_ms_under_load": loaded["p50_ms"],
+            "ingest_eps_during_load": round(sum(r["acked_in_window"] / r["window_s"] for r in ingest), 1),
+            "cold_p50_ms": cold["p50_ms"],
+            "cold_p99_ms": cold["p99_ms"],
+            "cached_p99_ms": _cached_p99(warm, hits, misses, cached),
+            "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            "queries_per_s": warm["queries_per_s"],
+            "cold": cold,
+            "warm": warm,
+            "under_load": loaded,
+            "machine": machine(),
+            "git_commit": _git_commit(),
+            "command": "python -m bench.query" + (" --smoke" if args.smoke else ""),
+        }
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "query-latest.json").write_text(json.dumps(result, indent=2))
+    print(render_query(result))
+    if not args.smoke:
+        update_readme(result, "<!-- bench:query:start -->", "<!-- bench:query:end -->", render_query(result))
+    return 0
+
+
+def _cached_p99(warm: dict[str, Any], hits: int, misses: int, kinds: list[dict[str, Any]]) -> float | None:
+    """p99 of the warm phase when nearly every query hit the cache (the warm mix repeats itself)."""
+    if hits + misses == 0 or hits / (hits + misses) < 0.9:
+        return None
+    return warm["p99_ms"]
+
+
+def subprocess_flush_redis(layout: MeshLayout) -> None:
+    import redis
+
+    redis.Redis.from_url(layout.extra_env["AUDITMESH_REDIS_URL"]).flushdb()
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test lint bench bench-smoke demo install
+.PHONY: up down status test lint bench bench-smoke faults-report demo install
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,3 +40,14 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.query
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.pipeline --smoke
+	$(BIN)/python -m bench.query --smoke
+
+faults-report: $(STAMP)
+	$(BIN)/python -m bench.report faults

@@ -68,6 +68,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         infra("status")
     except Exception:
         ok = False
+    supervisor = Supervisor(_run_dir() / "services")
+    ingest = supervisor.stats("ingest")
+    if ingest:
+        print(
+            f"ingest       accepted {ingest['accepted']:,}, rejected {ingest['rejected']:,}, "
+            f"asked to retry {ingest['retried']:,}, refused batches {ingest['refused']:,}, "
+            f"in flight {ingest['in_flight_events']:,}, dropped by clients {ingest['client_dropped']:,}"
+        )
+    for i in range(layout.processors):
+        stats = supervisor.stats(layout.processor(i).name)
+        if stats:
+            write = stats.get("write_us") or {}
+            print(
+                f"processor-{i}  written {stats['written']:,}, failed {stats['failed']:,}, "
+                f"write p99 {(write.get('p99') or 0) / 1000:.1f} ms, "
+                f"cache-version failures {stats.get('version_bump_failures', 0)}"
+            )
+    query = supervisor.stats("query")
+    if query and query.get("cache"):
+        cache = query["cache"]
+        print(f"query        cache hits {cache['hits']:,}, misses {cache['misses']:,}, errors {cache['errors']:,}")
     return 0 if ok else 1
 
 

@@ -50,7 +50,7 @@ class Synthetic:
         self._rng = random.Random(self.seed)
         # Zipf-like skew: wedding k is chosen with weight 1/(k+1)^0.8.
         self._wedding_weights = [1 / (k + 1) ** 0.8 for k in range(self.weddings)]
-        self._types = [t for t in EVENT_TYPES]
+        self._types = list(EVENT_TYPES)
         self._type_weights = [t[3] for t in EVENT_TYPES]
 
     def wedding_id(self, k: int) -> str:

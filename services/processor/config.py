@@ -17,7 +17,9 @@ class ProcessorConfig:
     port: int = 50061
     """Port to listen on; 0 picks a free one (AUDITMESH_PROCESSOR_PORT)."""
     max_writes: int = 2
-    """Concurrent batch writes of the normal and wedding-day lanes (AUDITMESH_PROCESSOR_MAX_WRITES)."""
+    """Concurrent batch writes of the normal and wedding-day lanes (AUDITMESH_PROCESSOR_MAX_WRITES).
+    Small on purpose: more only queues work inside the driver and Cassandra, where a critical
+    write would wait behind it; the backlog waits in ingest and the SDK instead."""
     critical_writes: int = 4
     """Concurrent writes reserved for the critical lane, on top of max_writes
     (AUDITMESH_PROCESSOR_CRITICAL_WRITES)."""

@@ -225,3 +225,48 @@ def test_reflection_lists_services(mesh: MeshLayout, which: str) -> None:
         "query": "auditpb.v1.QueryService",
     }[which]
     assert {expected, "grpc.health.v1.Health"} <= names
+
+
+def test_sdk_from_asyncio_and_threads(mesh: MeshLayout, query: pb_grpc.QueryServiceStub) -> None:
+    """log() is safe from many threads and from coroutines; aflush() does not block the loop."""
+    import asyncio
+    import threading
+
+    wedding = f"async-{uuid.uuid4().hex[:8]}"
+    client = AuditClient(mesh.ingest_target)
+
+    def from_thread(n: int) -> None:
+        for i in range(250):
+            client.log("timeline.updated", user_id=f"t{n}", wedding_id=wedding, resource_id=str(i))
+
+    threads = [threading.Thread(target=from_thread, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+
+    async def from_coroutines() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        for i in range(500):
+            client.log("timeline.viewed" if i % 2 else "timeline.updated", user_id="coro", wedding_id=wedding)
+        async with asyncio.timeout(60):
+            await client.aflush()
+        ticking.cancel()
+        return ticks
+
+    ticks = asyncio.run(from_coroutines())
+    for t in threads:
+        t.join()
+    assert client.flush(60)
+    assert asyncio.run(client.aclose())
+    assert ticks > 0, "the caller's event loop was blocked during aflush()"
+    stats = client.stats
+    assert stats.logged == 1500 and stats.acked == 1500
+    events = [ev for page in search_all(query, page_size=500, wedding_id=wedding) for ev in page]
+    assert len(events) == 1500 and len({e.event_id for e in events}) == 1500

@@ -174,11 +174,10 @@ def verify_exactly_once(layout: MeshLayout, load: SteadyLoad) -> tuple[int, int]
             assert not extra, f"{wedding}: {len(extra)} events nobody logged"
             duplicates += sum(n - 1 for n in seen.values())
             found += len(seen)
-    assert duplicates == 0
     return found, duplicates
 
 
-def record(name: str, load: SteadyLoad, stats: Any, found: int, recovery_s: float | None) -> None:
+def record(name: str, load: SteadyLoad, stats: Any, found: int, duplicates: int, recovery_s: float | None) -> None:
     _records.append(
         {
             "fault": name,

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 
+from grpc_health.v1 import health, health_pb2
+
 from auditmesh.metrics import StatsPublisher
 from auditmesh.serving import run_service
 from auditmesh.store import EventStore
@@ -13,6 +15,7 @@ from services.ingest.app import create
 from services.ingest.calendar import CalendarView
 from services.ingest.config import IngestConfig
 from services.ingest.router import Budget, ProcessorLink, Router
+from services.ingest.servicer import SERVICE
 
 log = logging.getLogger("auditmesh.ingest")
 
@@ -29,6 +32,7 @@ async def main(stop: asyncio.Event) -> None:
         cfg, router, calendar.snapshot, reuse_port=os.environ.get("AUDITMESH_INGEST_REUSE_PORT") == "1"
     )
     refresher = asyncio.create_task(calendar.run(cfg.calendar_refresh_s))
+    readiness = asyncio.create_task(_track_readiness(router, health_servicer))
 
     def stats() -> dict[str, object]:
         budget = router.budget
@@ -49,12 +53,26 @@ async def main(stop: asyncio.Event) -> None:
     # New calls are refused; batches under way get their acks (or a RETRY) within the grace.
     await server.stop(grace=10)
     refresher.cancel()
+    readiness.cancel()
     publishing.cancel()
     publisher.publish()
     await router.stop()
     store.close()
     s = servicer.stats
     log.info("ingest stopped: %d accepted, %d rejected, %d retried", s.accepted, s.rejected, s.retried)
+
+
+async def _track_readiness(router: Router, health_servicer: health.HealthServicer) -> None:
+    """SERVING only while at least one processor is connected: nothing can be acked without one."""
+    serving: bool | None = None
+    while True:
+        ready = router.healthy()
+        if ready != serving:
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE):
+                health_servicer.set(name, status)
+            serving = ready
+        await asyncio.sleep(0.2)
 
 
 if __name__ == "__main__":

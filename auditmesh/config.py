@@ -73,6 +73,9 @@ class StoreConfig:
     (AUDITMESH_CONSISTENCY)."""
     retention_days: int = 400
     """Retention TTL of stored events in days; 0 keeps them forever (AUDITMESH_RETENTION_DAYS)."""
+    max_write_statements: int = 8
+    """Batch statements of bulk writes in flight per process (AUDITMESH_MAX_WRITE_STATEMENTS).
+    Enough to keep Cassandra busy; more only queues work a critical write would wait behind."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StoreConfig:
@@ -87,4 +90,5 @@ class StoreConfig:
             replication_factor=e.integer("AUDITMESH_REPLICATION_FACTOR", cls.replication_factor, minimum=1),
             consistency=consistency,
             retention_days=e.integer("AUDITMESH_RETENTION_DAYS", cls.retention_days),
+            max_write_statements=e.integer("AUDITMESH_MAX_WRITE_STATEMENTS", cls.max_write_statements, minimum=1),
         )

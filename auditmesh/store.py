@@ -87,6 +87,7 @@ class EventStore:
         self._session = session
         # Critical writes get their own connections, so they never queue behind bulk batches.
         self._urgent = urgent or session
+        self._write_slots = asyncio.Semaphore(cfg.max_write_statements)
         self._cfg = cfg
         ks = cfg.keyspace
         cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
@@ -162,13 +163,14 @@ class EventStore:
         fetch: bool = False,
         build: Callable[[Any], Any] | None = None,
         session: Session | None = None,
-        cooperative: bool = False,
+        slots: asyncio.Semaphore | None = None,
     ) -> list[Any]:
         """Execute statements concurrently; return their rows (when ``fetch``) in order.
 
-        ``build`` turns each item into a statement just before it is sent; ``cooperative``
-        yields to the event loop between statements, so one large write does not hold up
-        a critical one that arrives meanwhile.
+        ``build`` turns each item into a statement just before it is sent. With ``slots``, each
+        statement holds a slot until Cassandra answers it, which bounds the work queued in the
+        driver and Cassandra (where a critical write would wait behind it), and the loop yields
+        between statements so one large write does not hold up a critical one.
         """
         session = session or self._session
         loop = asyncio.get_running_loop()
@@ -181,6 +183,8 @@ class EventStore:
         first_error: list[BaseException] = []
 
         def settle(index: int, value: Any, error: BaseException | None) -> None:
+            if slots is not None:
+                loop.call_soon_threadsafe(slots.release)
             with lock:
                 if error is not None and not first_error:
                     first_error.append(error)
@@ -191,6 +195,9 @@ class EventStore:
                 loop.call_soon_threadsafe(_finish, done, first_error[0] if first_error else None)
 
         for index, item in enumerate(statements):
+            if slots is not None:
+                await slots.acquire()
+                await asyncio.sleep(0)
             try:
                 future = session.execute_async(item if build is None else build(item), timeout=10.0)
             except Exception as exc:
@@ -200,8 +207,6 @@ class EventStore:
                 lambda rows, i=index: settle(i, rows if fetch else None, None),
                 lambda exc, i=index: settle(i, None, exc),
             )
-            if cooperative:
-                await asyncio.sleep(0)
         try:
             await done
         except Exception as exc:
@@ -252,7 +257,7 @@ class EventStore:
         if urgent:
             await self._run(chunks, build=self._batch, session=self._urgent)
         else:
-            await self._run(chunks, build=self._batch, cooperative=True)
+            await self._run(chunks, build=self._batch, slots=self._write_slots)
         for marker in fresh:
             self._known[marker] = None
             if len(self._known) > _KNOWN_PARTITIONS:

@@ -36,7 +36,7 @@ from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
-from bench.report import RESULTS, machine, render_table, update_readme
+from bench.report import RESULTS, git_commit, machine, render_table, update_readme
 
 KEYSPACE = "auditmesh_bench"
 REQUIRED_KEYS = (
@@ -379,7 +379,7 @@ def main() -> int:
             "ghz_submit_eps": result.get("ghz_submit", {}).get("eps"),
             "ghz_stream_eps": result.get("ghz_stream", {}).get("eps"),
             "machine": machine(),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "command": "python -m bench.pipeline" + (" --smoke" if args.smoke else ""),
         }
     )
@@ -402,13 +402,6 @@ def _worst(summaries: list[dict[str, Any]], key: str) -> float | None:
 
 def _scaled(value: float | None, by: float) -> float | None:
     return None if value is None else round(value / by, 3)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from bench.loadgen import run_client
-from bench.report import RESULTS, machine, update_readme
+from bench.report import RESULTS, git_commit, machine, update_readme
 
 DAY_NS = 86_400 * 10**9
 
@@ -245,7 +245,7 @@ def main() -> int:
     }
     try:
         layout.start(supervisor)
-        subprocess_flush_redis(layout)
+        _flush_cache(layout)
         # Latency with one caller at a time (cold: every query new to the cache; warm: the same
         # mix again), then throughput with four concurrent callers.
         cold_mix = []
@@ -306,7 +306,7 @@ def main() -> int:
             "warm": warm,
             "under_load": loaded,
             "machine": machine(),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "command": "python -m bench.query" + (" --smoke" if args.smoke else ""),
         }
     )
@@ -340,19 +340,10 @@ def _cached_p99(warm: dict[str, Any], hits: int, misses: int) -> float | None:
     return warm["p99_ms"]
 
 
-def subprocess_flush_redis(layout: MeshLayout) -> None:
+def _flush_cache(layout: MeshLayout) -> None:
     import redis
 
     redis.Redis.from_url(layout.extra_env["AUDITMESH_REDIS_URL"]).flushdb()
-
-
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Redis read cache for search pages, correct by construction.
 
-Writers (processors) bump a version per partition (scope, key, day bucket) once per batch,
+Writers (processors) bump a version per partition (scope, key, hour bucket) once per batch,
 after the write is durable. A cached page's key includes the versions of every bucket its
 search may read, plus a per-key epoch and a global epoch, so a page cached before a write can
 never be found after it: readers read the versions first, then Cassandra.
@@ -154,7 +154,11 @@ class PageCache:
                 pipe.hgetall(_vkey(scope, key))
                 epoch, versions = await pipe.execute()
             parts = [identity, (epoch or b"0").decode(), versions.get(b"e", b"-").decode()]
-            parts += [f"{b}={versions[k].decode()}" for b in buckets if (k := str(b).encode()) in versions]
+            parts += sorted(
+                f"{field.decode()}={value.decode()}"
+                for field, value in versions.items()
+                if field != b"e" and int(field) in buckets
+            )
             page_key = "am:p:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
             cached = await self._client.get(page_key)
         except (RedisError, OSError) as exc:

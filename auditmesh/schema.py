@@ -1,11 +1,12 @@
 """The Cassandra schema, created idempotently once per deployment (``auditmesh schema``).
 
 Why this shape:
-- ``events_by_wedding``: one partition per (wedding, day bucket), rows newest first by
-  (occurred_at, event_id). A day of one wedding stays far below 100k rows / 100 MB.
-- ``events_by_user``: every event again, one partition per (user, day bucket); events without a
-  wedding live only here. A storage-attached index on ``event_id`` serves ``GetEvent``.
-- ``partitions``: which day buckets hold data for a wedding or user, so a search visits only
+- ``events_by_wedding``: one partition per (wedding, hour bucket), rows newest first by
+  (occurred_at, event_id). The hour is the shard: a wedding would need 28 events/s for a whole
+  hour to pass 100k rows in one partition, and reads stay in time order with no merging.
+- ``events_by_user``: every event again, one partition per (user, hour bucket); events without
+  a wedding live only here. A storage-attached index on ``event_id`` serves ``GetEvent``.
+- ``partitions``: which hour buckets hold data for a wedding or user, so a search visits only
   non-empty partitions, newest first, and stops when its page is full.
 - ``wedding_calendar``: wedding dates and time zones, for priority and forecasts.
 The event itself is stored once per row as serialized protobuf (``payload``); the columns beside

@@ -1,6 +1,6 @@
 """Search planning: which partitions to read, in which order, and signed page tokens.
 
-A search reads the ``partitions`` index once, then visits only non-empty day buckets newest
+A search reads the ``partitions`` index once, then visits only non-empty time buckets newest
 first, reading each with keyset pagination on (occurred_at, event_id) and filtering rows on
 their columns; it stops as soon as a page is full. The page token records where the page ended
 and is bound by an HMAC to the search it came from, so it cannot be edited into another
@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from auditmesh.errors import InvalidRequest
-from auditmesh.store import DAY_MS, Row
+from auditmesh.store import BUCKET_MS, DAY_MS, Row
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = ["Cursor", "RowSource", "SearchSpec", "TokenSigner", "page"]
@@ -109,11 +109,11 @@ class SearchSpec:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
     def buckets(self, cursor: Cursor | None) -> range:
-        """Every day bucket the page after ``cursor`` may read."""
-        newest = (self.end_ms - 1) // DAY_MS
+        """Every time bucket the page after ``cursor`` may read."""
+        newest = (self.end_ms - 1) // BUCKET_MS
         if cursor is not None:
             newest = min(newest, cursor.bucket)
-        return range(self.start_ms // DAY_MS, newest + 1)
+        return range(self.start_ms // BUCKET_MS, newest + 1)
 
     def identity(self, cursor: Cursor | None) -> str:
         """Everything that decides a page's content except the data: the cache key's stem."""
@@ -180,7 +180,7 @@ class TokenSigner:
 async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tuple[list[Row], Cursor | None]:
     """The page after ``cursor``, newest first, and the cursor after it (None when nothing follows).
 
-    Reads the partitions index once, then only the non-empty day buckets of the range, newest
+    Reads the partitions index once, then only the non-empty time buckets of the range, newest
     first, each with keyset pagination, and stops as soon as the page is full.
     """
     buckets = spec.buckets(cursor)

@@ -34,9 +34,12 @@ from auditmesh.errors import PermanentError, StoreUnavailable
 from auditmesh.priority import CalendarEntry
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["DAY_MS", "EventStore", "Row", "WriteStats", "bucket_of", "occurred_ms"]
+__all__ = ["BUCKET_MS", "DAY_MS", "EventStore", "Row", "WriteStats", "bucket_of", "occurred_ms"]
 
 DAY_MS = 86_400_000
+# One partition per wedding (or user) and hour: even a wedding logging 25 events/s all day
+# stays under 100k rows per partition, and newest-first reads walk hours in order, no merging.
+BUCKET_MS = 3_600_000
 _BATCH_ROWS = 100
 _KNOWN_PARTITIONS = 100_000
 _RETRYABLE = (NoHostAvailable, OperationTimedOut, Timeout, Unavailable, ConnectionException, OSError)
@@ -49,8 +52,8 @@ def occurred_ms(ev: pb.Event) -> int:
 
 
 def bucket_of(ms: int) -> int:
-    """Day bucket (days since the Unix epoch, UTC) of a millisecond timestamp."""
-    return ms // DAY_MS
+    """Time bucket (hours since the Unix epoch) of a millisecond timestamp."""
+    return ms // BUCKET_MS
 
 
 class Row(NamedTuple):
@@ -227,7 +230,7 @@ class EventStore:
         by_user: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         for ev in events:
             ms = occurred_ms(ev)
-            bucket = ms // DAY_MS
+            bucket = ms // BUCKET_MS
             common = (
                 ms,
                 ev.event_id,
@@ -280,7 +283,7 @@ class EventStore:
         return batch
 
     async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:
-        """Day buckets holding data for a wedding ("w") or user ("u"), newest first."""
+        """Time buckets holding data for a wedding ("w") or user ("u"), newest first."""
         (rows,) = await self._run([self._sel_buckets.bind((scope, key, newest, oldest))], fetch=True)
         return [r.bucket for r in rows]
 

@@ -19,6 +19,7 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
+from auditmesh.store import bucket_of
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 
@@ -32,7 +33,7 @@ def _rows(events: list[pb.Event]) -> tuple[dict[Any, list[tuple[Any, ...]]], dic
     by_user: dict[Any, list[tuple[Any, ...]]] = {}
     for ev in events:
         ms = ev.occurred_at.seconds * 1000 + ev.occurred_at.nanos // 1_000_000
-        bucket = ms // 86_400_000
+        bucket = bucket_of(ms)
         common = (ms, ev.event_id, ev.severity, ev.outcome, ev.event_type, ev.organization_id, ev.SerializeToString())
         if ev.wedding_id:
             by_wedding.setdefault((ev.wedding_id, bucket), []).append((ev.wedding_id, bucket, ev.user_id, *common))

@@ -221,7 +221,7 @@ def main() -> int:
     parser.add_argument("--weddings", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=30.0)
     args = parser.parse_args()
-    keyspace = "auditmesh_qbench"
+    keyspace = "auditmesh_query_bench"
     if args.smoke:
         args.events, args.weddings, args.duration, keyspace = 20_000, 100, 3.0, "auditmesh_qbench_smoke"
     infra("up")

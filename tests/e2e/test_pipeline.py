@@ -71,7 +71,7 @@ def test_ten_thousand_events_come_back_exactly_once_newest_first(
     with AuditClient(mesh.ingest_target, source_service="e2e", batch_size=400) as client:
         for i in range(10_000):
             wedding = weddings[i % 50]
-            # Spread over three day buckets, each event at its own microsecond.
+            # Spread over three days (many hour buckets), each event at its own microsecond.
             occurred = now - (i % 3) * DAY_NS - i * 1000
             event_id = client.log(
                 "guestlist.viewed",

@@ -149,3 +149,31 @@ def test_sigterm_drains_gracefully(healthy_mesh: MeshLayout, fault_supervisor: S
         return load.wait_for_progress()
 
     run_fault(f"SIGTERM {name}, restart", healthy_mesh, fault_supervisor, inject)
+
+
+def test_unavailable_store_answers_with_retry_info(healthy_mesh: MeshLayout, fault_supervisor: Supervisor) -> None:
+    """With no processor to write, Submit is UNAVAILABLE with google.rpc.RetryInfo, Stream acks RETRY."""
+    from auditmesh.serving import retry_after_ms
+
+    for i in range(healthy_mesh.processors):
+        fault_supervisor.kill(f"processor-{i}")
+    try:
+        ev = pb.Event(
+            event_id=f"retry-{time.time_ns()}",
+            user_id="u",
+            event_type="auth.login.failed",
+            severity=pb.P1_HIGH,
+            outcome=pb.OUTCOME_FAILURE,
+        )
+        ev.occurred_at.FromNanoseconds(time.time_ns())
+        batch = pb.EventBatch(batch_id="retry", events=[ev])
+        with grpc.insecure_channel(healthy_mesh.ingest_target) as channel:
+            stub = pb_grpc.IngestServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Submit(batch, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert retry_after_ms(info.value) > 0
+            (ack,) = list(stub.Stream(iter([batch]), timeout=10))
+            assert ack.status == pb.ACK_STATUS_RETRY and ack.retry_after_ms > 0 and ack.batch_id == "retry"
+    finally:
+        healthy_mesh.start(fault_supervisor)

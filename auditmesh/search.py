@@ -9,11 +9,13 @@ wedding's (or filter's) data.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -28,6 +30,7 @@ MAX_WINDOW_MS = 400 * DAY_MS
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_PAGES = 100
+_READ_AHEAD = 4
 
 
 class RowSource(Protocol):
@@ -181,27 +184,54 @@ async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tu
     """The page after ``cursor``, newest first, and the cursor after it (None when nothing follows).
 
     Reads the partitions index once, then only the non-empty time buckets of the range, newest
-    first, each with keyset pagination, and stops as soon as the page is full.
+    first, each with keyset pagination, and stops as soon as the page is full. When the first
+    bucket does not fill the page (sparse or filtered searches), the first reads of the next
+    few buckets go out together; rows are still consumed strictly in bucket order.
     """
     buckets = spec.buckets(cursor)
     present = await source.buckets(spec.scope, spec.key, buckets.stop - 1, buckets.start)
     found: list[Row] = []
     fetch = spec.page_size
-    for bucket in present:
+    ahead: dict[int, asyncio.Task[list[Row]]] = {}
+
+    def first_read(bucket: int) -> Awaitable[list[Row]]:
         after = (cursor.occurred_ms, cursor.event_id) if cursor and cursor.bucket == bucket else None
-        while True:
-            rows = await source.rows(
-                spec.scope, spec.key, bucket, end_ms=spec.end_ms, start_ms=spec.start_ms, after=after, limit=fetch
-            )
-            for row in rows:
-                if spec.matches(row):
-                    found.append(row)
-                    if len(found) == spec.page_size:
-                        return found, Cursor(bucket, row.occurred_ms, row.event_id)
-            if len(rows) < fetch:
-                break
-            after = (rows[-1].occurred_ms, rows[-1].event_id)
-    return found, None
+        return source.rows(
+            spec.scope, spec.key, bucket, end_ms=spec.end_ms, start_ms=spec.start_ms, after=after, limit=fetch
+        )
+
+    try:
+        for position, bucket in enumerate(present):
+            if position > 0:
+                for upcoming in present[position : position + _READ_AHEAD]:
+                    if upcoming not in ahead:
+                        ahead[upcoming] = asyncio.ensure_future(first_read(upcoming))
+                rows = await ahead.pop(bucket)
+            else:
+                rows = await first_read(bucket)
+            while True:
+                for row in rows:
+                    if spec.matches(row):
+                        found.append(row)
+                        if len(found) == spec.page_size:
+                            return found, Cursor(bucket, row.occurred_ms, row.event_id)
+                if len(rows) < fetch:
+                    break
+                rows = await source.rows(
+                    spec.scope,
+                    spec.key,
+                    bucket,
+                    end_ms=spec.end_ms,
+                    start_ms=spec.start_ms,
+                    after=(rows[-1].occurred_ms, rows[-1].event_id),
+                    limit=fetch,
+                )
+        return found, None
+    finally:
+        for task in ahead.values():
+            if task.done() and not task.cancelled():
+                task.exception()  # read ahead but not needed: its outcome does not matter
+            task.cancel()
 
 
 def _ms(ts: object) -> int:

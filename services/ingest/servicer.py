@@ -8,6 +8,7 @@ EventBatch is INVALID_ARGUMENT with the decode error, not an opaque INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +26,7 @@ from services.ingest.router import Router
 __all__ = ["IngestServicer", "IngestStats"]
 
 SERVICE = "auditpb.v1.IngestService"
+log = logging.getLogger("auditmesh.ingest")
 
 
 class IngestStats:
@@ -76,11 +78,17 @@ class IngestServicer:
     async def Submit(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.BatchAck:  # noqa: N802
         try:
             batch = _parse(raw)
-            too_large = self._too_large(batch)
-            if too_large:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large)
+        except InvalidRequest as exc:
+            await abort_with(context, exc)
+        too_large = self._too_large(batch)
+        if too_large:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large)
+        try:
             return await self._ingest(batch, len(raw))
-        except (InvalidRequest, RetryableError) as exc:
+        except RetryableError as exc:
+            await abort_with(context, exc)
+        except Exception as exc:
+            log.exception("batch %s failed", batch.batch_id)
             await abort_with(context, exc)
 
     async def Stream(  # noqa: N802
@@ -121,6 +129,12 @@ class IngestServicer:
                 status=pb.ACK_STATUS_RETRY,
                 message=str(exc),
                 retry_after_ms=exc.retry_after_ms,
+            )
+        except Exception:
+            # Never leave a batch unanswered: resending is safe, writes are idempotent.
+            log.exception("batch %s failed", batch.batch_id)
+            return pb.BatchAck(
+                batch_id=batch.batch_id, status=pb.ACK_STATUS_RETRY, message="internal error", retry_after_ms=1000
             )
 
     async def _ingest(self, batch: pb.EventBatch, size: int) -> pb.BatchAck:

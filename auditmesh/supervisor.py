@@ -97,6 +97,7 @@ class Supervisor:
         running = self.pid(proc.name)
         if running is not None:
             return running
+        self.stats_file(proc.name).unlink(missing_ok=True)  # counters of an earlier process are not this one's
         env = {**os.environ, "AUDITMESH_STATS_FILE": str(self.stats_file(proc.name)), **proc.env}
         with open(self.log_file(proc.name), "ab") as out:
             child = subprocess.Popen(

@@ -78,8 +78,10 @@ class SearchSpec:
         # An open end reaches past the clock (events may be stamped slightly ahead of it); an
         # open start is whole days, so a default search means the same thing all day.
         open_end = not req.HasField("end")
-        end_ms = now_ms + DAY_MS if open_end else _ms(req.end)
-        start_ms = _ms(req.start) if req.HasField("start") else (now_ms - DEFAULT_WINDOW_MS) // DAY_MS * DAY_MS
+        end_ms = now_ms + DAY_MS if open_end else req.end.ToMilliseconds()
+        start_ms = (
+            req.start.ToMilliseconds() if req.HasField("start") else (now_ms - DEFAULT_WINDOW_MS) // DAY_MS * DAY_MS
+        )
         if start_ms >= end_ms:
             raise InvalidRequest("start", "start must be before end")
         if end_ms - start_ms > MAX_WINDOW_MS:
@@ -232,9 +234,3 @@ async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tu
             if task.done() and not task.cancelled():
                 task.exception()  # read ahead but not needed: its outcome does not matter
             task.cancel()
-
-
-def _ms(ts: object) -> int:
-    seconds = getattr(ts, "seconds", 0)
-    nanos = getattr(ts, "nanos", 0)
-    return int(seconds) * 1000 + int(nanos) // 1_000_000

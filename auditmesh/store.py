@@ -70,9 +70,8 @@ class Row(NamedTuple):
 
 @dataclass
 class WriteStats:
-    """What a write touched: statements sent and the (scope, key, bucket) partitions written."""
+    """What a write touched: the (scope, key, bucket) partitions written."""
 
-    statements: int
     partitions: list[tuple[str, str, int]]
 
 
@@ -230,7 +229,7 @@ class EventStore:
         by_user: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         for ev in events:
             ms = occurred_ms(ev)
-            bucket = ms // BUCKET_MS
+            bucket = bucket_of(ms)
             common = (
                 ms,
                 ev.event_id,
@@ -267,7 +266,7 @@ class EventStore:
                 self._known.popitem(last=False)
         written = [("w", key, bucket) for key, bucket in by_wedding]
         written += [("u", key, bucket) for key, bucket in by_user]
-        return WriteStats(statements=len(chunks), partitions=written)
+        return WriteStats(partitions=written)
 
     def _replicas(self, prepared: Any, row: tuple[Any, ...]) -> frozenset[Any]:
         routing_key = prepared.bind(row).routing_key

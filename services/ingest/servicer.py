@@ -172,11 +172,11 @@ class IngestServicer:
                 self.stats.retried += len(valid)
                 raise StoreUnavailable(answer.error, answer.retry_after_ms or 200)
         accepted = len(valid)
+        position = {events[i].event_id: i for i in valid}
         for req, answer in zip(ordered, answers, strict=True):
             assert not isinstance(answer, BaseException)
             if not answer.ok:
                 accepted -= len(req.events)
-                position = {ev.event_id: i for i, ev in enumerate(events)}
                 rejected.extend(
                     pb.Rejection(
                         index=position[ev.event_id],

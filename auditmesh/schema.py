@@ -45,10 +45,10 @@ def statements(cfg: StoreConfig) -> list[str]:
         f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
         f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_wedding (
-    wedding_id text, bucket int, user_id text,{_EVENT_COLUMNS},
+    wedding_id text, bucket int,{_EVENT_COLUMNS},
     PRIMARY KEY ((wedding_id, bucket), occurred_at, event_id)) {table_opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_user (
-    user_id text, bucket int, wedding_id text,{_EVENT_COLUMNS},
+    user_id text, bucket int,{_EVENT_COLUMNS},
     PRIMARY KEY ((user_id, bucket), occurred_at, event_id)) {table_opts}""",
         f"CREATE CUSTOM INDEX IF NOT EXISTS events_by_user_event_id ON {ks}.events_by_user (event_id) "
         "USING 'StorageAttachedIndex'",

@@ -29,6 +29,7 @@ from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
+from auditmesh import rowcodec
 from auditmesh.config import StoreConfig
 from auditmesh.errors import PermanentError, StoreUnavailable
 from auditmesh.priority import CalendarEntry
@@ -68,6 +69,14 @@ class Row(NamedTuple):
     payload: bytes
 
 
+class _Entry(NamedTuple):
+    """One encoded row of a write: its partition's routing key, statement and values."""
+
+    route: bytes
+    query_id: bytes
+    values: tuple[bytes, ...]
+
+
 @dataclass
 class WriteStats:
     """What a write touched: the (scope, key, bucket) partitions written."""
@@ -94,15 +103,13 @@ class EventStore:
         ks = cfg.keyspace
         cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
         p = session.prepare
-        self._ins_wedding = p(
-            f"INSERT INTO {ks}.events_by_wedding (wedding_id, bucket, user_id, {cols})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        self._ins_user = p(
-            f"INSERT INTO {ks}.events_by_user (user_id, bucket, wedding_id, {cols})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        marks = "?, ?, ?, ?, ?, ?, ?, ?, ?"
+        self._ins_wedding = p(f"INSERT INTO {ks}.events_by_wedding (wedding_id, bucket, {cols}) VALUES ({marks})")
+        self._ins_user = p(f"INSERT INTO {ks}.events_by_user (user_id, bucket, {cols}) VALUES ({marks})")
         self._ins_partition = p(f"INSERT INTO {ks}.partitions (scope, key, bucket) VALUES (?, ?, ?)")
+        for prepared in (self._ins_wedding, self._ins_user):
+            rowcodec.check_columns(prepared, rowcodec.EVENT_KEY_TYPES + rowcodec.EVENT_VALUE_TYPES)
+        rowcodec.check_columns(self._ins_partition, rowcodec.PARTITION_TYPES)
         self._sel_buckets = p(
             f"SELECT bucket FROM {ks}.partitions WHERE scope = ? AND key = ? AND bucket <= ? AND bucket >= ?"
         )
@@ -222,39 +229,36 @@ class EventStore:
         ``_BATCH_ROWS`` rows (the Spark Cassandra Connector's ``replica_set`` grouping): each
         batch is applied by one coordinator that owns every row in it, so it costs one request
         instead of one per row, without the cross-node fan-out that makes multi-partition
-        batches an anti-pattern. Rows of one partition always travel together. ``urgent``
-        writes (the critical lane) use their own connections.
+        batches an anti-pattern. Rows of one partition always travel together. Values are
+        encoded by :mod:`auditmesh.rowcodec`. ``urgent`` writes (the critical lane) use their
+        own connections.
         """
-        by_wedding: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
-        by_user: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        by_wedding: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
+        by_user: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
         for ev in events:
             ms = occurred_ms(ev)
             bucket = bucket_of(ms)
-            common = (
-                ms,
-                ev.event_id,
-                ev.severity,
-                ev.outcome,
-                ev.event_type,
-                ev.organization_id,
-                ev.SerializeToString(),
-            )
-            wedding = ev.wedding_id
-            if wedding:
-                by_wedding.setdefault((wedding, bucket), []).append((wedding, bucket, ev.user_id, *common))
-            by_user.setdefault((ev.user_id, bucket), []).append((ev.user_id, bucket, wedding, *common))
-        groups: dict[Any, list[tuple[Any, tuple[Any, ...]]]] = {}
+            values = rowcodec.event_values(ms, ev)
+            if ev.wedding_id:
+                by_wedding.setdefault((ev.wedding_id, bucket), []).append(values)
+            by_user.setdefault((ev.user_id, bucket), []).append(values)
+        groups: dict[Any, list[_Entry]] = {}
         fresh: list[tuple[str, str, int]] = []
         single_node = len(self._cluster.metadata.all_hosts()) <= 1
+        insert_marker = self._ins_partition.query_id
         for scope, partitions, prepared in (("w", by_wedding, self._ins_wedding), ("u", by_user, self._ins_user)):
+            query_id = prepared.query_id
+            scope_bytes = scope.encode()
             for (key, bucket), rows in partitions.items():
-                owner = None if single_node else self._replicas(prepared, rows[0])
+                key_bytes, bucket_bytes = rowcodec.text(key), rowcodec.int32(bucket)
+                route = rowcodec.routing_key(key_bytes, bucket_bytes)
+                owner = None if single_node else self._replicas(route)
                 group = groups.setdefault(owner, [])
-                group.extend((prepared, row) for row in rows)
+                group.extend(_Entry(route, query_id, (key_bytes, bucket_bytes, *values)) for values in rows)
                 marker = (scope, key, bucket)
                 if marker not in self._known:
                     fresh.append(marker)
-                    group.append((self._ins_partition, marker))
+                    group.append(_Entry(route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
         chunks = [rows for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
         if urgent:
             await self._run(chunks, build=self._batch, session=self._urgent)
@@ -268,17 +272,18 @@ class EventStore:
         written += [("u", key, bucket) for key, bucket in by_user]
         return WriteStats(partitions=written)
 
-    def _replicas(self, prepared: Any, row: tuple[Any, ...]) -> frozenset[Any]:
-        routing_key = prepared.bind(row).routing_key
-        return frozenset(self._cluster.metadata.get_replicas(self._cfg.keyspace, routing_key))
+    def _replicas(self, route: bytes) -> frozenset[Any]:
+        return frozenset(self._cluster.metadata.get_replicas(self._cfg.keyspace, route))
 
-    def _batch(self, rows: Sequence[tuple[Any, tuple[Any, ...]]]) -> Any:
-        if len(rows) == 1:
-            prepared, values = rows[0]
-            return prepared.bind(values)
+    def _batch(self, entries: Sequence[_Entry]) -> BatchStatement:
+        """An unlogged batch of encoded rows, routed to the owner of its first row."""
         batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._consistency)
-        for prepared, values in rows:
-            batch.add(prepared, values)
+        # The statements are already encoded; add them as BatchStatement.add does after bind().
+        add = batch._add_statement_and_params
+        for entry in entries:
+            add(True, entry.query_id, entry.values)
+        batch.keyspace = self._cfg.keyspace
+        batch.routing_key = entries[0].route
         return batch
 
     async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:

@@ -2,9 +2,10 @@
 Cassandra tables with cassandra-driver, prepared statements, unlogged batches and
 ``execute_concurrent``, in several processes.
 
-Two groupings are measured: one unlogged batch per partition (the textbook approach), and
-batches grouped by owning replica (the Spark Cassandra Connector's ``replica_set`` grouping,
-which the processor uses too). The better of the two is the store's ceiling on this machine.
+Two groupings are measured: one unlogged batch per partition with the driver's ``bind`` (the
+textbook approach), and batches grouped by owning replica (the Spark Cassandra Connector's
+``replica_set`` grouping) with values encoded by :mod:`auditmesh.rowcodec`, exactly as the
+processor writes them. The better of the two is the store's ceiling on this machine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
-from auditmesh.store import bucket_of
+from auditmesh import rowcodec
+from auditmesh.store import bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 
@@ -32,13 +34,30 @@ def _rows(events: list[pb.Event]) -> tuple[dict[Any, list[tuple[Any, ...]]], dic
     by_wedding: dict[Any, list[tuple[Any, ...]]] = {}
     by_user: dict[Any, list[tuple[Any, ...]]] = {}
     for ev in events:
-        ms = ev.occurred_at.seconds * 1000 + ev.occurred_at.nanos // 1_000_000
+        ms = occurred_ms(ev)
         bucket = bucket_of(ms)
         common = (ms, ev.event_id, ev.severity, ev.outcome, ev.event_type, ev.organization_id, ev.SerializeToString())
         if ev.wedding_id:
-            by_wedding.setdefault((ev.wedding_id, bucket), []).append((ev.wedding_id, bucket, ev.user_id, *common))
-        by_user.setdefault((ev.user_id, bucket), []).append((ev.user_id, bucket, ev.wedding_id, *common))
+            by_wedding.setdefault((ev.wedding_id, bucket), []).append((ev.wedding_id, bucket, *common))
+        by_user.setdefault((ev.user_id, bucket), []).append((ev.user_id, bucket, *common))
     return by_wedding, by_user
+
+
+def _encoded(events: list[pb.Event]) -> list[tuple[bool, bytes, tuple[bytes, ...]]]:
+    """Rows of both tables as (is_wedding, routing key, encoded values), partition by partition."""
+    partitions: dict[tuple[bool, str, int], list[tuple[bytes, ...]]] = {}
+    for ev in events:
+        ms = occurred_ms(ev)
+        values = rowcodec.event_values(ms, ev)
+        if ev.wedding_id:
+            partitions.setdefault((True, ev.wedding_id, bucket_of(ms)), []).append(values)
+        partitions.setdefault((False, ev.user_id, bucket_of(ms)), []).append(values)
+    out: list[tuple[bool, bytes, tuple[bytes, ...]]] = []
+    for (is_wedding, key, bucket), rows in partitions.items():
+        key_bytes, bucket_bytes = rowcodec.text(key), rowcodec.int32(bucket)
+        route = rowcodec.routing_key(key_bytes, bucket_bytes)
+        out.extend((is_wedding, route, (key_bytes, bucket_bytes, *values)) for values in rows)
+    return out
 
 
 def run_loader(
@@ -59,14 +78,9 @@ def run_loader(
     cluster = Cluster(["127.0.0.1"], protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     session = cluster.connect()
     cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
-    ins_w = session.prepare(
-        f"INSERT INTO {keyspace}.events_by_wedding (wedding_id, bucket, user_id, {cols})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-    ins_u = session.prepare(
-        f"INSERT INTO {keyspace}.events_by_user (user_id, bucket, wedding_id, {cols})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
+    marks = "?, ?, ?, ?, ?, ?, ?, ?, ?"
+    ins_w = session.prepare(f"INSERT INTO {keyspace}.events_by_wedding (wedding_id, bucket, {cols}) VALUES ({marks})")
+    ins_u = session.prepare(f"INSERT INTO {keyspace}.events_by_user (user_id, bucket, {cols}) VALUES ({marks})")
     synthetic = Synthetic(weddings=1000, seed=500 + index)
     templates = list(synthetic.events(20_000))
     while time.time() < start_at:
@@ -82,9 +96,9 @@ def run_loader(
             ev.occurred_at.FromNanoseconds(now)
             events.append(ev)
             seq += 1
-        by_wedding, by_user = _rows(events)
         statements: list[tuple[Any, Any]] = []
         if grouping == "partition":
+            by_wedding, by_user = _rows(events)
             for prepared, groups in ((ins_w, by_wedding), (ins_u, by_user)):
                 for rows in groups.values():
                     if len(rows) == 1:
@@ -95,12 +109,13 @@ def run_loader(
                         batch.add(prepared, row)
                     statements.append((batch, ()))
         else:  # one node owns everything here, so grouping by replica is one group, in chunks
-            flat = [(ins_w, r) for rows in by_wedding.values() for r in rows]
-            flat += [(ins_u, r) for rows in by_user.values() for r in rows]
+            flat = _encoded(events)
             for start in range(0, len(flat), 200):
                 batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for prepared, row in flat[start : start + 200]:
-                    batch.add(prepared, row)
+                for is_wedding, _, values in flat[start : start + 200]:
+                    batch._add_statement_and_params(True, (ins_w if is_wedding else ins_u).query_id, values)
+                batch.keyspace = keyspace
+                batch.routing_key = flat[start][1]
                 statements.append((batch, ()))
         results = execute_concurrent(session, statements, concurrency=concurrency, raise_on_first_error=True)
         assert all(ok for ok, _ in results)

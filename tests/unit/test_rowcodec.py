@@ -1,0 +1,75 @@
+"""The store's own value encoding produces exactly the bytes cassandra-driver's bind would."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from cassandra import cqltypes
+from cassandra.query import SimpleStatement
+from hypothesis import given
+from hypothesis import strategies as st
+
+from auditmesh import rowcodec
+from auditmesh.errors import PermanentError
+from auditpb.v1 import audit_pb2 as pb
+
+V4 = 4
+_DRIVER_TYPES = {
+    "text": cqltypes.VarcharType,
+    "int": cqltypes.Int32Type,
+    "timestamp": cqltypes.DateType,
+    "tinyint": cqltypes.ByteType,
+    "blob": cqltypes.BytesType,
+}
+
+
+@given(
+    ms=st.integers(min_value=-(2**62), max_value=2**62),
+    event_id=st.text(max_size=40),
+    severity=st.sampled_from(list(pb.Severity.values())),
+    outcome=st.sampled_from(list(pb.Outcome.values())),
+    event_type=st.text(max_size=40),
+    organization_id=st.text(max_size=40),
+)
+def test_event_values_match_the_driver(
+    ms: int, event_id: str, severity: int, outcome: int, event_type: str, organization_id: str
+) -> None:
+    ev = pb.Event(
+        event_id=event_id,
+        severity=severity,  # type: ignore[arg-type]
+        outcome=outcome,  # type: ignore[arg-type]
+        event_type=event_type,
+        organization_id=organization_id,
+    )
+    plain = (ms, event_id, severity, outcome, event_type, organization_id, ev.SerializeToString())
+    expected = tuple(
+        _DRIVER_TYPES[kind].serialize(value, V4) for kind, value in zip(rowcodec.EVENT_VALUE_TYPES, plain, strict=True)
+    )
+    assert rowcodec.event_values(ms, ev) == expected
+
+
+@given(key=st.text(max_size=200), bucket=st.integers(min_value=-(2**31), max_value=2**31 - 1))
+def test_keys_and_routing_match_the_driver(key: str, bucket: int) -> None:
+    key_bytes, bucket_bytes = rowcodec.text(key), rowcodec.int32(bucket)
+    assert key_bytes == cqltypes.VarcharType.serialize(key, V4)
+    assert bucket_bytes == cqltypes.Int32Type.serialize(bucket, V4)
+    statement = SimpleStatement("")
+    statement.routing_key = [key_bytes, bucket_bytes]
+    assert rowcodec.routing_key(key_bytes, bucket_bytes) == statement.routing_key
+    assert rowcodec.routing_key(key_bytes) == key_bytes
+
+
+def _prepared(*types: type) -> SimpleNamespace:
+    columns = [SimpleNamespace(name=f"c{i}", type=t) for i, t in enumerate(types)]
+    return SimpleNamespace(column_metadata=columns, query_string="INSERT ...")
+
+
+def test_check_columns_accepts_the_schema_and_names_a_mismatch() -> None:
+    rowcodec.check_columns(
+        _prepared(cqltypes.VarcharType, cqltypes.VarcharType, cqltypes.Int32Type), rowcodec.PARTITION_TYPES
+    )
+    with pytest.raises(PermanentError, match=r"c2.*expected \['text', 'text', 'int'\]"):
+        rowcodec.check_columns(
+            _prepared(cqltypes.VarcharType, cqltypes.VarcharType, cqltypes.LongType), rowcodec.PARTITION_TYPES
+        )

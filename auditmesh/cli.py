@@ -106,6 +106,10 @@ def _progress(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
+_EMIT_WINDOW = 50_000
+"""Events ``emit`` lets wait in the SDK before it pauses."""
+
+
 def cmd_emit(args: argparse.Namespace) -> int:
     layout = MeshLayout.from_env(os.environ)
     synthetic = Synthetic(weddings=args.weddings, seed=args.seed)
@@ -126,6 +130,11 @@ def cmd_emit(args: argparse.Namespace) -> int:
         client.log(**kwargs)
         if i % 1000 == 0 or i == args.count:
             _progress(client.stats.acked, args.count, started)
+            # A load tool waits for the mesh instead of overflowing the SDK's buffer (which
+            # would drop events, as it must for an application that cannot wait).
+            while client.stats.pending > _EMIT_WINDOW:
+                time.sleep(0.02)
+                _progress(client.stats.acked, args.count, started)
     while client.stats.pending and time.monotonic() - started < args.timeout:
         _progress(client.stats.acked, args.count, started)
         time.sleep(0.1)

@@ -15,6 +15,7 @@ RUN_DIR="${AUDITMESH_RUN_DIR:-$HOME/.local/state/auditmesh}"
 CQL_PORT="${AUDITMESH_CASSANDRA_PORT:-9042}"
 STORAGE_PORT="${AUDITMESH_CASSANDRA_STORAGE_PORT:-7000}"
 HEAP="${AUDITMESH_CASSANDRA_HEAP:-3G}"
+GC_OPTS="${AUDITMESH_CASSANDRA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=100}"
 REDIS_PORT="${AUDITMESH_REDIS_PORT:-6379}"
 READY_TIMEOUT="${AUDITMESH_READY_TIMEOUT:-240}"
 
@@ -65,7 +66,8 @@ start_cassandra() {
            jdk.compiler/com.sun.tools.javac.file jdk.attach/sun.tools.attach; do
     opens+=("--add-exports=$m=ALL-UNNAMED"); done
   log "starting cassandra (heap $HEAP), log: $C_LOG"
-  nohup java -Xms"$HEAP" -Xmx"$HEAP" -Xss256k -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -XX:MaxGCPauseMillis=100 \
+  # shellcheck disable=SC2086 # GC_OPTS is a list of options
+  nohup java -Xms"$HEAP" -Xmx"$HEAP" -Xss256k $GC_OPTS -XX:+ExitOnOutOfMemoryError \
     -XX:ActiveProcessorCount=2 \
     -Djava.net.preferIPv4Stack=true -Djdk.attach.allowAttachSelf=true \
     -Dio.netty.tryReflectionSetAccessible=true "${opens[@]}" \

@@ -14,7 +14,10 @@ from auditmesh.search import MAX_PAGES, Cursor, RowSource, SearchSpec, TokenSign
 from auditmesh.serving import abort_with
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["EventReader", "QueryServicer"]
+__all__ = ["CACHE_TRAILER", "EventReader", "QueryServicer"]
+
+CACHE_TRAILER = "auditmesh-cache"
+"""Trailing metadata of every Search: ``hit`` when each page came from the cache, else ``miss``."""
 
 
 class EventReader(RowSource, Protocol):
@@ -38,28 +41,32 @@ class QueryServicer:
             if request.page_token:
                 explicit = request.HasField("start") or request.HasField("end")
                 spec, cursor = self._signer.decode(spec, request.page_token, explicit_range=explicit)
+            all_cached = True
             for _ in range(request.max_pages or 1):
-                raw, cursor = await self._page(spec, cursor)
+                raw, cursor, cached = await self._page(spec, cursor)
+                all_cached = all_cached and cached
+                context.set_trailing_metadata(((CACHE_TRAILER, "hit" if all_cached else "miss"),))
                 yield raw
                 if cursor is None:
                     return
         except AuditError as exc:
             await abort_with(context, exc)
 
-    async def _page(self, spec: SearchSpec, cursor: Cursor | None) -> tuple[bytes, Cursor | None]:
-        """One serialized SearchPage and the cursor after it, from the cache when it is current."""
+    async def _page(self, spec: SearchSpec, cursor: Cursor | None) -> tuple[bytes, Cursor | None, bool]:
+        """One serialized SearchPage, the cursor after it, and whether it came from the cache
+        (which it does only when it is current)."""
         identity = f"{self._signer.key_id}|{spec.identity(cursor)}"
         page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), identity)
         if cached is not None:
             following = pb.SearchPage.FromString(cached).next_page_token
-            return cached, (self._signer.decode(spec, following)[1] if following else None)
+            return cached, (self._signer.decode(spec, following)[1] if following else None), True
         rows, after = await page(self._store, spec, cursor)
         out = pb.SearchPage(events=[pb.Event.FromString(r.payload) for r in rows])
         if after is not None:
             out.next_page_token = self._signer.encode(spec, after)
         raw = out.SerializeToString()
         await self.cache.store(page_key, raw)
-        return raw, after
+        return raw, after, False
 
     async def GetEvent(  # noqa: N802
         self, request: pb.GetEventRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -16,6 +16,7 @@ from auditmesh.mesh import MeshLayout, infra
 from auditmesh.supervisor import Supervisor
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from services.query.servicer import CACHE_TRAILER
 from tests.conftest import assert_eventually
 
 
@@ -30,6 +31,14 @@ def first_page(query: pb_grpc.QueryServiceStub, wedding: str, page_size: int = 5
     return page
 
 
+def first_page_and_cache(query: pb_grpc.QueryServiceStub, wedding: str) -> tuple[pb.SearchPage, str]:
+    """The first page and the ``auditmesh-cache`` trailer saying whether it came from the cache."""
+    call = query.Search(pb.SearchRequest(wedding_id=wedding, page_size=50), timeout=10)
+    (page,) = list(call)
+    trailers = dict(call.trailing_metadata() or ())
+    return page, trailers[CACHE_TRAILER]
+
+
 def cache_stats(supervisor: Supervisor) -> dict[str, int]:
     stats = supervisor.stats("query") or {}
     return dict(stats.get("cache") or {})
@@ -42,16 +51,21 @@ def test_write_query_write_query_is_never_stale(
     with AuditClient(mesh.ingest_target) as client:
         first = client.log("guestlist.viewed", user_id="u1", wedding_id=wedding)
         assert client.flush(30)
-        assert [e.event_id for e in first_page(query, wedding).events] == [first]
+        page, cache = first_page_and_cache(query, wedding)
+        assert ([e.event_id for e in page.events], cache) == ([first], "miss")
         hits_before = cache_stats(supervisor).get("hits", 0)
-        assert [e.event_id for e in first_page(query, wedding).events] == [first]  # served from the cache
+        page, cache = first_page_and_cache(query, wedding)
+        assert ([e.event_id for e in page.events], cache) == ([first], "hit")
         assert_eventually(lambda: cache_stats(supervisor).get("hits", 0) > hits_before, timeout=10)
         for round_ in range(3):
             newer = client.log("guestlist.export", user_id="u1", wedding_id=wedding)
             assert client.flush(30)
-            ids = [e.event_id for e in first_page(query, wedding).events]
+            page, cache = first_page_and_cache(query, wedding)
+            ids = [e.event_id for e in page.events]
             assert ids[0] == newer, f"round {round_}: a page cached before the write was served after it"
             assert len(ids) == round_ + 2
+            assert cache == "miss"
+            assert first_page_and_cache(query, wedding) == (page, "hit")
 
 
 def test_pagination_is_stable_under_concurrent_writes(mesh: MeshLayout, query: pb_grpc.QueryServiceStub) -> None:

@@ -25,8 +25,17 @@ async def main(stop: asyncio.Event) -> None:
     store = EventStore.connect(cfg.store, executor_threads=1)
     calendar = CalendarView(store.calendar)
     await calendar.refresh()
-    links = [ProcessorLink(t, cfg.processor_timeout_s, cfg.limits.max_message_bytes * 2) for t in cfg.processors]
-    router = Router(links, Budget(cfg.max_in_flight_events, cfg.max_in_flight_bytes))
+
+    def link(target: str) -> ProcessorLink:
+        return ProcessorLink(target, cfg.processor_timeout_s, cfg.limits.max_message_bytes * 2)
+
+    links = [link(t) for t in cfg.processors]
+    router = Router(
+        links,
+        Budget(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
+        critical_links=[link(t) for t in cfg.processors],
+        critical_budget=Budget(cfg.critical_in_flight_events, cfg.critical_in_flight_bytes),
+    )
     router.start()
     server, port, servicer, health_servicer = create(
         cfg, router, calendar.snapshot, reuse_port=os.environ.get("AUDITMESH_INGEST_REUSE_PORT") == "1"
@@ -35,11 +44,11 @@ async def main(stop: asyncio.Event) -> None:
     readiness = asyncio.create_task(_track_readiness(router, health_servicer))
 
     def stats() -> dict[str, object]:
-        budget = router.budget
+        budgets = (router.budget, router.critical_budget)
         return {
             **servicer.stats.as_dict(),
-            "in_flight_events": budget.events,
-            "in_flight_bytes": budget.bytes,
+            "in_flight_events": sum(b.events for b in budgets),
+            "in_flight_bytes": sum(b.bytes for b in budgets),
             "processors_connected": sum(link.connected.is_set() for link in links),
         }
 

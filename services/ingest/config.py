@@ -24,6 +24,11 @@ class IngestConfig:
     RESOURCE_EXHAUSTED with retry info (AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS)."""
     max_in_flight_bytes: int = 256 * 1024 * 1024
     """Bytes of those events (AUDITMESH_INGEST_MAX_IN_FLIGHT_BYTES)."""
+    critical_in_flight_events: int = 20_000
+    """The critical lane's own bound, so P0 events never wait behind bulk batches for room
+    (AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_EVENTS)."""
+    critical_in_flight_bytes: int = 32 * 1024 * 1024
+    """Bytes of those events (AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_BYTES)."""
     admit_wait_s: float = 2.0
     """How long a batch may wait for in-flight room before it is refused (AUDITMESH_INGEST_ADMIT_WAIT_S)."""
     processor_timeout_s: float = 15.0
@@ -45,6 +50,12 @@ class IngestConfig:
                 "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS", cls.max_in_flight_events, minimum=1
             ),
             max_in_flight_bytes=e.integer("AUDITMESH_INGEST_MAX_IN_FLIGHT_BYTES", cls.max_in_flight_bytes, minimum=1),
+            critical_in_flight_events=e.integer(
+                "AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_EVENTS", cls.critical_in_flight_events, minimum=1
+            ),
+            critical_in_flight_bytes=e.integer(
+                "AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_BYTES", cls.critical_in_flight_bytes, minimum=1
+            ),
             admit_wait_s=e.number("AUDITMESH_INGEST_ADMIT_WAIT_S", cls.admit_wait_s),
             processor_timeout_s=e.number("AUDITMESH_PROCESSOR_TIMEOUT_S", cls.processor_timeout_s, minimum=0.1),
             calendar_refresh_s=e.number("AUDITMESH_CALENDAR_REFRESH_S", cls.calendar_refresh_s, minimum=1),

@@ -4,7 +4,8 @@ Each :class:`ProcessorLink` owns one stream to one processor: requests are queue
 (critical first), answers are matched by sequence number. When a stream breaks, every request
 waiting on it fails as retryable (the caller resends; writes are idempotent) and the link
 reconnects with jittered exponential backoff. The :class:`Router` sends to the connected link
-with the fewest events in flight, and bounds what is in flight in events and bytes.
+with the fewest events in flight, and bounds what is in flight in events and bytes; critical
+requests travel on links of their own.
 """
 
 from __future__ import annotations
@@ -156,24 +157,45 @@ class ProcessorLink:
 
 
 class Router:
-    """Picks a processor link per request; owns the in-flight budget."""
+    """Picks a processor link per request; owns the in-flight budgets.
 
-    def __init__(self, links: list[ProcessorLink], budget: Budget) -> None:
+    The critical lane has links and a budget of its own: a P0 event never waits for room
+    behind bulk batches, neither in ingest's budget nor in a stream's buffers on the way to
+    a processor (HTTP/2 delivers a stream's messages in order, so a critical request on the
+    bulk stream would wait for every bulk request sent before it).
+    """
+
+    def __init__(
+        self,
+        links: list[ProcessorLink],
+        budget: Budget,
+        critical_links: list[ProcessorLink] | None = None,
+        critical_budget: Budget | None = None,
+    ) -> None:
         self.links = links
         self.budget = budget
+        self.critical_links = critical_links or []
+        self.critical_budget = critical_budget or budget
 
     def start(self) -> None:
-        for link in self.links:
+        for link in self.links + self.critical_links:
             link.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(link.stop() for link in self.links))
+        await asyncio.gather(*(link.stop() for link in self.links + self.critical_links))
 
     def healthy(self) -> bool:
         return any(link.connected.is_set() for link in self.links)
 
+    def budget_for(self, lane: int) -> Budget:
+        return self.critical_budget if lane == pb.LANE_CRITICAL else self.budget
+
     async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
-        live = [link for link in self.links if link.connected.is_set()]
+        live: list[ProcessorLink] = []
+        if req.lane == pb.LANE_CRITICAL:
+            live = [link for link in self.critical_links if link.connected.is_set()]
+        if not live:
+            live = [link for link in self.links if link.connected.is_set()]
         if not live:
             raise StoreUnavailable("no processor is connected", 500)
         link = min(live, key=lambda candidate: candidate.in_flight_events)

@@ -137,6 +137,15 @@ class IngestServicer:
                 batch_id=batch.batch_id, status=pb.ACK_STATUS_RETRY, message="internal error", retry_after_ms=1000
             )
 
+    async def _send(self, req: pb.ProcessRequest, size: int) -> pb.ProcessResponse:
+        """Send one lane's events within that lane's in-flight budget."""
+        budget = self._router.budget_for(req.lane)
+        await budget.acquire(len(req.events), size, self._admit_wait_s)
+        try:
+            return await self._router.send(req)
+        finally:
+            await budget.release(len(req.events), size)
+
     async def _ingest(self, batch: pb.EventBatch, size: int) -> pb.BatchAck:
         self.stats.batches += 1
         events = batch.events
@@ -155,13 +164,10 @@ class IngestServicer:
             if req is None:
                 req = requests[lane] = pb.ProcessRequest(lane=lane)  # type: ignore[arg-type]
             req.events.append(ev)
-        budget = self._router.budget
-        await budget.acquire(len(valid), size, self._admit_wait_s)
-        try:
-            ordered = sorted(requests.values(), key=lambda r: -r.lane)
-            answers = await asyncio.gather(*(self._router.send(r) for r in ordered), return_exceptions=True)
-        finally:
-            await budget.release(len(valid), size)
+        ordered = sorted(requests.values(), key=lambda r: -r.lane)
+        answers = await asyncio.gather(
+            *(self._send(r, size * len(r.events) // len(valid)) for r in ordered), return_exceptions=True
+        )
         for answer in answers:
             if isinstance(answer, RetryableError):
                 self.stats.retried += len(valid)

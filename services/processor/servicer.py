@@ -37,6 +37,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self._versions = versions
         self._normal = asyncio.Semaphore(max_writes)
         self._critical = asyncio.Semaphore(critical_writes)
+        self._max_in_flight = 2 * (max_writes + critical_writes)
         self.written = 0
         self.failed = 0
         self.draining = asyncio.Event()
@@ -60,7 +61,12 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ProcessResponse]:
-        async for answer in respond_concurrently(request_iterator, self._handle, max_in_flight=256, stop=self.draining):
+        # Few requests are taken off a stream at a time: the backlog stays in ingest's queue,
+        # where the wedding-day lane goes first, not in this process.
+        answers = respond_concurrently(
+            request_iterator, self._handle, max_in_flight=self._max_in_flight, stop=self.draining
+        )
+        async for answer in answers:
             yield answer
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:

@@ -43,20 +43,25 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self.draining = asyncio.Event()
         self.write_us = Reservoir()
         self.critical_us = Reservoir()
+        self.critical_transit_us = Reservoir()
+        self.critical_write_us = Reservoir()
 
     def stats(self) -> dict[str, Any]:
         """Counters and latency summaries: write per request, and for the critical lane the time
-        from ingest receiving an event to its write being confirmed."""
+        from ingest receiving an event to its write being confirmed, split into the transit to
+        this process and the write."""
         return {
             "written": self.written,
             "failed": self.failed,
             "write_us": self.write_us.summary(),
             "critical_us": self.critical_us.summary(),
+            "critical_transit_us": self.critical_transit_us.summary(),
+            "critical_write_us": self.critical_write_us.summary(),
         }
 
     def reset_latencies(self) -> None:
-        self.write_us.reset()
-        self.critical_us.reset()
+        for reservoir in (self.write_us, self.critical_us, self.critical_transit_us, self.critical_write_us):
+            reservoir.reset()
 
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -71,6 +76,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
         critical = req.lane == pb.LANE_CRITICAL
+        if critical and req.events:
+            self.critical_transit_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
         slots = self._critical if critical else self._normal
         async with slots:
             started = time.perf_counter()
@@ -89,7 +96,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         # Before the ack: a query that follows the ack must not be served a page cached earlier.
         await self._versions.bump(written.partitions)
         self.write_us.add(write_us)
-        if req.lane == pb.LANE_CRITICAL and req.events:
+        if critical and req.events:
+            self.critical_write_us.add(write_us)
             self.critical_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
         self.written += len(req.events)
         return pb.ProcessResponse(seq=req.seq, ok=True, write_us=min(write_us, 2**32 - 1))

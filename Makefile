@@ -44,6 +44,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.query
+	$(BIN)/python -m bench.write_path
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench.pipeline --smoke

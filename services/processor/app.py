@@ -19,7 +19,13 @@ SERVICE = "auditpb.v1.ProcessorService"
 def create(
     cfg: ProcessorConfig, store: EventWriter, versions: VersionBumper
 ) -> tuple[grpc.aio.Server, int, ProcessorServicer, health.HealthServicer]:
-    servicer = ProcessorServicer(store, versions, max_writes=cfg.max_writes, critical_writes=cfg.critical_writes)
+    servicer = ProcessorServicer(
+        store,
+        versions,
+        max_writes=cfg.max_writes,
+        critical_writes=cfg.critical_writes,
+        max_group_events=cfg.max_group_events,
+    )
     server, port, health_servicer = create_server(
         [], [SERVICE], port=cfg.port, host=cfg.host, max_message_bytes=cfg.max_message_bytes
     )

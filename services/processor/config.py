@@ -23,6 +23,9 @@ class ProcessorConfig:
     critical_writes: int = 4
     """Concurrent writes reserved for the critical lane, on top of max_writes
     (AUDITMESH_PROCESSOR_CRITICAL_WRITES)."""
+    max_group_events: int = 2000
+    """Most events written together when requests wait for a write slot (group commit)
+    (AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS)."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest request from ingest (AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES)."""
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -38,6 +41,7 @@ class ProcessorConfig:
             port=e.integer("AUDITMESH_PROCESSOR_PORT", cls.port),
             max_writes=e.integer("AUDITMESH_PROCESSOR_MAX_WRITES", cls.max_writes, minimum=1),
             critical_writes=e.integer("AUDITMESH_PROCESSOR_CRITICAL_WRITES", cls.critical_writes, minimum=1),
+            max_group_events=e.integer("AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS", cls.max_group_events, minimum=1),
             max_message_bytes=e.integer("AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
             store=StoreConfig.from_env(env),

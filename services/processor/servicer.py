@@ -1,12 +1,15 @@
 """ProcessorService: one bidi stream per ingest connection; each request is written to the
 store and answered with ok only after the write succeeded.
 
-Critical-lane requests have their own write slots, so a backlog of bulk writes never delays them.
+Requests are written through group commits (:mod:`services.processor.group_commit`); the
+critical lane has a committer and write slots of its own, so a backlog of bulk writes never
+delays it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -21,6 +24,7 @@ from auditmesh.serving import respond_concurrently
 from auditmesh.store import WriteStats
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from services.processor.group_commit import GroupCommitter
 
 __all__ = ["EventWriter", "ProcessorServicer"]
 
@@ -32,12 +36,15 @@ class EventWriter(Protocol):
 
 
 class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
-    def __init__(self, store: EventWriter, versions: VersionBumper, *, max_writes: int, critical_writes: int) -> None:
-        self._store = store
-        self._versions = versions
-        self._normal = asyncio.Semaphore(max_writes)
-        self._critical = asyncio.Semaphore(critical_writes)
-        self._max_in_flight = 2 * (max_writes + critical_writes)
+    def __init__(
+        self,
+        store: EventWriter,
+        versions: VersionBumper,
+        *,
+        max_writes: int,
+        critical_writes: int,
+        max_group_events: int = 2000,
+    ) -> None:
         self.written = 0
         self.failed = 0
         self.draining = asyncio.Event()
@@ -45,6 +52,21 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self.critical_us = Reservoir()
         self.critical_transit_us = Reservoir()
         self.critical_write_us = Reservoir()
+        self._normal = GroupCommitter(
+            functools.partial(store.write, urgent=False),
+            versions.bump,
+            slots=max_writes,
+            max_events=max_group_events,
+            write_us=self.write_us,
+        )
+        self._critical = GroupCommitter(
+            functools.partial(store.write, urgent=True),
+            versions.bump,
+            slots=critical_writes,
+            max_events=max_group_events,
+            write_us=self.critical_write_us,
+        )
+        self._max_in_flight = 2 * (max_writes + critical_writes)
 
     def stats(self) -> dict[str, Any]:
         """Counters and latency summaries: write per request, and for the critical lane the time
@@ -78,26 +100,22 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         critical = req.lane == pb.LANE_CRITICAL
         if critical and req.events:
             self.critical_transit_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
-        slots = self._critical if critical else self._normal
-        async with slots:
-            started = time.perf_counter()
-            try:
-                written = await self._store.write(req.events, urgent=critical)
-            except RetryableError as exc:
-                self.failed += len(req.events)
+        # The committer bumps cache versions before answering: a query that follows the ack
+        # must not be served a page cached earlier.
+        outcome = await (self._critical if critical else self._normal).submit(req)
+        if outcome.error is not None:
+            self.failed += len(req.events)
+            if isinstance(outcome.error, RetryableError):
                 return pb.ProcessResponse(
-                    seq=req.seq, ok=False, error=str(exc), retryable=True, retry_after_ms=exc.retry_after_ms
+                    seq=req.seq,
+                    ok=False,
+                    error=str(outcome.error),
+                    retryable=True,
+                    retry_after_ms=outcome.error.retry_after_ms,
                 )
-            except Exception as exc:
-                log.exception("write of %d events failed", len(req.events))
-                self.failed += len(req.events)
-                return pb.ProcessResponse(seq=req.seq, ok=False, error=str(exc)[:500], retryable=False)
-            write_us = int((time.perf_counter() - started) * 1e6)
-        # Before the ack: a query that follows the ack must not be served a page cached earlier.
-        await self._versions.bump(written.partitions)
-        self.write_us.add(write_us)
+            log.error("write of %d events failed", len(req.events), exc_info=outcome.error)
+            return pb.ProcessResponse(seq=req.seq, ok=False, error=str(outcome.error)[:500], retryable=False)
         if critical and req.events:
-            self.critical_write_us.add(write_us)
             self.critical_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
         self.written += len(req.events)
-        return pb.ProcessResponse(seq=req.seq, ok=True, write_us=min(write_us, 2**32 - 1))
+        return pb.ProcessResponse(seq=req.seq, ok=True, write_us=min(outcome.write_us, 2**32 - 1))

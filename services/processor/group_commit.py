@@ -1,0 +1,115 @@
+"""Group commit: requests waiting for a write slot are written together in one store write.
+
+SDKs flush on a timer, so under moderate load ingest forwards many small batches. Writing each
+alone spends a write slot (and Cassandra requests) per batch, and the slots, not Cassandra,
+become the limit. Here each request joins a queue; whoever holds a free slot writes everything
+queued (up to ``max_events``, highest lane first) as one write and answers every request in it.
+A write that fails for a reason other than availability is retried request by request, so one
+bad request cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from auditmesh.errors import RetryableError, StoreUnavailable
+from auditmesh.metrics import Reservoir
+from auditmesh.store import WriteStats
+from auditpb.v1 import audit_pb2 as pb
+
+__all__ = ["GroupCommitter", "Outcome", "Writer"]
+
+
+class Writer(Protocol):
+    async def __call__(self, events: Iterable[pb.Event]) -> WriteStats: ...
+
+
+class AfterWrite(Protocol):
+    async def __call__(self, partitions: Iterable[tuple[str, str, int]]) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """How one request's write went: its stats, or the error that stopped it."""
+
+    stats: WriteStats | None = None
+    error: BaseException | None = None
+    write_us: int = 0
+    grouped_with: int = 0
+
+
+@dataclass
+class _Entry:
+    req: pb.ProcessRequest
+    taken: bool = False
+    done: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def settle(self, outcome: Outcome) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+
+class GroupCommitter:
+    """Writes queued requests in groups, with at most ``slots`` writes at a time; runs
+    ``after_write`` (the cache-version bump) once per group, before any request is answered."""
+
+    def __init__(
+        self, write: Writer, after_write: AfterWrite, *, slots: int, max_events: int, write_us: Reservoir
+    ) -> None:
+        self._write = write
+        self._after_write = after_write
+        self.write_us = write_us
+        self._slots = asyncio.Semaphore(slots)
+        self._max_events = max_events
+        self._queues: dict[int, deque[_Entry]] = {}  # by lane, highest lane written first
+        self.groups = 0
+
+    async def submit(self, req: pb.ProcessRequest) -> Outcome:
+        entry = _Entry(req)
+        self._queues.setdefault(req.lane, deque()).append(entry)
+        async with self._slots:
+            while not entry.taken:  # write the oldest queued requests, until this one is written
+                await self._write_group(self._take())
+        return await entry.done  # written by this task, or in a group another task is writing
+
+    def _take(self) -> list[_Entry]:
+        group: list[_Entry] = []
+        events = 0
+        for lane in sorted(self._queues, reverse=True):
+            queue = self._queues[lane]
+            while queue and (not group or events + len(queue[0].req.events) <= self._max_events):
+                entry = queue.popleft()
+                entry.taken = True
+                group.append(entry)
+                events += len(entry.req.events)
+        return group
+
+    async def _write_group(self, group: list[_Entry]) -> None:
+        if not group:
+            return
+        self.groups += 1
+        started = time.perf_counter()
+        try:
+            stats = await self._write(ev for entry in group for ev in entry.req.events)
+        except Exception as exc:
+            if len(group) > 1 and not isinstance(exc, RetryableError):
+                for entry in group:
+                    await self._write_group([entry])
+                return
+            for entry in group:
+                entry.settle(Outcome(error=exc, grouped_with=len(group)))
+            return
+        except BaseException:  # cancelled mid-write: every request in the group is answered
+            for entry in group:
+                entry.settle(Outcome(error=StoreUnavailable("write interrupted"), grouped_with=len(group)))
+            raise
+        write_us = int((time.perf_counter() - started) * 1e6)
+        self.write_us.add(write_us)
+        await self._after_write(stats.partitions)
+        for entry in group:
+            entry.settle(Outcome(stats=stats, write_us=write_us, grouped_with=len(group)))

@@ -23,7 +23,7 @@ class ProcessorConfig:
     critical_writes: int = 4
     """Concurrent writes reserved for the critical lane, on top of max_writes
     (AUDITMESH_PROCESSOR_CRITICAL_WRITES)."""
-    max_group_events: int = 2000
+    max_group_events: int = 500
     """Most events written together when requests wait for a write slot (group commit)
     (AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS)."""
     max_message_bytes: int = 16 * 1024 * 1024

@@ -43,7 +43,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         *,
         max_writes: int,
         critical_writes: int,
-        max_group_events: int = 2000,
+        max_group_events: int = 500,
     ) -> None:
         self.written = 0
         self.failed = 0

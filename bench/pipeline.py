@@ -36,7 +36,7 @@ from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
-from bench.report import RESULTS, git_commit, machine, render_table, update_readme
+from bench.report import RESULTS, cassandra_pid, git_commit, machine, render_table, update_readme, wait_for_quiet_store
 
 KEYSPACE = "auditmesh_bench"
 REQUIRED_KEYS = (
@@ -105,14 +105,6 @@ class ProcessSampler:
         return out
 
 
-def _cassandra_pid() -> int | None:
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        if any("CassandraDaemon" in part for part in cmd):
-            return proc.pid
-    return None
-
-
 def _redis_pid() -> int | None:
     for proc in psutil.process_iter(["name"]):
         if proc.info["name"] == "redis-server":
@@ -148,7 +140,7 @@ def run_pipeline_phase(
         pid = supervisor.pid(proc.name)
         if pid:
             sampler.watch(proc.name, pid)
-    for name, pid in (("cassandra", _cassandra_pid()), ("redis", _redis_pid())):
+    for name, pid in (("cassandra", cassandra_pid()), ("redis", _redis_pid())):
         if pid:
             sampler.watch(name, pid)
     start_at = time.time() + 2.0
@@ -308,8 +300,11 @@ def main() -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
     }
+    quiet_s = 10.0 if args.smoke else 180.0
+    waits: list[float] = []
     try:
         layout.start(supervisor)
+        waits.append(wait_for_quiet_store(quiet_s))
         full = run_pipeline_phase(
             layout,
             supervisor,
@@ -322,6 +317,7 @@ def main() -> int:
         )
         time.sleep(2.5)  # processors publish their latency reservoirs every 2 s
         processors = [supervisor.stats(layout.processor(i).name) or {} for i in range(layout.processors)]
+        waits.append(wait_for_quiet_store(quiet_s))  # the full-speed phase leaves compactions behind
         fixed = run_pipeline_phase(
             layout,
             supervisor,
@@ -343,6 +339,7 @@ def main() -> int:
     critical = [s.get("critical_us", {}) for s in processors]
     fixed_critical = [s.get("critical_us", {}) for s in fixed_processors]
     fixed_write = [s.get("write_us", {}) for s in fixed_processors]
+    waits.append(wait_for_quiet_store(quiet_s))
     direct = [
         run_direct_phase(processes=p, grouping=g, duration_s=direct_duration, concurrency=16)
         for g in ("partition", "replica")
@@ -351,6 +348,7 @@ def main() -> int:
     best_direct = max(direct, key=lambda d: d["eps"])
     result.update(
         {
+            "waited_for_quiet_store_s": waits,
             "full_speed": full,
             "fixed_rate": fixed,
             "direct_loader": direct,

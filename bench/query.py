@@ -32,7 +32,7 @@ from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from bench.loadgen import run_client
-from bench.report import RESULTS, git_commit, machine, update_readme
+from bench.report import RESULTS, git_commit, machine, update_readme, wait_for_quiet_store
 from services.query.servicer import CACHE_TRAILER
 
 DAY_NS = 86_400 * 10**9
@@ -271,6 +271,7 @@ def main() -> int:
     }
     try:
         layout.start(supervisor)
+        result["waited_for_quiet_store_s"] = wait_for_quiet_store(10.0 if args.smoke else 180.0)
         _flush_cache(layout)
         # Latency with one caller at a time (cold: every query new to the cache; warm: the same
         # mix again), then throughput with four concurrent callers.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,33 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
     }
+
+
+def cassandra_pid() -> int | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if any("CassandraDaemon" in part for part in cmd):
+            return int(proc.pid)
+    return None
+
+
+def wait_for_quiet_store(max_wait_s: float = 180.0, busy_cores: float = 0.3) -> float:
+    """Wait until Cassandra's CPU use stays under ``busy_cores`` for 5 s (compactions and
+    flushes left by earlier work finished), at most ``max_wait_s``; return the seconds waited.
+    A run that starts while the store still compacts measures the compaction, not the mesh."""
+    pid = cassandra_pid()
+    if pid is None:
+        return 0.0
+    proc = psutil.Process(pid)
+    started = time.monotonic()
+    quiet = 0
+    while quiet < 5 and time.monotonic() - started < max_wait_s:
+        proc.cpu_percent(None)
+        time.sleep(1.0)
+        quiet = quiet + 1 if proc.cpu_percent(None) / 100 < busy_cores else 0
+    waited = round(time.monotonic() - started, 1)
+    print(f"store quiet after {waited} s", flush=True)
+    return waited
 
 
 def git_commit() -> str:

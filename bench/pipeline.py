@@ -285,10 +285,10 @@ def main() -> int:
     create_schema(StoreConfig(keyspace=KEYSPACE))
     run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-bench-"))
     layout = MeshLayout(
-        ingest_port=53051,
-        processor_base_port=53061,
+        ingest_port=23051,
+        processor_base_port=23061,
         processors=args.processors,
-        query_port=53071,
+        query_port=23071,
         keyspace=KEYSPACE,
         extra_env={"AUDITMESH_TOKEN_KEY": "bench"},
     )

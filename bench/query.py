@@ -254,10 +254,10 @@ def main() -> int:
     stored = ensure_dataset(keyspace, args.events, args.weddings)
     run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-qbench-"))
     layout = MeshLayout(
-        ingest_port=55051,
-        processor_base_port=55061,
+        ingest_port=25051,
+        processor_base_port=25061,
         processors=2,
-        query_port=55071,
+        query_port=25071,
         keyspace=keyspace,
         extra_env={"AUDITMESH_TOKEN_KEY": "qbench", "AUDITMESH_REDIS_URL": "redis://127.0.0.1:6379/13"},
     )

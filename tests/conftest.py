@@ -51,10 +51,10 @@ def store_config(infrastructure: None) -> StoreConfig:
 @pytest.fixture(scope="session")
 def mesh_layout(store_config: StoreConfig) -> MeshLayout:
     return MeshLayout(
-        ingest_port=52051,
-        processor_base_port=52061,
+        ingest_port=22051,
+        processor_base_port=22061,
         processors=2,
-        query_port=52071,
+        query_port=22071,
         keyspace=TEST_KEYSPACE,
         extra_env={"AUDITMESH_TOKEN_KEY": "test-token-key", "AUDITMESH_REDIS_URL": "redis://127.0.0.1:6379/15"},
     )
@@ -68,6 +68,8 @@ def supervisor(tmp_path_factory: pytest.TempPathFactory) -> Supervisor:
 @pytest.fixture(scope="session")
 def mesh(mesh_layout: MeshLayout, supervisor: Supervisor) -> Iterator[MeshLayout]:
     """ingest, two processors and query running as separate processes against the test keyspace."""
-    mesh_layout.start(supervisor)
-    yield mesh_layout
-    mesh_layout.stop(supervisor)
+    try:
+        mesh_layout.start(supervisor)  # a service that fails to start must not leak the others
+        yield mesh_layout
+    finally:
+        mesh_layout.stop(supervisor)

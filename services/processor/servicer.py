@@ -66,7 +66,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             max_events=max_group_events,
             write_us=self.critical_write_us,
         )
-        self._max_in_flight = 2 * (max_writes + critical_writes)
+        self._max_in_flight = 64
 
     def stats(self) -> dict[str, Any]:
         """Counters and latency summaries: write per request, and for the critical lane the time
@@ -88,8 +88,10 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ProcessResponse]:
-        # Few requests are taken off a stream at a time: the backlog stays in ingest's queue,
-        # where the wedding-day lane goes first, not in this process.
+        # A bounded number of requests is taken off a stream (at most 64 x 500 events); the
+        # committers write waiting requests highest lane first, and the rest of a backlog waits
+        # in ingest's priority queue. A stall in the store must not stop the critical stream
+        # from being read: its requests are small and are written in groups.
         answers = respond_concurrently(
             request_iterator, self._handle, max_in_flight=self._max_in_flight, stop=self.draining
         )

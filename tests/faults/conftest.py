@@ -33,10 +33,10 @@ _records: list[dict[str, Any]] = []
 @pytest.fixture(scope="session")
 def fault_layout(store_config: object) -> MeshLayout:
     return MeshLayout(
-        ingest_port=54051,
-        processor_base_port=54061,
+        ingest_port=24051,
+        processor_base_port=24061,
         processors=3,
-        query_port=54071,
+        query_port=24071,
         keyspace=TEST_KEYSPACE,
         extra_env={
             "AUDITMESH_TOKEN_KEY": "fault-key",
@@ -53,9 +53,11 @@ def fault_supervisor(tmp_path_factory: pytest.TempPathFactory) -> Supervisor:
 
 @pytest.fixture(scope="session")
 def fault_mesh(fault_layout: MeshLayout, fault_supervisor: Supervisor) -> Iterator[MeshLayout]:
-    fault_layout.start(fault_supervisor)
-    yield fault_layout
-    fault_layout.stop(fault_supervisor)
+    try:
+        fault_layout.start(fault_supervisor)
+        yield fault_layout
+    finally:
+        fault_layout.stop(fault_supervisor)
     if _records:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(

@@ -69,9 +69,9 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self._max_in_flight = 64
 
     def stats(self) -> dict[str, Any]:
-        """Counters and latency summaries: write per request, and for the critical lane the time
-        from ingest receiving an event to its write being confirmed, split into the transit to
-        this process and the write."""
+        """Counters and latency summaries: bulk and critical writes per group commit, and for
+        the critical lane the time from ingest receiving an event to its write being confirmed,
+        split into the transit to this process and the write."""
         return {
             "written": self.written,
             "failed": self.failed,
@@ -88,7 +88,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ProcessResponse]:
-        # A bounded number of requests is taken off a stream (at most 64 x 500 events); the
+        # A bounded number of requests (64) is taken off a stream at a time; the
         # committers write waiting requests highest lane first, and the rest of a backlog waits
         # in ingest's priority queue. A stall in the store must not stop the critical stream
         # from being read: its requests are small and are written in groups.

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 
 from grpc_health.v1 import health, health_pb2
 
-from auditmesh.metrics import StatsPublisher
+from auditmesh.metrics import Reservoir, StatsPublisher
 from auditmesh.serving import run_service
 from auditmesh.store import EventStore
 from services.ingest.app import create
@@ -26,14 +27,16 @@ async def main(stop: asyncio.Event) -> None:
     calendar = CalendarView(store.calendar)
     await calendar.refresh()
 
-    def link(target: str) -> ProcessorLink:
-        return ProcessorLink(target, cfg.processor_timeout_s, cfg.limits.max_message_bytes * 2)
+    def link(target: str, handoff_us: Reservoir | None = None) -> ProcessorLink:
+        return ProcessorLink(target, cfg.processor_timeout_s, cfg.limits.max_message_bytes * 2, handoff_us)
 
+    critical_handoff_us = Reservoir(5_000)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, critical_handoff_us.reset)
     links = [link(t) for t in cfg.processors]
     router = Router(
         links,
         Budget(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
-        critical_links=[link(t) for t in cfg.processors],
+        critical_links=[link(t, critical_handoff_us) for t in cfg.processors],
         critical_budget=Budget(cfg.critical_in_flight_events, cfg.critical_in_flight_bytes),
     )
     router.start()
@@ -50,6 +53,7 @@ async def main(stop: asyncio.Event) -> None:
             "in_flight_events": sum(b.events for b in budgets),
             "in_flight_bytes": sum(b.bytes for b in budgets),
             "processors_connected": sum(link.connected.is_set() for link in links),
+            "critical_handoff_us": critical_handoff_us.summary(),
         }
 
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), stats)

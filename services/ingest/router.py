@@ -14,11 +14,13 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 
 from auditmesh.errors import Overloaded, StoreUnavailable
+from auditmesh.metrics import Reservoir
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
@@ -66,7 +68,11 @@ class Budget:
 class ProcessorLink:
     """One bidi stream to one processor, reconnected for as long as the link runs."""
 
-    def __init__(self, target: str, timeout_s: float, max_message_bytes: int) -> None:
+    def __init__(
+        self, target: str, timeout_s: float, max_message_bytes: int, handoff_us: Reservoir | None = None
+    ) -> None:
+        """``handoff_us``, when given, samples the time from ingest receiving a request's first
+        event to the request being handed to gRPC."""
         self.target = target
         self._timeout_s = timeout_s
         self._max_message_bytes = max_message_bytes
@@ -75,6 +81,7 @@ class ProcessorLink:
         self._waiting: dict[int, asyncio.Future[pb.ProcessResponse]] = {}
         self.connected = asyncio.Event()
         self.in_flight_events = 0
+        self._handoff_us = handoff_us
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -117,6 +124,8 @@ class ProcessorLink:
         while True:
             _, seq, req = await queue.get()
             if seq in self._waiting:
+                if self._handoff_us is not None and req.events:
+                    self._handoff_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
                 yield req
 
     async def _run(self) -> None:

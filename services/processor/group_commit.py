@@ -92,6 +92,13 @@ class GroupCommitter:
     async def _write_group(self, group: list[_Entry]) -> None:
         if not group:
             return
+        try:
+            await self._commit(group)
+        finally:  # cancelled or failed mid-way: every request in the group still gets an answer
+            for entry in group:
+                entry.settle(Outcome(error=StoreUnavailable("write interrupted"), grouped_with=len(group)))
+
+    async def _commit(self, group: list[_Entry]) -> None:
         self.groups += 1
         started = time.perf_counter()
         try:
@@ -104,10 +111,6 @@ class GroupCommitter:
             for entry in group:
                 entry.settle(Outcome(error=exc, grouped_with=len(group)))
             return
-        except BaseException:  # cancelled mid-write: every request in the group is answered
-            for entry in group:
-                entry.settle(Outcome(error=StoreUnavailable("write interrupted"), grouped_with=len(group)))
-            raise
         write_us = int((time.perf_counter() - started) * 1e6)
         self.write_us.add(write_us)
         await self._after_write(stats.partitions)

@@ -24,6 +24,8 @@ class Store:
         self.bumps = 0
         self.release = asyncio.Event()
         self.gates: list[asyncio.Event] = []  # write n also waits for gates[n] when there is one
+        self.bump_gate = asyncio.Event()
+        self.bump_gate.set()
         self.fail_on = fail_on
         self.error = error
 
@@ -39,6 +41,7 @@ class Store:
 
     async def bump(self, partitions: Iterable[tuple[str, str, int]]) -> None:
         self.bumps += 1
+        await self.bump_gate.wait()
 
 
 def committer(store: Store, slots: int = 1, max_events: int = 100) -> GroupCommitter:
@@ -128,5 +131,29 @@ def test_a_cancelled_writer_still_answers_the_requests_it_took() -> None:
         outcome = await asyncio.wait_for(follower, 5)
         assert isinstance(outcome.error, StoreUnavailable)
         assert leader.cancelled()
+
+    asyncio.run(go())
+
+
+def test_a_writer_cancelled_after_the_write_answers_retryable_not_ok() -> None:
+    async def go() -> None:
+        store = Store()
+        store.release.set()
+        store.bump_gate.clear()  # the write succeeds, the cache-version bump hangs
+        store.gates = [asyncio.Event()]
+        commit = committer(store)
+        blocker = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "x")))
+        await asyncio.sleep(0)
+        leader = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "a")))
+        follower = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "b")))
+        await asyncio.sleep(0)
+        blocker.cancel()  # cancelled while writing "x"; its slot passes to "a", which writes [a, b]
+        await asyncio.gather(blocker, return_exceptions=True)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert store.writes[1] == ["a", "b"] and store.bumps == 1  # written, bump pending
+        leader.cancel()
+        outcome = await asyncio.wait_for(follower, 5)
+        assert isinstance(outcome.error, StoreUnavailable)  # never "ok" without the bump
 
     asyncio.run(go())

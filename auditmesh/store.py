@@ -69,12 +69,8 @@ class Row(NamedTuple):
     payload: bytes
 
 
-class _Entry(NamedTuple):
-    """One encoded row of a write: its partition's routing key, statement and values."""
-
-    route: bytes
-    query_id: bytes
-    values: tuple[bytes, ...]
+# One encoded row of a write: its partition's routing key, statement id and values.
+_Entry = tuple[bytes, bytes, tuple[bytes, ...]]
 
 
 @dataclass
@@ -254,11 +250,11 @@ class EventStore:
                 route = rowcodec.routing_key(key_bytes, bucket_bytes)
                 owner = None if single_node else self._replicas(route)
                 group = groups.setdefault(owner, [])
-                group.extend(_Entry(route, query_id, (key_bytes, bucket_bytes, *values)) for values in rows)
+                group.extend((route, query_id, (key_bytes, bucket_bytes, *values)) for values in rows)
                 marker = (scope, key, bucket)
                 if marker not in self._known:
                     fresh.append(marker)
-                    group.append(_Entry(route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
+                    group.append((route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
         chunks = [rows for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
         if urgent:
             await self._run(chunks, build=self._batch, session=self._urgent)
@@ -280,10 +276,10 @@ class EventStore:
         batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._consistency)
         # The statements are already encoded; add them as BatchStatement.add does after bind().
         add = batch._add_statement_and_params
-        for entry in entries:
-            add(True, entry.query_id, entry.values)
+        for _, query_id, values in entries:
+            add(True, query_id, values)
         batch.keyspace = self._cfg.keyspace
-        batch.routing_key = entries[0].route
+        batch.routing_key = entries[0][0]
         return batch
 
     async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:

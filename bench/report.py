@@ -54,8 +54,8 @@ def wait_for_quiet_store(max_wait_s: float = 180.0, busy_cores: float = 0.3) -> 
     proc = psutil.Process(pid)
     started = time.monotonic()
     quiet = 0
+    proc.cpu_percent(None)  # each call measures since the previous one
     while quiet < 5 and time.monotonic() - started < max_wait_s:
-        proc.cpu_percent(None)
         time.sleep(1.0)
         quiet = quiet + 1 if proc.cpu_percent(None) / 100 < busy_cores else 0
     waited = round(time.monotonic() - started, 1)

@@ -67,7 +67,6 @@ class GroupCommitter:
         self._slots = asyncio.Semaphore(slots)
         self._max_events = max_events
         self._queues: dict[int, deque[_Entry]] = {}  # by lane, highest lane written first
-        self.groups = 0
 
     async def submit(self, req: pb.ProcessRequest) -> Outcome:
         entry = _Entry(req)
@@ -99,7 +98,6 @@ class GroupCommitter:
                 entry.settle(Outcome(error=StoreUnavailable("write interrupted"), grouped_with=len(group)))
 
     async def _commit(self, group: list[_Entry]) -> None:
-        self.groups += 1
         started = time.perf_counter()
         try:
             stats = await self._write(ev for entry in group for ev in entry.req.events)

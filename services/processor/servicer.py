@@ -29,6 +29,8 @@ from services.processor.group_commit import GroupCommitter
 __all__ = ["EventWriter", "ProcessorServicer"]
 
 log = logging.getLogger("auditmesh.processor")
+_MAX_IN_FLIGHT = 64
+"""Requests taken off one stream at a time."""
 
 
 class EventWriter(Protocol):
@@ -52,21 +54,13 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self.critical_us = Reservoir()
         self.critical_transit_us = Reservoir()
         self.critical_write_us = Reservoir()
-        self._normal = GroupCommitter(
-            functools.partial(store.write, urgent=False),
-            versions.bump,
-            slots=max_writes,
-            max_events=max_group_events,
-            write_us=self.write_us,
-        )
-        self._critical = GroupCommitter(
-            functools.partial(store.write, urgent=True),
-            versions.bump,
-            slots=critical_writes,
-            max_events=max_group_events,
-            write_us=self.critical_write_us,
-        )
-        self._max_in_flight = 64
+
+        def committer(urgent: bool, slots: int, write_us: Reservoir) -> GroupCommitter:
+            write = functools.partial(store.write, urgent=urgent)
+            return GroupCommitter(write, versions.bump, slots=slots, max_events=max_group_events, write_us=write_us)
+
+        self._normal = committer(False, max_writes, self.write_us)
+        self._critical = committer(True, critical_writes, self.critical_write_us)
 
     def stats(self) -> dict[str, Any]:
         """Counters and latency summaries: bulk and critical writes per group commit, and for
@@ -92,9 +86,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         # committers write waiting requests highest lane first, and the rest of a backlog waits
         # in ingest's priority queue. A stall in the store must not stop the critical stream
         # from being read: its requests are small and are written in groups.
-        answers = respond_concurrently(
-            request_iterator, self._handle, max_in_flight=self._max_in_flight, stop=self.draining
-        )
+        answers = respond_concurrently(request_iterator, self._handle, max_in_flight=_MAX_IN_FLIGHT, stop=self.draining)
         async for answer in answers:
             yield answer
 

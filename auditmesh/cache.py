@@ -9,6 +9,10 @@ never be found after it: readers read the versions first, then Cassandra.
     am:epoch               global epoch, bumped when a writer may have missed bumps
     am:p:{digest}          cached SearchPage bytes, with a TTL
 
+A lookup is one script call: Redis reads the versions, derives the page key and returns the
+page, so a cache hit costs one round trip. (The page key is derived inside the script, so this
+needs one Redis instance, or a primary with replicas, not a Redis Cluster.)
+
 A version hash that is evicted or expires comes back with a fresh epoch, so old page keys stay
 unreachable. A writer that could not reach Redis bumps the global epoch once it can again,
 which retires every cached page. Every Redis failure on the read side is a cache miss, never
@@ -18,7 +22,6 @@ an error; pages also expire after ``ttl_s``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -47,6 +50,27 @@ for j = 3, #ARGV do
   redis.call('HINCRBY', KEYS[tonumber(string.sub(ARGV[j], 1, sep - 1))], string.sub(ARGV[j], sep + 1), 1)
 end
 return #ARGV - 2
+"""
+
+# KEYS[1]: the global epoch; KEYS[2]: the version hash. ARGV[1]: the page's identity;
+# ARGV[2], ARGV[3]: the first and last bucket it may read. Returns {page key, page or nil}.
+_LOOKUP_LUA = """
+local epoch = redis.call('GET', KEYS[1]) or '0'
+local fields = redis.call('HGETALL', KEYS[2])
+local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])
+local generation = '-'
+local versions = {}
+for i = 1, #fields, 2 do
+  local bucket = tonumber(fields[i])
+  if fields[i] == 'e' then
+    generation = fields[i + 1]
+  elseif bucket and bucket >= first and bucket <= last then
+    versions[#versions + 1] = fields[i] .. '=' .. fields[i + 1]
+  end
+end
+table.sort(versions)
+local key = 'am:p:' .. redis.sha1hex(ARGV[1] .. '|' .. epoch .. '|' .. generation .. '|' .. table.concat(versions, ','))
+return {key, redis.call('GET', key)}
 """
 
 
@@ -121,6 +145,7 @@ class PageCache:
 
     def __init__(self, client: aioredis.Redis | None, ttl_s: int, max_entry_bytes: int = 1 << 20) -> None:
         self._client = client
+        self._lookup = client.register_script(_LOOKUP_LUA) if client is not None else None
         self._ttl_s = ttl_s
         self._max_entry_bytes = max_entry_bytes
         self._skip_until = 0.0
@@ -145,31 +170,22 @@ class PageCache:
 
     async def lookup(self, scope: str, key: str, buckets: range, identity: str) -> tuple[str | None, bytes | None]:
         """The page key for this search page under the current versions, and the cached page if any."""
-        if self._client is None or time.monotonic() < self._skip_until:
+        if self._lookup is None or time.monotonic() < self._skip_until:
             self.misses += 1
             return None, None
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(_EPOCH)
-                pipe.hgetall(_vkey(scope, key))
-                epoch, versions = await pipe.execute()
-            parts = [identity, (epoch or b"0").decode(), versions.get(b"e", b"-").decode()]
-            parts += sorted(
-                f"{field.decode()}={value.decode()}"
-                for field, value in versions.items()
-                if field != b"e" and int(field) in buckets
+            page_key, cached = await self._lookup(
+                keys=[_EPOCH, _vkey(scope, key)], args=[identity, buckets.start, buckets.stop - 1]
             )
-            page_key = "am:p:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
-            cached = await self._client.get(page_key)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             self.misses += 1
             return None, None
         if not isinstance(cached, bytes):
             self.misses += 1
-            return page_key, None
+            return page_key.decode(), None
         self.hits += 1
-        return page_key, cached
+        return page_key.decode(), cached
 
     async def store(self, page_key: str | None, page: bytes) -> None:
         if self._client is None or page_key is None or len(page) > self._max_entry_bytes:

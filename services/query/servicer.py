@@ -42,8 +42,9 @@ class QueryServicer:
                 explicit = request.HasField("start") or request.HasField("end")
                 spec, cursor = self._signer.decode(spec, request.page_token, explicit_range=explicit)
             all_cached = True
-            for _ in range(request.max_pages or 1):
-                raw, cursor, cached = await self._page(spec, cursor)
+            pages = request.max_pages or 1
+            for i in range(pages):
+                raw, cursor, cached = await self._page(spec, cursor, more=i + 1 < pages)
                 all_cached = all_cached and cached
                 context.set_trailing_metadata(((CACHE_TRAILER, "hit" if all_cached else "miss"),))
                 yield raw
@@ -52,12 +53,15 @@ class QueryServicer:
         except AuditError as exc:
             await abort_with(context, exc)
 
-    async def _page(self, spec: SearchSpec, cursor: Cursor | None) -> tuple[bytes, Cursor | None, bool]:
+    async def _page(self, spec: SearchSpec, cursor: Cursor | None, *, more: bool) -> tuple[bytes, Cursor | None, bool]:
         """One serialized SearchPage, the cursor after it, and whether it came from the cache
-        (which it does only when it is current)."""
+        (which it does only when it is current). A cached page's cursor is decoded only when
+        ``more`` pages follow in this call; otherwise it is returned as None."""
         identity = f"{self._signer.key_id}|{spec.identity(cursor)}"
         page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), identity)
         if cached is not None:
+            if not more:
+                return cached, None, True
             following = pb.SearchPage.FromString(cached).next_page_token
             return cached, (self._signer.decode(spec, following)[1] if following else None), True
         rows, after = await page(self._store, spec, cursor)

@@ -68,6 +68,7 @@ start_cassandra() {
   log "starting cassandra (heap $HEAP), log: $C_LOG"
   # shellcheck disable=SC2086 # GC_OPTS is a list of options
   nohup java -Xms"$HEAP" -Xmx"$HEAP" -Xss256k $GC_OPTS -XX:+ExitOnOutOfMemoryError \
+    -Xlog:gc,safepoint:file="$C_DIR/logs/gc.log":time,uptime,level,tags:filecount=4,filesize=20M \
     -XX:ActiveProcessorCount=2 \
     -Djava.net.preferIPv4Stack=true -Djdk.attach.allowAttachSelf=true \
     -Dio.netty.tryReflectionSetAccessible=true "${opens[@]}" \

@@ -28,7 +28,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-import os
 import random
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import Any
 
 import grpc
 
+from auditmesh.event_ids import new_client_prefix
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
@@ -104,7 +104,7 @@ class AuditClient:
         self._max_batch_bytes = max_batch_bytes
         self._window = batches_in_flight
         self._on_rejected = on_rejected
-        self._prefix = os.urandom(8).hex() + "-"
+        self._prefix = new_client_prefix()
         self._seq = itertools.count(1)
         self._normal: deque[_Item] = deque()
         self._critical: deque[_Item] = deque()

@@ -15,20 +15,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from auditmesh.errors import PermanentError
+from auditmesh.event_ids import locator_partition
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = [
     "EVENT_KEY_TYPES",
     "EVENT_VALUE_TYPES",
+    "LOCATOR_TYPES",
     "PARTITION_TYPES",
     "check_columns",
     "event_values",
     "int32",
+    "int64",
+    "locator_values",
     "routing_key",
     "text",
 ]
 
-_INT64 = struct.Struct(">q").pack
+int64 = struct.Struct(">q").pack
 _INT8 = struct.Struct(">b").pack
 int32 = struct.Struct(">i").pack
 _SHORT = struct.Struct(">H").pack
@@ -37,6 +41,14 @@ _SHORT = struct.Struct(">H").pack
 EVENT_KEY_TYPES = ("text", "int")  # (wedding_id | user_id, bucket)
 EVENT_VALUE_TYPES = ("timestamp", "text", "tinyint", "tinyint", "text", "text", "blob")
 PARTITION_TYPES = ("text", "text", "int")  # (scope, key, bucket)
+LOCATOR_TYPES = (
+    "text",
+    "bigint",
+    "text",
+    "text",
+    "int",
+    "timestamp",
+)  # (id group, block, event_id, user_id, bucket, occurred_at)
 _SAME = {"varchar": "text"}
 
 
@@ -47,7 +59,7 @@ def text(value: str) -> bytes:
 def event_values(ms: int, ev: pb.Event) -> tuple[bytes, ...]:
     """(occurred_at, event_id, severity, outcome, event_type, organization_id, payload)."""
     return (
-        _INT64(ms),
+        int64(ms),
         ev.event_id.encode(),
         _INT8(ev.severity),
         _INT8(ev.outcome),
@@ -55,6 +67,14 @@ def event_values(ms: int, ev: pb.Event) -> tuple[bytes, ...]:
         ev.organization_id.encode(),
         ev.SerializeToString(),
     )
+
+
+def locator_values(ev: pb.Event, bucket: bytes, occurred_at: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """The routing key and values of an event's ``events_by_id`` row (see :mod:`auditmesh.event_ids`)."""
+    group, block = locator_partition(ev.event_id)
+    group_bytes, block_bytes = group.encode(), int64(block)
+    values = (group_bytes, block_bytes, ev.event_id.encode(), ev.user_id.encode(), bucket, occurred_at)
+    return routing_key(group_bytes, block_bytes), values
 
 
 def routing_key(*components: bytes) -> bytes:

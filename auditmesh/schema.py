@@ -5,7 +5,11 @@ Why this shape:
   (occurred_at, event_id). The hour is the shard: a wedding would need 28 events/s for a whole
   hour to pass 100k rows in one partition, and reads stay in time order with no merging.
 - ``events_by_user``: every event again, one partition per (user, hour bucket); events without
-  a wedding live only here. A storage-attached index on ``event_id`` serves ``GetEvent``.
+  a wedding live only here.
+- ``events_by_id``: where each event is, for ``GetEvent``; partitioned by a function of the id
+  alone (:mod:`auditmesh.event_ids`) so that the SDK's ids of one client share partitions and
+  a batch's locator rows cost a few partition updates. It replaced a storage-attached index on
+  ``event_id``, which is dropped when found.
 - ``partitions``: which hour buckets hold data for a wedding or user, so a search visits only
   non-empty partitions, newest first, and stops when its page is full.
 - ``wedding_calendar``: wedding dates and time zones, for priority and forecasts.
@@ -35,12 +39,12 @@ _EVENT_COLUMNS = """
 def statements(cfg: StoreConfig) -> list[str]:
     ttl = cfg.retention_days * 86400
     ks = cfg.keyspace
-    table_opts = (
-        "WITH CLUSTERING ORDER BY (occurred_at DESC, event_id DESC)"
-        " AND compaction = {'class': 'TimeWindowCompactionStrategy',"
+    append_only = (
+        "compaction = {'class': 'TimeWindowCompactionStrategy',"
         " 'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}"
         f" AND default_time_to_live = {ttl} AND gc_grace_seconds = 86400"
     )
+    table_opts = f"WITH CLUSTERING ORDER BY (occurred_at DESC, event_id DESC) AND {append_only}"
     return [
         f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
         f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}",
@@ -50,8 +54,10 @@ def statements(cfg: StoreConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_user (
     user_id text, bucket int,{_EVENT_COLUMNS},
     PRIMARY KEY ((user_id, bucket), occurred_at, event_id)) {table_opts}""",
-        f"CREATE CUSTOM INDEX IF NOT EXISTS events_by_user_event_id ON {ks}.events_by_user (event_id) "
-        "USING 'StorageAttachedIndex'",
+        f"DROP INDEX IF EXISTS {ks}.events_by_user_event_id",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_id (
+    id_group text, id_block bigint, event_id text, user_id text, bucket int, occurred_at timestamp,
+    PRIMARY KEY ((id_group, id_block), event_id)) WITH {append_only}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.partitions (
     scope text, key text, bucket int, PRIMARY KEY ((scope, key), bucket))
     WITH CLUSTERING ORDER BY (bucket DESC) AND default_time_to_live = {ttl}""",

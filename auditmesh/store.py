@@ -29,7 +29,7 @@ from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
-from auditmesh import rowcodec
+from auditmesh import event_ids, rowcodec
 from auditmesh.config import StoreConfig
 from auditmesh.errors import PermanentError, StoreUnavailable
 from auditmesh.priority import CalendarEntry
@@ -103,9 +103,14 @@ class EventStore:
         self._ins_wedding = p(f"INSERT INTO {ks}.events_by_wedding (wedding_id, bucket, {cols}) VALUES ({marks})")
         self._ins_user = p(f"INSERT INTO {ks}.events_by_user (user_id, bucket, {cols}) VALUES ({marks})")
         self._ins_partition = p(f"INSERT INTO {ks}.partitions (scope, key, bucket) VALUES (?, ?, ?)")
+        self._ins_locator = p(
+            f"INSERT INTO {ks}.events_by_id (id_group, id_block, event_id, user_id, bucket, occurred_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
         for prepared in (self._ins_wedding, self._ins_user):
             rowcodec.check_columns(prepared, rowcodec.EVENT_KEY_TYPES + rowcodec.EVENT_VALUE_TYPES)
         rowcodec.check_columns(self._ins_partition, rowcodec.PARTITION_TYPES)
+        rowcodec.check_columns(self._ins_locator, rowcodec.LOCATOR_TYPES)
         self._sel_buckets = p(
             f"SELECT bucket FROM {ks}.partitions WHERE scope = ? AND key = ? AND bucket <= ? AND bucket >= ?"
         )
@@ -120,7 +125,14 @@ class EventStore:
                 f"{select}.{table} WHERE {key} = ? AND bucket = ?"
                 " AND (occurred_at, event_id) < (?, ?) AND (occurred_at) >= (?) LIMIT ?"
             )
-        self._sel_by_id = p(f"SELECT payload FROM {ks}.events_by_user WHERE event_id = ? LIMIT 1")
+        self._sel_locator = p(
+            f"SELECT user_id, bucket, occurred_at FROM {ks}.events_by_id"
+            " WHERE id_group = ? AND id_block = ? AND event_id = ?"
+        )
+        self._sel_payload = p(
+            f"SELECT payload FROM {ks}.events_by_user"
+            " WHERE user_id = ? AND bucket = ? AND occurred_at = ? AND event_id = ?"
+        )
         self._sel_calendar = p(f"SELECT wedding_id, wedding_date, timezone FROM {ks}.wedding_calendar")
         self._ins_calendar = p(
             f"INSERT INTO {ks}.wedding_calendar (wedding_id, wedding_date, timezone) VALUES (?, ?, ?)"
@@ -219,7 +231,7 @@ class EventStore:
         return results
 
     async def write(self, events: Iterable[pb.Event], *, urgent: bool = False) -> WriteStats:
-        """Durably write events to both tables and note their partitions; idempotent.
+        """Durably write events to both tables, their locators and partitions; idempotent.
 
         Rows are grouped by the replicas that own them and sent as unlogged batches of up to
         ``_BATCH_ROWS`` rows (the Spark Cassandra Connector's ``replica_set`` grouping): each
@@ -231,6 +243,7 @@ class EventStore:
         """
         by_wedding: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
         by_user: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
+        locators: dict[bytes, list[tuple[bytes, ...]]] = {}
         for ev in events:
             ms = occurred_ms(ev)
             bucket = bucket_of(ms)
@@ -238,6 +251,8 @@ class EventStore:
             if ev.wedding_id:
                 by_wedding.setdefault((ev.wedding_id, bucket), []).append(values)
             by_user.setdefault((ev.user_id, bucket), []).append(values)
+            route, located = rowcodec.locator_values(ev, rowcodec.int32(bucket), values[0])
+            locators.setdefault(route, []).append(located)
         groups: dict[Any, list[_Entry]] = {}
         fresh: list[tuple[str, str, int]] = []
         single_node = len(self._cluster.metadata.all_hosts()) <= 1
@@ -255,6 +270,10 @@ class EventStore:
                 if marker not in self._known:
                     fresh.append(marker)
                     group.append((route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
+        insert_locator = self._ins_locator.query_id
+        for route, rows in locators.items():
+            owner = None if single_node else self._replicas(route)
+            groups.setdefault(owner, []).extend((route, insert_locator, values) for values in rows)
         chunks = [rows for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
         if urgent:
             await self._run(chunks, build=self._batch, session=self._urgent)
@@ -318,7 +337,16 @@ class EventStore:
         ]
 
     async def get(self, event_id: str) -> bytes | None:
-        (rows,) = await self._run([self._sel_by_id.bind((event_id,))], fetch=True)
+        """One event by id: its locator row, then the row it points to."""
+        group, block = event_ids.locator_partition(event_id)
+        (located,) = await self._run([self._sel_locator.bind((group, block, event_id))], fetch=True)
+        where = list(located)
+        if not where:
+            return None
+        at = where[0]
+        (rows,) = await self._run(
+            [self._sel_payload.bind((at.user_id, at.bucket, at.occurred_at, event_id))], fetch=True
+        )
         found = list(rows)
         return bytes(found[0].payload) if found else None
 

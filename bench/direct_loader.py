@@ -21,6 +21,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
 from auditmesh import rowcodec
+from auditmesh.event_ids import locator_partition, new_client_prefix
 from auditmesh.store import bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
@@ -30,9 +31,14 @@ __all__ = ["run_loader"]
 BATCH_EVENTS = 500
 
 
-def _rows(events: list[pb.Event]) -> tuple[dict[Any, list[tuple[Any, ...]]], dict[Any, list[tuple[Any, ...]]]]:
-    by_wedding: dict[Any, list[tuple[Any, ...]]] = {}
-    by_user: dict[Any, list[tuple[Any, ...]]] = {}
+Rows = dict[Any, list[tuple[Any, ...]]]
+
+
+def _rows(events: list[pb.Event]) -> tuple[Rows, Rows, Rows]:
+    """Rows of the two event tables and of the id locator, by partition."""
+    by_wedding: Rows = {}
+    by_user: Rows = {}
+    by_id: Rows = {}
     for ev in events:
         ms = occurred_ms(ev)
         bucket = bucket_of(ms)
@@ -40,23 +46,31 @@ def _rows(events: list[pb.Event]) -> tuple[dict[Any, list[tuple[Any, ...]]], dic
         if ev.wedding_id:
             by_wedding.setdefault((ev.wedding_id, bucket), []).append((ev.wedding_id, bucket, *common))
         by_user.setdefault((ev.user_id, bucket), []).append((ev.user_id, bucket, *common))
-    return by_wedding, by_user
+        group, block = locator_partition(ev.event_id)
+        by_id.setdefault((group, block), []).append((group, block, ev.event_id, ev.user_id, bucket, ms))
+    return by_wedding, by_user, by_id
 
 
-def _encoded(events: list[pb.Event]) -> list[tuple[bool, bytes, tuple[bytes, ...]]]:
-    """Rows of both tables as (is_wedding, routing key, encoded values), partition by partition."""
-    partitions: dict[tuple[bool, str, int], list[tuple[bytes, ...]]] = {}
+def _encoded(events: list[pb.Event]) -> list[tuple[str, bytes, tuple[bytes, ...]]]:
+    """Rows of the three tables as (table, routing key, encoded values), partition by partition."""
+    partitions: dict[tuple[str, Any], list[tuple[bytes, ...]]] = {}
     for ev in events:
         ms = occurred_ms(ev)
         values = rowcodec.event_values(ms, ev)
+        bucket = bucket_of(ms)
         if ev.wedding_id:
-            partitions.setdefault((True, ev.wedding_id, bucket_of(ms)), []).append(values)
-        partitions.setdefault((False, ev.user_id, bucket_of(ms)), []).append(values)
-    out: list[tuple[bool, bytes, tuple[bytes, ...]]] = []
-    for (is_wedding, key, bucket), rows in partitions.items():
-        key_bytes, bucket_bytes = rowcodec.text(key), rowcodec.int32(bucket)
+            partitions.setdefault(("w", (ev.wedding_id, bucket)), []).append(values)
+        partitions.setdefault(("u", (ev.user_id, bucket)), []).append(values)
+        route, located = rowcodec.locator_values(ev, rowcodec.int32(bucket), values[0])
+        partitions.setdefault(("id", route), []).append(located)
+    out: list[tuple[str, bytes, tuple[bytes, ...]]] = []
+    for (table, key), rows in partitions.items():
+        if table == "id":
+            out.extend((table, key, values) for values in rows)
+            continue
+        key_bytes, bucket_bytes = rowcodec.text(key[0]), rowcodec.int32(key[1])
         route = rowcodec.routing_key(key_bytes, bucket_bytes)
-        out.extend((is_wedding, route, (key_bytes, bucket_bytes, *values)) for values in rows)
+        out.extend((table, route, (key_bytes, bucket_bytes, *values)) for values in rows)
     return out
 
 
@@ -81,6 +95,12 @@ def run_loader(
     marks = "?, ?, ?, ?, ?, ?, ?, ?, ?"
     ins_w = session.prepare(f"INSERT INTO {keyspace}.events_by_wedding (wedding_id, bucket, {cols}) VALUES ({marks})")
     ins_u = session.prepare(f"INSERT INTO {keyspace}.events_by_user (user_id, bucket, {cols}) VALUES ({marks})")
+    ins_id = session.prepare(
+        f"INSERT INTO {keyspace}.events_by_id (id_group, id_block, event_id, user_id, bucket, occurred_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    statement = {"w": ins_w, "u": ins_u, "id": ins_id}
+    prefix = new_client_prefix()  # ids as the SDK makes them, so locator rows group alike
     synthetic = Synthetic(weddings=1000, seed=500 + index)
     templates = list(synthetic.events(20_000))
     while time.time() < start_at:
@@ -92,14 +112,14 @@ def run_loader(
         now = time.time_ns()
         events = []
         for _ in range(BATCH_EVENTS):
-            ev = pb.Event(event_id=f"direct-{index}-{now}-{seq}", **templates[seq % len(templates)])
+            ev = pb.Event(event_id=f"{prefix}{seq:x}", **templates[seq % len(templates)])
             ev.occurred_at.FromNanoseconds(now)
             events.append(ev)
             seq += 1
         statements: list[tuple[Any, Any]] = []
         if grouping == "partition":
-            by_wedding, by_user = _rows(events)
-            for prepared, groups in ((ins_w, by_wedding), (ins_u, by_user)):
+            by_wedding, by_user, by_id = _rows(events)
+            for prepared, groups in ((ins_w, by_wedding), (ins_u, by_user), (ins_id, by_id)):
                 for rows in groups.values():
                     if len(rows) == 1:
                         statements.append((prepared, rows[0]))
@@ -112,8 +132,8 @@ def run_loader(
             flat = _encoded(events)
             for start in range(0, len(flat), 200):
                 batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for is_wedding, _, values in flat[start : start + 200]:
-                    batch._add_statement_and_params(True, (ins_w if is_wedding else ins_u).query_id, values)
+                for table, _, values in flat[start : start + 200]:
+                    batch._add_statement_and_params(True, statement[table].query_id, values)
                 batch.keyspace = keyspace
                 batch.routing_key = flat[start][1]
                 statements.append((batch, ()))

@@ -1,0 +1,44 @@
+"""Where an id's locator row lives: shared partitions for the SDK's ids, one of its own otherwise."""
+
+from __future__ import annotations
+
+from cassandra import cqltypes
+from hypothesis import given
+from hypothesis import strategies as st
+
+from auditmesh import rowcodec
+from auditmesh.event_ids import BLOCK_BITS, locator_partition, new_client_prefix
+from auditpb.v1 import audit_pb2 as pb
+
+
+def test_sdk_ids_of_one_client_share_a_partition_per_block() -> None:
+    prefix = new_client_prefix()
+    partitions = {locator_partition(f"{prefix}{seq:x}") for seq in range(1, 3 << BLOCK_BITS)}
+    assert partitions == {(prefix[:-1], 0), (prefix[:-1], 1), (prefix[:-1], 2)}
+    other = new_client_prefix()
+    assert locator_partition(f"{other}1") == (other[:-1], 0) != locator_partition(f"{prefix}1")
+
+
+def test_other_ids_get_a_partition_of_their_own() -> None:
+    for event_id in ("evt-1", "3f2b1c9e-8d4a-4e2f-9b1a-6c5d4e3f2a1b", "0123456789abcdef-xyz", "0123456789ABCDEF-1"):
+        assert locator_partition(event_id) == (event_id, -1)
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_every_id_maps_to_one_partition(event_id: str) -> None:
+    group, block = locator_partition(event_id)
+    assert locator_partition(event_id) == (group, block)
+    assert (group, block) == (event_id, -1) or event_id.startswith(group + "-")
+
+
+@given(event_id=st.text(min_size=1, max_size=60), user=st.text(max_size=40), bucket=st.integers(0, 2**31 - 1))
+def test_locator_values_match_the_driver(event_id: str, user: str, bucket: int) -> None:
+    ev = pb.Event(event_id=event_id, user_id=user)
+    route, values = rowcodec.locator_values(ev, rowcodec.int32(bucket), rowcodec.int64(1_700_000_000_000))
+    group, block = locator_partition(event_id)
+    plain = (group, block, event_id, user, bucket, 1_700_000_000_000)
+    types = {"text": cqltypes.VarcharType, "bigint": cqltypes.LongType, "int": cqltypes.Int32Type}
+    types["timestamp"] = cqltypes.DateType
+    expected = tuple(types[kind].serialize(v, 4) for kind, v in zip(rowcodec.LOCATOR_TYPES, plain, strict=True))
+    assert values == expected
+    assert route == rowcodec.routing_key(expected[0], expected[1])

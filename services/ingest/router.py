@@ -137,6 +137,10 @@ class ProcessorLink:
                     ("grpc.max_send_message_length", self._max_message_bytes),
                     ("grpc.max_receive_message_length", self._max_message_bytes),
                     ("grpc.keepalive_time_ms", 10_000),
+                    # A connection of its own: channels with equal arguments share one, and a
+                    # critical request would queue behind bulk data in its send buffer and
+                    # wait on the connection's HTTP/2 flow-control window that bulk fills.
+                    ("grpc.use_local_subchannel_pool", 1),
                 ],
             )
             try:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from auditmesh.errors import PermanentError
-from auditmesh.event_ids import locator_partition
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "event_values",
     "int32",
     "int64",
-    "locator_values",
     "routing_key",
     "text",
 ]
@@ -67,14 +65,6 @@ def event_values(ms: int, ev: pb.Event) -> tuple[bytes, ...]:
         ev.organization_id.encode(),
         ev.SerializeToString(),
     )
-
-
-def locator_values(ev: pb.Event, bucket: bytes, occurred_at: bytes) -> tuple[bytes, tuple[bytes, ...]]:
-    """The routing key and values of an event's ``events_by_id`` row (see :mod:`auditmesh.event_ids`)."""
-    group, block = locator_partition(ev.event_id)
-    group_bytes, block_bytes = group.encode(), int64(block)
-    values = (group_bytes, block_bytes, ev.event_id.encode(), ev.user_id.encode(), bucket, occurred_at)
-    return routing_key(group_bytes, block_bytes), values
 
 
 def routing_key(*components: bytes) -> bytes:

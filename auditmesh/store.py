@@ -243,7 +243,7 @@ class EventStore:
         """
         by_wedding: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
         by_user: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
-        locators: dict[bytes, list[tuple[bytes, ...]]] = {}
+        locators: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
         for ev in events:
             ms = occurred_ms(ev)
             bucket = bucket_of(ms)
@@ -251,8 +251,9 @@ class EventStore:
             if ev.wedding_id:
                 by_wedding.setdefault((ev.wedding_id, bucket), []).append(values)
             by_user.setdefault((ev.user_id, bucket), []).append(values)
-            route, located = rowcodec.locator_values(ev, rowcodec.int32(bucket), values[0])
-            locators.setdefault(route, []).append(located)
+            locators.setdefault(event_ids.locator_partition(ev.event_id), []).append(
+                (values[1], ev.user_id.encode(), rowcodec.int32(bucket), values[0])
+            )
         groups: dict[Any, list[_Entry]] = {}
         fresh: list[tuple[str, str, int]] = []
         single_node = len(self._cluster.metadata.all_hosts()) <= 1
@@ -271,9 +272,13 @@ class EventStore:
                     fresh.append(marker)
                     group.append((route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
         insert_locator = self._ins_locator.query_id
-        for route, rows in locators.items():
+        for (id_group, block), rows in locators.items():
+            group_bytes, block_bytes = rowcodec.text(id_group), rowcodec.int64(block)
+            route = rowcodec.routing_key(group_bytes, block_bytes)
             owner = None if single_node else self._replicas(route)
-            groups.setdefault(owner, []).extend((route, insert_locator, values) for values in rows)
+            groups.setdefault(owner, []).extend(
+                (route, insert_locator, (group_bytes, block_bytes, *row)) for row in rows
+            )
         chunks = [rows for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
         if urgent:
             await self._run(chunks, build=self._batch, session=self._urgent)

@@ -61,16 +61,15 @@ def _encoded(events: list[pb.Event]) -> list[tuple[str, bytes, tuple[bytes, ...]
         if ev.wedding_id:
             partitions.setdefault(("w", (ev.wedding_id, bucket)), []).append(values)
         partitions.setdefault(("u", (ev.user_id, bucket)), []).append(values)
-        route, located = rowcodec.locator_values(ev, rowcodec.int32(bucket), values[0])
-        partitions.setdefault(("id", route), []).append(located)
+        partitions.setdefault(("id", locator_partition(ev.event_id)), []).append(
+            (values[1], ev.user_id.encode(), rowcodec.int32(bucket), values[0])
+        )
     out: list[tuple[str, bytes, tuple[bytes, ...]]] = []
     for (table, key), rows in partitions.items():
-        if table == "id":
-            out.extend((table, key, values) for values in rows)
-            continue
-        key_bytes, bucket_bytes = rowcodec.text(key[0]), rowcodec.int32(key[1])
-        route = rowcodec.routing_key(key_bytes, bucket_bytes)
-        out.extend((table, route, (key_bytes, bucket_bytes, *values)) for values in rows)
+        first = rowcodec.text(key[0])
+        second = rowcodec.int64(key[1]) if table == "id" else rowcodec.int32(key[1])
+        route = rowcodec.routing_key(first, second)
+        out.extend((table, route, (first, second, *values)) for values in rows)
     return out
 
 

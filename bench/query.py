@@ -18,6 +18,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -135,8 +136,10 @@ async def run_queries(
     duration_s: float,
     concurrency: int = 4,
     once: bool = False,
+    before_each: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the mix round-robin for ``duration_s`` (or through it once) from ``concurrency`` callers."""
+    """Run the mix round-robin for ``duration_s`` (or through it once) from ``concurrency``
+    callers; ``before_each`` runs before each timed query, outside its time."""
     latencies: dict[str, list[float]] = {}
     by_cache: dict[str, list[float]] = {}  # by the query service's "auditmesh-cache" trailer
     count = 0
@@ -155,6 +158,8 @@ async def run_queries(
                     request = pb.SearchRequest()
                     request.CopyFrom(req)
                     request.page_token = token
+                    if before_each is not None:
+                        before_each()
                     started = time.perf_counter()
                     call = stub.Search(request, timeout=10)
                     async for page in call:
@@ -273,15 +278,14 @@ def main() -> int:
         layout.start(supervisor)
         result["waited_for_quiet_store_s"] = wait_for_quiet_store(10.0 if args.smoke else 180.0)
         _flush_cache(layout)
-        # Latency with one caller at a time (cold: every query new to the cache; warm: the same
-        # mix again), then throughput with four concurrent callers.
-        cold_mix = []
-        for i, (kind, req, _) in enumerate(_queries(args.weddings, random.Random(7)) * 5):
-            fresh = pb.SearchRequest()
-            fresh.CopyFrom(req)
-            fresh.page_size = 20 + i  # a page size no earlier query used: a certain cache miss
-            cold_mix.append((kind, fresh, 1))
-        cold = asyncio.run(run_queries(layout.query_target, cold_mix, args.duration, 1, once=True))
+        # Latency with one caller at a time (cold: the cache emptied before every query; warm:
+        # the mix again with the cache filled), then throughput with four concurrent callers.
+        cold_mix = [(kind, req, 1) for kind, req, _ in _queries(args.weddings, random.Random(7))]
+        cold = asyncio.run(
+            run_queries(
+                layout.query_target, cold_mix, args.duration, 1, once=True, before_each=lambda: _flush_cache(layout)
+            )
+        )
         asyncio.run(run_queries(layout.query_target, mix, args.duration, 1, once=True))  # fills the cache
         before = _cache_stats(supervisor)
         warm = asyncio.run(run_queries(layout.query_target, mix, args.duration, 1))

@@ -17,8 +17,8 @@ import multiprocessing as mp
 import random
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc

@@ -58,6 +58,8 @@ def test_keys_and_routing_match_the_driver(key: str, bucket: int) -> None:
     statement.routing_key = [key_bytes, bucket_bytes]
     assert rowcodec.routing_key(key_bytes, bucket_bytes) == statement.routing_key
     assert rowcodec.routing_key(key_bytes) == key_bytes
+    statement.routing_key = [key_bytes, bucket_bytes, key_bytes]
+    assert rowcodec.routing_key(key_bytes, bucket_bytes, key_bytes) == statement.routing_key
 
 
 def _prepared(*types: type) -> SimpleNamespace:

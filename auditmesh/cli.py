@@ -98,6 +98,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    def show(scanned: int) -> None:
+        sys.stderr.write(f"\r{scanned:,} events indexed")
+
+    store = EventStore.connect(StoreConfig.from_env(os.environ))
+    try:
+        scanned = store.backfill_locators(show)
+    finally:
+        store.close()
+    print(f"\n{scanned:,} events have a GetEvent locator")
+    return 0
+
+
 def _progress(done: int, total: int, started: float) -> None:
     width = 30
     filled = int(width * done / max(total, 1))
@@ -208,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     down.set_defaults(fn=cmd_down)
     sub.add_parser("status", help="health of every part; exit 1 if any is down").set_defaults(fn=cmd_status)
     sub.add_parser("schema", help="create the keyspace and tables if missing").set_defaults(fn=cmd_schema)
+    sub.add_parser(
+        "reindex", help="write GetEvent's locator for events stored before it existed (full scan, idempotent)"
+    ).set_defaults(fn=cmd_reindex)
     emit = sub.add_parser("emit", help="send N realistic synthetic events through the SDK")
     emit.add_argument("count", type=int)
     emit.add_argument("--weddings", type=int, default=200)

@@ -9,7 +9,8 @@ Why this shape:
 - ``events_by_id``: where each event is, for ``GetEvent``; partitioned by a function of the id
   alone (:mod:`auditmesh.event_ids`) so that the SDK's ids of one client share partitions and
   a batch's locator rows cost a few partition updates. It replaced a storage-attached index on
-  ``event_id``, which is dropped when found.
+  ``event_id``, which is dropped when found; ``auditmesh reindex`` writes the locators of events
+  stored before.
 - ``partitions``: which hour buckets hold data for a wedding or user, so a search visits only
   non-empty partitions, newest first, and stops when its page is full.
 - ``wedding_calendar``: wedding dates and time zones, for priority and forecasts.

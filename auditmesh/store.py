@@ -25,9 +25,10 @@ from cassandra.cluster import (
     NoHostAvailable,
     Session,
 )
+from cassandra.concurrent import execute_concurrent
 from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
-from cassandra.query import BatchStatement, BatchType
+from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
 from auditmesh import event_ids, rowcodec
 from auditmesh.config import StoreConfig
@@ -271,14 +272,8 @@ class EventStore:
                 if marker not in self._known:
                     fresh.append(marker)
                     group.append((route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
-        insert_locator = self._ins_locator.query_id
-        for (id_group, block), rows in locators.items():
-            group_bytes, block_bytes = rowcodec.text(id_group), rowcodec.int64(block)
-            route = rowcodec.routing_key(group_bytes, block_bytes)
-            owner = None if single_node else self._replicas(route)
-            groups.setdefault(owner, []).extend(
-                (route, insert_locator, (group_bytes, block_bytes, *row)) for row in rows
-            )
+        for route, entries in self._locator_entries(locators).items():
+            groups.setdefault(None if single_node else self._replicas(route), []).extend(entries)
         chunks = [rows for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
         if urgent:
             await self._run(chunks, build=self._batch, session=self._urgent)
@@ -291,6 +286,51 @@ class EventStore:
         written = [("w", key, bucket) for key, bucket in by_wedding]
         written += [("u", key, bucket) for key, bucket in by_user]
         return WriteStats(partitions=written)
+
+    def _locator_entries(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> dict[bytes, list[_Entry]]:
+        """Encoded ``events_by_id`` rows by routing key, from (event_id, user_id, bucket,
+        occurred_at) values grouped by :func:`event_ids.locator_partition`."""
+        insert = self._ins_locator.query_id
+        out: dict[bytes, list[_Entry]] = {}
+        for (id_group, block), rows in locators.items():
+            group_bytes, block_bytes = rowcodec.text(id_group), rowcodec.int64(block)
+            route = rowcodec.routing_key(group_bytes, block_bytes)
+            out[route] = [(route, insert, (group_bytes, block_bytes, *row)) for row in rows]
+        return out
+
+    def backfill_locators(self, on_progress: Callable[[int], None] | None = None, *, page: int = 5000) -> int:
+        """Write the ``events_by_id`` row of every event in ``events_by_user``: for events stored
+        before that table existed (it replaced an index). A full scan, idempotent; returns the
+        number of events scanned."""
+        scan = SimpleStatement(
+            f"SELECT user_id, bucket, occurred_at, event_id FROM {self._cfg.keyspace}.events_by_user",
+            fetch_size=page,
+        )
+        scanned = 0
+        locators: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
+        for row in self._session.execute(scan, timeout=60):
+            locators.setdefault(event_ids.locator_partition(row.event_id), []).append(
+                (
+                    row.event_id.encode(),
+                    row.user_id.encode(),
+                    rowcodec.int32(row.bucket),
+                    rowcodec.int64(_ms(row.occurred_at)),
+                )
+            )
+            scanned += 1
+            if scanned % page == 0:
+                self._write_now(locators)
+                locators = {}
+                if on_progress is not None:
+                    on_progress(scanned)
+        self._write_now(locators)
+        if on_progress is not None:
+            on_progress(scanned)
+        return scanned
+
+    def _write_now(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> None:
+        chunks = [c for entries in self._locator_entries(locators).values() for c in _chunks(entries, _BATCH_ROWS)]
+        execute_concurrent(self._session, [(self._batch(c), ()) for c in chunks], concurrency=16)
 
     def _replicas(self, route: bytes) -> frozenset[Any]:
         return frozenset(self._cluster.metadata.get_replicas(self._cfg.keyspace, route))

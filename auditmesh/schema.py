@@ -25,7 +25,7 @@ from cassandra.policies import RoundRobinPolicy
 
 from auditmesh.config import StoreConfig
 
-__all__ = ["create_schema", "statements"]
+__all__ = ["create_schema", "drop_keyspace", "statements"]
 
 _EVENT_COLUMNS = """
     occurred_at timestamp,
@@ -69,13 +69,22 @@ def statements(cfg: StoreConfig) -> list[str]:
 
 def create_schema(cfg: StoreConfig) -> None:
     """Create the keyspace and tables when missing; harmless when they exist."""
+    _execute(cfg, statements(cfg))
+
+
+def drop_keyspace(cfg: StoreConfig) -> None:
+    """Delete the keyspace and everything in it (tests and benchmarks start clean with it)."""
+    _execute(cfg, [f"DROP KEYSPACE IF EXISTS {cfg.keyspace}"])
+
+
+def _execute(cfg: StoreConfig, stmts: list[str]) -> None:
     profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=120)
     cluster = Cluster(
         list(cfg.hosts), port=cfg.port, protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
     )
     try:
         session = cluster.connect()
-        for stmt in statements(cfg):
+        for stmt in stmts:
             session.execute(stmt, timeout=120)
     finally:
         cluster.shutdown()

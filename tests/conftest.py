@@ -13,7 +13,7 @@ import pytest
 
 from auditmesh.config import StoreConfig
 from auditmesh.mesh import MeshLayout, infra
-from auditmesh.schema import create_schema
+from auditmesh.schema import create_schema, drop_keyspace
 from auditmesh.supervisor import Supervisor
 
 TEST_KEYSPACE = os.environ.get("AUDITMESH_TEST_KEYSPACE", "auditmesh_test")
@@ -43,7 +43,10 @@ def infrastructure() -> None:
 
 @pytest.fixture(scope="session")
 def store_config(infrastructure: None) -> StoreConfig:
+    """A keyspace emptied at the start of every session, so runs never see each other's rows
+    and the node does not accumulate them."""
     cfg = StoreConfig(keyspace=TEST_KEYSPACE)
+    drop_keyspace(cfg)
     create_schema(cfg)
     return cfg
 

@@ -39,14 +39,8 @@ _SHORT = struct.Struct(">H").pack
 EVENT_KEY_TYPES = ("text", "int")  # (wedding_id | user_id, bucket)
 EVENT_VALUE_TYPES = ("timestamp", "text", "tinyint", "tinyint", "text", "text", "blob")
 PARTITION_TYPES = ("text", "text", "int")  # (scope, key, bucket)
-LOCATOR_TYPES = (
-    "text",
-    "bigint",
-    "text",
-    "text",
-    "int",
-    "timestamp",
-)  # (id group, block, event_id, user_id, bucket, occurred_at)
+# (id group, block, event_id, user_id, bucket, occurred_at)
+LOCATOR_TYPES = ("text", "bigint", "text", "text", "int", "timestamp")
 _SAME = {"varchar": "text"}
 
 

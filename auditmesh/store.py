@@ -252,8 +252,9 @@ class EventStore:
             if ev.wedding_id:
                 by_wedding.setdefault((ev.wedding_id, bucket), []).append(values)
             by_user.setdefault((ev.user_id, bucket), []).append(values)
+            event_id, occurred_at = values[1], values[0]  # already encoded for the event tables
             locators.setdefault(event_ids.locator_partition(ev.event_id), []).append(
-                (values[1], ev.user_id.encode(), rowcodec.int32(bucket), values[0])
+                (event_id, ev.user_id.encode(), rowcodec.int32(bucket), occurred_at)
             )
         groups: dict[Any, list[_Entry]] = {}
         fresh: list[tuple[str, str, int]] = []
@@ -319,16 +320,16 @@ class EventStore:
             )
             scanned += 1
             if scanned % page == 0:
-                self._write_now(locators)
+                self._write_locators(locators)
                 locators = {}
                 if on_progress is not None:
                     on_progress(scanned)
-        self._write_now(locators)
+        self._write_locators(locators)
         if on_progress is not None:
             on_progress(scanned)
         return scanned
 
-    def _write_now(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> None:
+    def _write_locators(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> None:
         chunks = [c for entries in self._locator_entries(locators).values() for c in _chunks(entries, _BATCH_ROWS)]
         execute_concurrent(self._session, [(self._batch(c), ()) for c in chunks], concurrency=16)
 

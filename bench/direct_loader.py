@@ -61,8 +61,9 @@ def _encoded(events: list[pb.Event]) -> list[tuple[str, bytes, tuple[bytes, ...]
         if ev.wedding_id:
             partitions.setdefault(("w", (ev.wedding_id, bucket)), []).append(values)
         partitions.setdefault(("u", (ev.user_id, bucket)), []).append(values)
+        event_id, occurred_at = values[1], values[0]  # already encoded for the event tables
         partitions.setdefault(("id", locator_partition(ev.event_id)), []).append(
-            (values[1], ev.user_id.encode(), rowcodec.int32(bucket), values[0])
+            (event_id, ev.user_id.encode(), rowcodec.int32(bucket), occurred_at)
         )
     out: list[tuple[str, bytes, tuple[bytes, ...]]] = []
     for (table, key), rows in partitions.items():

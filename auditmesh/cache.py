@@ -78,9 +78,11 @@ def _vkey(scope: str, key: str) -> str:
     return f"am:v:{scope}:{key}"
 
 
-def connect(url: str) -> aioredis.Redis:
+def connect(url: str, timeout_s: float = 0.25) -> aioredis.Redis:
+    """A client whose every call fails after ``timeout_s``: readers keep it short (a slow cache
+    is a miss); writers give it longer, since a bump that times out retires the whole cache."""
     return aioredis.Redis.from_url(
-        url, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=0, retry_on_timeout=False
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0, retry_on_timeout=False
     )
 
 

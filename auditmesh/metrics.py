@@ -11,11 +11,12 @@ import asyncio
 import json
 import os
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Reservoir", "StatsPublisher", "percentile"]
+__all__ = ["LoopLag", "Reservoir", "StatsPublisher", "percentile"]
 
 
 def percentile(sorted_values: list[int] | list[float], q: float) -> float | None:
@@ -56,6 +57,56 @@ class Reservoir:
     def reset(self) -> None:
         self.count = 0
         self.values = []
+
+
+class LoopLag:
+    """How late the event loop runs a timer: every ``interval_s`` a sleep is timed, and what it
+    overran by goes into a reservoir (microseconds). Anything the loop does in one go (a long
+    callback, the garbage collector) or the CPU it does not get shows up here, and delays every
+    request the process is serving by as much.
+
+    Stalls (an overrun of ``stall_ms`` or more) are split by where the time went: the loop's
+    own thread on the CPU; the process's other threads on the CPU (which may hold the GIL the
+    loop needs; time they ran in parallel with the loop counts here too, so this is an upper
+    bound); and the rest, the process off the CPU: runnable and waiting for a core.
+    """
+
+    def __init__(self, interval_s: float = 0.02, stall_ms: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self.stall_s = stall_ms / 1000
+        self.lag_us = Reservoir(10_000)
+        self.stalls = 0
+        self.stall_s_own = self.stall_s_other_threads = self.stall_s_waiting = 0.0
+
+    async def run(self) -> None:
+        interval = self.interval_s
+        clock, thread_cpu, process_cpu = time.perf_counter, time.thread_time, time.process_time
+        while True:
+            wall, own, total = clock(), thread_cpu(), process_cpu()
+            await asyncio.sleep(interval)
+            wall, own, total = clock() - wall, thread_cpu() - own, process_cpu() - total
+            lag = max(0.0, wall - interval)
+            self.lag_us.add(int(lag * 1_000_000))
+            if lag >= self.stall_s:
+                self.stalls += 1
+                others = max(0.0, total - own)
+                self.stall_s_own += own
+                self.stall_s_other_threads += others
+                self.stall_s_waiting += max(0.0, wall - own - others)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.lag_us.summary(),
+            "stalls": self.stalls,
+            "stall_s_own_thread": round(self.stall_s_own, 3),
+            "stall_s_other_threads": round(self.stall_s_other_threads, 3),
+            "stall_s_waiting": round(self.stall_s_waiting, 3),
+        }
+
+    def reset(self) -> None:
+        self.lag_us.reset()
+        self.stalls = 0
+        self.stall_s_own = self.stall_s_other_threads = self.stall_s_waiting = 0.0
 
 
 class StatsPublisher:

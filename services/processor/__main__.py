@@ -9,7 +9,7 @@ import signal
 
 from auditmesh import cache
 from auditmesh.cache import VersionBumper
-from auditmesh.metrics import StatsPublisher
+from auditmesh.metrics import LoopLag, StatsPublisher
 from auditmesh.serving import run_service
 from auditmesh.store import EventStore
 from services.processor.app import create
@@ -21,12 +21,21 @@ log = logging.getLogger("auditmesh.processor")
 async def main(stop: asyncio.Event) -> None:
     cfg = ProcessorConfig.from_env(os.environ)
     store = EventStore.connect(cfg.store)
-    redis_client = cache.connect(cfg.redis_url) if cfg.redis_url else None
+    redis_client = cache.connect(cfg.redis_url, cfg.redis_timeout_s) if cfg.redis_url else None
     versions = VersionBumper(redis_client)
     server, port, servicer, health_servicer = create(cfg, store, versions)
-    publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), servicer.stats)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, servicer.reset_latencies)
+    lag = LoopLag()
+    publisher = StatsPublisher(
+        os.environ.get("AUDITMESH_STATS_FILE"), lambda: {**servicer.stats(), "loop_lag_us": lag.summary()}
+    )
+
+    def reset_latencies() -> None:
+        servicer.reset_latencies()
+        lag.reset()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     publishing = asyncio.create_task(publisher.run())
+    lagging = asyncio.create_task(lag.run())
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
     await stop.wait()
@@ -35,6 +44,7 @@ async def main(stop: asyncio.Event) -> None:
     # In-flight writes finish and are answered; ingest resends anything it sees no answer for.
     await server.stop(grace=10)
     publishing.cancel()
+    lagging.cancel()
     publisher.publish()
     await versions.close()
     if redis_client is not None:

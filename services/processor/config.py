@@ -31,6 +31,10 @@ class ProcessorConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis whose cache versions the processor bumps after each write; empty disables
     (AUDITMESH_REDIS_URL). Must be the query service's Redis."""
+    redis_timeout_s: float = 2.0
+    """How long a version bump may take before it counts as failed (AUDITMESH_PROCESSOR_REDIS_TIMEOUT_S).
+    A failed bump retires every cached page, so this is longer than the query service's read
+    timeout: on a saturated host a bump can take a few hundred milliseconds without Redis failing."""
     store: StoreConfig = field(default_factory=StoreConfig)
 
     @classmethod
@@ -44,5 +48,6 @@ class ProcessorConfig:
             max_group_events=e.integer("AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS", cls.max_group_events, minimum=1),
             max_message_bytes=e.integer("AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
+            redis_timeout_s=e.number("AUDITMESH_PROCESSOR_REDIS_TIMEOUT_S", cls.redis_timeout_s, minimum=0.01),
             store=StoreConfig.from_env(env),
         )

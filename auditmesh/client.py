@@ -157,7 +157,7 @@ class AuditClient:
             resource_type,
             resource_id,
             source_ip,
-            attributes,
+            dict(attributes) if attributes else None,  # a copy: the caller may reuse its dict
         )
         if severity == _P0:
             self._critical.append(item)

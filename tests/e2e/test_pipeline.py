@@ -273,3 +273,18 @@ def test_sdk_from_asyncio_and_threads(mesh: MeshLayout, query: pb_grpc.QueryServ
     assert stats.logged == 1500 and stats.acked == 1500
     events = [ev for page in search_all(query, page_size=500, wedding_id=wedding) for ev in page]
     assert len(events) == 1500 and len({e.event_id for e in events}) == 1500
+
+
+def test_attributes_are_those_at_log_time(mesh: MeshLayout, query: pb_grpc.QueryServiceStub) -> None:
+    """The event stored is the one logged: changing the attributes dict afterwards (callers
+    reuse theirs) changes nothing."""
+    attributes = {"amount": "120.00", "currency": "EUR"}
+    with AuditClient(mesh.ingest_target) as client:
+        first = client.log("payment.refund.issued", user_id="u-attr", attributes=attributes)
+        attributes["amount"] = "999.99"
+        attributes["extra"] = "later"
+        second = client.log("payment.refund.issued", user_id="u-attr", attributes=attributes)
+        assert client.flush(30)
+    stored = {e: dict(query.GetEvent(pb.GetEventRequest(event_id=e), timeout=5).attributes) for e in (first, second)}
+    assert stored[first] == {"amount": "120.00", "currency": "EUR"}
+    assert stored[second] == {"amount": "999.99", "currency": "EUR", "extra": "later"}

@@ -1,8 +1,11 @@
 """One load-generating process: an AuditClient driven at full speed or at a fixed rate.
 
 Besides the acknowledged count it times every ``AuditClient.log()`` call in the calling thread,
-and, for every 50th event, an stdlib ``logging.info`` of the same fields to a file handler in
-the same thread at the same moment: the two costs are measured under identical conditions.
+and, for every 50th event, an stdlib ``logging.info`` of the same fields to a file handler and
+a call of an empty function with the same arguments, in the same thread at the same moment:
+the costs are measured under identical conditions. The empty call is the floor: what any
+in-process call with these arguments costs in this thread on this machine, interrupts,
+preemption and cache misses included.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from auditmesh.synthetic import Synthetic
 __all__ = ["run_client"]
 
 STDLIB_EVERY = 50
+
+
+def _empty(event_type: str, **fields: Any) -> None:
+    return None
 
 
 def run_client(
@@ -50,6 +57,7 @@ def run_client(
     client = AuditClient(target, source_service=f"bench-{index}", streams=streams, record_ack_latency=True)
     log_ns = Reservoir(50_000, seed=index)
     stdlib_ns = Reservoir(50_000, seed=index + 1000)
+    empty_ns = Reservoir(50_000, seed=index + 2000)
     clock = time.perf_counter_ns
     while time.time() < start_at:
         time.sleep(0.005)
@@ -68,6 +76,7 @@ def run_client(
             acked_at_start = client.stats.acked
             log_ns.reset()
             stdlib_ns.reset()
+            empty_ns.reset()
             assert client.ack_latency_ns is not None
             client.ack_latency_ns.clear()
         if rate > 0:
@@ -84,6 +93,9 @@ def run_client(
         log_ns.add(clock() - started)
         sent += 1
         if sent % STDLIB_EVERY == 0:
+            started = clock()
+            _empty(**kwargs)
+            empty_ns.add(clock() - started)
             started = clock()
             stdlib.info(
                 "%s user=%s org=%s wedding=%s severity=%s outcome=%s resource=%s/%s ip=%s",
@@ -110,6 +122,7 @@ def run_client(
         "window_s": elapsed,
         "log_ns": log_ns.values,
         "stdlib_ns": stdlib_ns.values,
+        "empty_ns": empty_ns.values,
         "ack_ns": latencies,
         "final": vars(stats) if hasattr(stats, "__dict__") else stats.__repr__(),
         "acked": stats.acked,

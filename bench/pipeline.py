@@ -164,8 +164,8 @@ def run_pipeline_phase(
     for i, (proc, _) in enumerate(spawned):
         sampler.watch(f"client-{i}", proc.pid)
     time.sleep(max(0.0, start_at - time.time()) + warmup_s)
-    for i in range(layout.processors):
-        supervisor.signal(layout.processor(i).name, signal.SIGUSR1)  # latency reservoirs start after warm-up
+    for name in [layout.processor(i).name for i in range(layout.processors)] + [layout.ingest().name]:
+        supervisor.signal(name, signal.SIGUSR1)  # latency reservoirs start after warm-up
     sampler.start()
     results = [conn.recv() for _, conn in spawned]
     resources = sampler.stop()
@@ -174,6 +174,7 @@ def run_pipeline_phase(
     eps = sum(r["acked_in_window"] / r["window_s"] for r in results)
     log_ns = [v for r in results for v in r["log_ns"]]
     stdlib_ns = [v for r in results for v in r["stdlib_ns"]]
+    empty_ns = [v for r in results for v in r["empty_ns"]]
     ack_ns = [v for r in results for v in r["ack_ns"]]
     return {
         "eps": round(eps, 1),
@@ -191,6 +192,8 @@ def run_pipeline_phase(
         "stdlib_p50_ns": _ms(stdlib_ns, 50, 1),
         "stdlib_p99_ns": _ms(stdlib_ns, 99, 1),
         "stdlib_p999_ns": _ms(stdlib_ns, 99.9, 1),
+        "empty_call_p50_ns": _ms(empty_ns, 50, 1),
+        "empty_call_p99_ns": _ms(empty_ns, 99, 1),
         "ack_p50_ms": _ms(ack_ns, 50, 1e6),
         "ack_p99_ms": _ms(ack_ns, 99, 1e6),
         "resources": resources,
@@ -317,6 +320,7 @@ def main() -> int:
         )
         time.sleep(2.5)  # processors publish their latency reservoirs every 2 s
         processors = [supervisor.stats(layout.processor(i).name) or {} for i in range(layout.processors)]
+        ingest = supervisor.stats(layout.ingest().name) or {}
         waits.append(wait_for_quiet_store(quiet_s))  # the full-speed phase leaves compactions behind
         fixed = run_pipeline_phase(
             layout,
@@ -353,6 +357,7 @@ def main() -> int:
             "fixed_rate": fixed,
             "direct_loader": direct,
             "processors": processors,
+            "ingest": ingest,
             "fixed_rate_processors": fixed_processors,
             "ack_p50_ms_fixed_rate": fixed["ack_p50_ms"],
             "ack_p99_ms_fixed_rate": fixed["ack_p99_ms"],
@@ -367,6 +372,7 @@ def main() -> int:
             "log_p999_ns": full["log_p999_ns"],
             "stdlib_logging_p99_ns": full["stdlib_p99_ns"],
             "stdlib_logging_p50_ns": full["stdlib_p50_ns"],
+            "empty_call_p99_ns": full["empty_call_p99_ns"],
             "ack_p50_ms": full["ack_p50_ms"],
             "ack_p99_ms": full["ack_p99_ms"],
             "critical_p50_us": _worst(critical, "p50"),

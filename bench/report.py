@@ -104,7 +104,8 @@ def render_table(r: dict[str, Any]) -> str:
             "`log()` caller cost p99",
             "<= 5 us and <= 0.5x stdlib logging",
             f"{_fmt(r.get('log_p99_ns'), ' ns')} (p50 {_fmt(r.get('log_p50_ns'), ' ns')}; stdlib logging p99 "
-            f"{_fmt(r.get('stdlib_logging_p99_ns'), ' ns')}, {log_ratio}x)",
+            f"{_fmt(r.get('stdlib_logging_p99_ns'), ' ns')}, {log_ratio}x; an empty function called with the "
+            f"same arguments in the same thread: p99 {_fmt(r.get('empty_call_p99_ns'), ' ns')})",
             _verdict(None if log_ratio is None else (r["log_p99_ns"] <= 5000 and log_ratio <= 0.5)),
         ),
         (
@@ -155,6 +156,20 @@ def render_table(r: dict[str, Any]) -> str:
     if res:
         lines += ["", "| process (full-speed phase) | CPU (cores) | peak RSS (MB) |", "| --- | --- | --- |"]
         lines += [f"| {name} | {v['cpu_cores']} | {v['peak_rss_mb']} |" for name, v in sorted(res.items())]
+    stalls = [("ingest", r.get("ingest", {}))] + [(f"processor-{i}", p) for i, p in enumerate(r.get("processors", []))]
+    stalls = [(name, st["loop_lag_us"]) for name, st in stalls if st.get("loop_lag_us")]
+    if stalls:
+        lines += [
+            "",
+            "| event loop (full-speed phase) | lag p99 | stalls >= 10 ms | on its own thread | on other threads "
+            "| waiting for a core |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {name} | {_fmt(lag.get('p99'), ' us')} | {lag.get('stalls')} | {lag.get('stall_s_own_thread')} s "
+            f"| {lag.get('stall_s_other_threads')} s | {lag.get('stall_s_waiting')} s |"
+            for name, lag in stalls
+        ]
     m = r.get("machine", {})
     lines += [
         "",

@@ -65,10 +65,11 @@ class LoopLag:
     callback, the garbage collector) or the CPU it does not get shows up here, and delays every
     request the process is serving by as much.
 
-    Stalls (an overrun of ``stall_ms`` or more) are split by where the time went: the loop's
-    own thread on the CPU; the process's other threads on the CPU (which may hold the GIL the
-    loop needs; time they ran in parallel with the loop counts here too, so this is an upper
-    bound); and the rest, the process off the CPU: runnable and waiting for a core.
+    The overrun of each stall (``stall_ms`` or more) is split in proportion to where the
+    interval's time went: the loop's own thread on the CPU; the process's other threads on the
+    CPU (which may hold the GIL the loop needs; time they ran in parallel with the loop counts
+    too, so this share is an upper bound); and the rest, the process off the CPU (waiting for a
+    core, or for the GIL held by a thread that is itself waiting for one).
     """
 
     def __init__(self, interval_s: float = 0.02, stall_ms: float = 10.0) -> None:
@@ -89,10 +90,12 @@ class LoopLag:
             self.lag_us.add(int(lag * 1_000_000))
             if lag >= self.stall_s:
                 self.stalls += 1
-                others = max(0.0, total - own)
-                self.stall_s_own += own
-                self.stall_s_other_threads += others
-                self.stall_s_waiting += max(0.0, wall - own - others)
+                own = min(own, wall)
+                others = min(max(0.0, total - own), wall - own)
+                share = lag / wall
+                self.stall_s_own += own * share
+                self.stall_s_other_threads += others * share
+                self.stall_s_waiting += (wall - own - others) * share
 
     def summary(self) -> dict[str, Any]:
         return {

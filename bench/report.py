@@ -161,8 +161,8 @@ def render_table(r: dict[str, Any]) -> str:
     if stalls:
         lines += [
             "",
-            "| event loop (full-speed phase) | lag p99 | stalls >= 10 ms | on its own thread | on other threads "
-            "| waiting for a core |",
+            "| event loop (full-speed phase) | lag p99 | stalls >= 10 ms | their overrun: own thread on a core "
+            "| other threads on a core | waiting for a core |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         lines += [

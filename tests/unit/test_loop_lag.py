@@ -27,11 +27,11 @@ def test_a_loop_busy_in_its_own_thread_is_a_stall_on_its_own_cpu() -> None:
     summary = asyncio.run(_stall(0.08, "busy"))
     assert summary["stalls"] >= 1
     assert summary["max"] is not None and summary["max"] >= 70_000  # type: ignore[operator]
-    assert summary["stall_s_own_thread"] >= 0.07  # type: ignore[operator]
+    assert summary["stall_s_own_thread"] >= 0.06  # type: ignore[operator]
 
 
 def test_a_loop_off_the_cpu_is_a_stall_spent_waiting() -> None:
     summary = asyncio.run(_stall(0.08, "sleep"))
     assert summary["stalls"] >= 1
-    assert summary["stall_s_waiting"] >= 0.07  # type: ignore[operator]
+    assert summary["stall_s_waiting"] >= 0.06  # type: ignore[operator]
     assert summary["stall_s_own_thread"] < 0.03  # type: ignore[operator]

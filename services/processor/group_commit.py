@@ -94,8 +94,11 @@ class GroupCommitter:
         try:
             await self._commit(group)
         finally:  # cancelled or failed mid-way: every request in the group still gets an answer
-            for entry in group:
-                entry.settle(Outcome(error=StoreUnavailable("write interrupted"), grouped_with=len(group)))
+            unanswered = [entry for entry in group if not entry.done.done()]
+            if unanswered:
+                interrupted = Outcome(error=StoreUnavailable("write interrupted"), grouped_with=len(group))
+                for entry in unanswered:
+                    entry.settle(interrupted)
 
     async def _commit(self, group: list[_Entry]) -> None:
         started = time.perf_counter()

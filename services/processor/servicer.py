@@ -82,7 +82,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ProcessResponse]:
-        # A bounded number of requests (64) is taken off a stream at a time; the
+        # At most _MAX_IN_FLIGHT requests are taken off a stream at a time; the
         # committers write waiting requests highest lane first, and the rest of a backlog waits
         # in ingest's priority queue. A stall in the store must not stop the critical stream
         # from being read: its requests are small and are written in groups.

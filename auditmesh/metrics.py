@@ -8,6 +8,7 @@ reservoir so memory stays flat under any load.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoopLag", "Reservoir", "StatsPublisher", "percentile"]
+__all__ = ["GcTime", "LoopLag", "Reservoir", "StatsPublisher", "percentile"]
 
 
 def percentile(sorted_values: list[int] | list[float], q: float) -> float | None:
@@ -110,6 +111,47 @@ class LoopLag:
         self.lag_us.reset()
         self.stalls = 0
         self.stall_s_own = self.stall_s_other_threads = self.stall_s_waiting = 0.0
+
+
+class GcTime:
+    """Time the process spends in Python's cyclic garbage collector, per generation: every
+    collection stops the thread that triggered it (on a service, the event loop)."""
+
+    def __init__(self) -> None:
+        self.pause_us = Reservoir(10_000)
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def install(self) -> None:
+        gc.callbacks.append(self._on_gc)
+
+    def uninstall(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        elapsed = time.perf_counter() - self._started
+        generation = info["generation"]
+        self.collections[generation] += 1
+        self.seconds[generation] += elapsed
+        self.pause_us.add(int(elapsed * 1_000_000))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.pause_us.summary(),
+            "collections": list(self.collections),
+            "seconds": [round(s, 3) for s in self.seconds],
+            "threshold": list(gc.get_threshold()),
+            "frozen": gc.get_freeze_count(),
+        }
+
+    def reset(self) -> None:
+        self.pause_us.reset()
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
 
 
 class StatsPublisher:

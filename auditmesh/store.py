@@ -200,7 +200,12 @@ class EventStore:
         left = [len(statements)]
         first_error: list[BaseException] = []
 
-        def settle(index: int, value: Any, error: BaseException | None) -> None:
+        def settle(index: int, value: Any, error: BaseException | None, statement: Any) -> None:
+            if isinstance(statement, BatchStatement):
+                # The driver's ResponseFuture is in a reference cycle (its timer holds one of its
+                # bound methods), so what it references is freed only by the cyclic garbage
+                # collector: emptying the answered batch frees its rows now.
+                statement.clear()
             if slots is not None:
                 loop.call_soon_threadsafe(slots.release)
             with lock:
@@ -216,14 +221,15 @@ class EventStore:
             if slots is not None:
                 await slots.acquire()
                 await asyncio.sleep(0)
+            statement = item if build is None else build(item)
             try:
-                future = session.execute_async(item if build is None else build(item), timeout=10.0)
+                future = session.execute_async(statement, timeout=10.0)
             except Exception as exc:
-                settle(index, None, exc)
+                settle(index, None, exc, statement)
                 continue
             future.add_callbacks(
-                lambda rows, i=index: settle(i, rows if fetch else None, None),
-                lambda exc, i=index: settle(i, None, exc),
+                lambda rows, i=index, s=statement: settle(i, rows if fetch else None, None, s),
+                lambda exc, i=index, s=statement: settle(i, None, exc, s),
             )
         try:
             await done

@@ -157,18 +157,20 @@ def render_table(r: dict[str, Any]) -> str:
         lines += ["", "| process (full-speed phase) | CPU (cores) | peak RSS (MB) |", "| --- | --- | --- |"]
         lines += [f"| {name} | {v['cpu_cores']} | {v['peak_rss_mb']} |" for name, v in sorted(res.items())]
     stalls = [("ingest", r.get("ingest", {}))] + [(f"processor-{i}", p) for i, p in enumerate(r.get("processors", []))]
-    stalls = [(name, st["loop_lag_us"]) for name, st in stalls if st.get("loop_lag_us")]
+    stalls = [(name, st["loop_lag_us"], st.get("gc") or {}) for name, st in stalls if st.get("loop_lag_us")]
     if stalls:
         lines += [
             "",
             "| event loop (full-speed phase) | lag p99 | stalls >= 10 ms | their overrun: own thread on a core "
-            "| other threads on a core | waiting for a core |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| other threads on a core | waiting for a core | garbage collections (gen 0/1/2) "
+            "| time in them, longest |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
             f"| {name} | {_fmt(lag.get('p99'), ' us')} | {lag.get('stalls')} | {lag.get('stall_s_own_thread')} s "
-            f"| {lag.get('stall_s_other_threads')} s | {lag.get('stall_s_waiting')} s |"
-            for name, lag in stalls
+            f"| {lag.get('stall_s_other_threads')} s | {lag.get('stall_s_waiting')} s | {_gc_counts(gc)} "
+            f"| {_gc_time(gc)} |"
+            for name, lag, gc in stalls
         ]
     m = r.get("machine", {})
     lines += [
@@ -178,6 +180,16 @@ def render_table(r: dict[str, Any]) -> str:
         f"`{str(r.get('git_commit'))[:10]}` with `{r.get('command')}`.",
     ]
     return "\n".join(lines)
+
+
+def _gc_counts(gc: dict[str, Any]) -> str:
+    return "/".join(str(n) for n in gc["collections"]) if gc.get("collections") else "-"
+
+
+def _gc_time(gc: dict[str, Any]) -> str:
+    if not gc.get("seconds"):
+        return "-"
+    return f"{sum(gc['seconds']):.3f} s, {_fmt(gc.get('max'), ' us')}"
 
 
 def update_readme(

@@ -9,8 +9,8 @@ import signal
 
 from grpc_health.v1 import health, health_pb2
 
-from auditmesh.metrics import LoopLag, Reservoir, StatsPublisher
-from auditmesh.serving import run_service
+from auditmesh.metrics import GcTime, LoopLag, Reservoir, StatsPublisher
+from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from services.ingest.app import create
 from services.ingest.calendar import CalendarView
@@ -32,10 +32,13 @@ async def main(stop: asyncio.Event) -> None:
 
     critical_handoff_us = Reservoir(5_000)
     lag = LoopLag()
+    gc_time = GcTime()
+    gc_time.install()
 
     def reset_latencies() -> None:
         critical_handoff_us.reset()
         lag.reset()
+        gc_time.reset()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     links = [link(t) for t in cfg.processors]
@@ -62,10 +65,12 @@ async def main(stop: asyncio.Event) -> None:
             "processors_connected": sum(link.connected.is_set() for link in links),
             "critical_handoff_us": critical_handoff_us.summary(),
             "loop_lag_us": lag.summary(),
+            "gc": gc_time.summary(),
         }
 
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), stats)
     publishing = asyncio.create_task(publisher.run())
+    freeze_startup_objects()
     await server.start()
     log.info("ingest serving on %s:%d, processors %s", cfg.host, port, ",".join(cfg.processors))
     await stop.wait()

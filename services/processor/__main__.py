@@ -9,8 +9,8 @@ import signal
 
 from auditmesh import cache
 from auditmesh.cache import VersionBumper
-from auditmesh.metrics import LoopLag, StatsPublisher
-from auditmesh.serving import run_service
+from auditmesh.metrics import GcTime, LoopLag, StatsPublisher
+from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from services.processor.app import create
 from services.processor.config import ProcessorConfig
@@ -25,17 +25,22 @@ async def main(stop: asyncio.Event) -> None:
     versions = VersionBumper(redis_client)
     server, port, servicer, health_servicer = create(cfg, store, versions)
     lag = LoopLag()
+    gc_time = GcTime()
+    gc_time.install()
     publisher = StatsPublisher(
-        os.environ.get("AUDITMESH_STATS_FILE"), lambda: {**servicer.stats(), "loop_lag_us": lag.summary()}
+        os.environ.get("AUDITMESH_STATS_FILE"),
+        lambda: {**servicer.stats(), "loop_lag_us": lag.summary(), "gc": gc_time.summary()},
     )
 
     def reset_latencies() -> None:
         servicer.reset_latencies()
         lag.reset()
+        gc_time.reset()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     publishing = asyncio.create_task(publisher.run())
     lagging = asyncio.create_task(lag.run())
+    freeze_startup_objects()
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
     await stop.wait()

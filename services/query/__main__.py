@@ -9,7 +9,7 @@ import os
 from auditmesh import cache
 from auditmesh.cache import PageCache
 from auditmesh.metrics import StatsPublisher
-from auditmesh.serving import run_service
+from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from services.query.app import create
 from services.query.config import QueryConfig
@@ -24,6 +24,7 @@ async def main(stop: asyncio.Event) -> None:
     server, port, servicer, health_servicer = create(cfg, store, PageCache(redis_client, cfg.cache_ttl_s))
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), lambda: {"cache": servicer.cache.stats()})
     publishing = asyncio.create_task(publisher.run())
+    freeze_startup_objects()
     await server.start()
     log.info("query serving on %s:%d", cfg.host, port)
     await stop.wait()

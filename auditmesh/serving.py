@@ -127,6 +127,11 @@ def retry_after_ms(error: grpc.RpcError) -> int:
     return 0
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def respond_concurrently(
     requests: AsyncIterator[Req],
     handle: Callable[[Req], Awaitable[Resp | None]],
@@ -164,6 +169,9 @@ async def respond_concurrently(
         await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if not reading.done():
+            # A read cancelled at shutdown may still end with the stream's own error (gRPC ends
+            # a request stream that way): it is retrieved here, as nobody is waiting for it.
+            reading.add_done_callback(_retrieve)
             reading.cancel()
             raise StopAsyncIteration
         return reading.result()

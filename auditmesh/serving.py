@@ -210,20 +210,12 @@ async def respond_concurrently(
             task.cancel()
 
 
-def freeze_startup_objects(young_threshold: int | None = None) -> None:
+def freeze_startup_objects() -> None:
     """Move what wiring a service allocated (driver metadata, descriptors, modules) out of the
     garbage collector's reach, so that its collections scan only what serving allocates; any
-    garbage of the startup is collected first, not frozen with the rest.
-
-    ``young_threshold`` replaces the allocations that trigger a young collection (700): a
-    service whose requests keep thousands of containers alive for a while (a processor's rows
-    until Cassandra answers) otherwise scans each of them in every generation it survives to.
-    """
+    garbage of the startup is collected first, not frozen with the rest."""
     gc.collect()
     gc.freeze()
-    if young_threshold is not None:
-        _, older, oldest = gc.get_threshold()
-        gc.set_threshold(young_threshold, older, oldest)
 
 
 def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

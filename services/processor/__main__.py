@@ -16,10 +16,6 @@ from services.processor.app import create
 from services.processor.config import ProcessorConfig
 
 log = logging.getLogger("auditmesh.processor")
-# A batch's rows live until Cassandra answers (hundreds of ms under load). With a young
-# collection every 700 allocations nearly every row was scanned, some twice or three times;
-# every 10,000, most rows are gone before a collection sees them (docs/performance.md).
-_YOUNG_GC_THRESHOLD = 10_000
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -44,7 +40,7 @@ async def main(stop: asyncio.Event) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     publishing = asyncio.create_task(publisher.run())
     lagging = asyncio.create_task(lag.run())
-    freeze_startup_objects(_YOUNG_GC_THRESHOLD)
+    freeze_startup_objects()
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
     await stop.wait()

@@ -114,8 +114,9 @@ class LoopLag:
 
 
 class GcTime:
-    """Time the process spends in Python's cyclic garbage collector, per generation: every
-    collection stops the thread that triggered it (on a service, the event loop)."""
+    """Time the process spends in Python's cyclic garbage collector, per generation. A
+    collection holds the GIL from start to end, so it stops every Python thread of the process,
+    the event loop's included, whichever thread's allocation triggered it."""
 
     def __init__(self) -> None:
         self.pause_us = Reservoir(10_000)

@@ -8,6 +8,7 @@ processors, query as separate processes) driven by SDK clients in several proces
 speed, then at a fixed rate; (2) the direct cassandra-driver loader into the same tables;
 (3) ghz against ingest's Submit and Stream. Writes ``bench/results/pipeline-<time>.json`` and
 ``bench/results/latest.json``, prints the table, and rewrites the README's performance section.
+Each run drops and recreates its own keyspace (``auditmesh_bench``) first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import psutil
 from auditmesh.config import StoreConfig
 from auditmesh.mesh import MeshLayout, infra
 from auditmesh.metrics import percentile
-from auditmesh.schema import create_schema
+from auditmesh.schema import create_schema, drop_keyspace
 from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
 from bench.direct_loader import run_loader
@@ -285,6 +286,9 @@ def main() -> int:
     direct_duration = 3.0 if args.smoke else args.duration / 3
 
     infra("up")
+    # Every run starts from an empty keyspace: what earlier runs left would make this run's
+    # compactions (and so its numbers) depend on how many runs came before.
+    drop_keyspace(StoreConfig(keyspace=KEYSPACE))
     create_schema(StoreConfig(keyspace=KEYSPACE))
     run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-bench-"))
     layout = MeshLayout(

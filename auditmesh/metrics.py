@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GcTime", "LoopLag", "Reservoir", "StatsPublisher", "percentile"]
+__all__ = ["GcTime", "LoopLag", "Reservoir", "RuntimeStats", "StatsPublisher", "percentile"]
 
 
 def percentile(sorted_values: list[int] | list[float], q: float) -> float | None:
@@ -153,6 +153,33 @@ class GcTime:
         self.pause_us.reset()
         self.collections = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
+
+
+class RuntimeStats:
+    """What stops a service's event loop: its lag (:class:`LoopLag`) and the garbage
+    collector's pauses (:class:`GcTime`), measured, published and reset together."""
+
+    def __init__(self) -> None:
+        self.lag = LoopLag()
+        self.gc_time = GcTime()
+        self._lagging: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.gc_time.install()
+        self._lagging = asyncio.create_task(self.lag.run())
+
+    def stop(self) -> None:
+        if self._lagging is not None:
+            self._lagging.cancel()
+            self.gc_time.uninstall()
+            self._lagging = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"loop_lag_us": self.lag.summary(), "gc": self.gc_time.summary()}
+
+    def reset(self) -> None:
+        self.lag.reset()
+        self.gc_time.reset()
 
 
 class StatsPublisher:

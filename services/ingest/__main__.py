@@ -9,7 +9,7 @@ import signal
 
 from grpc_health.v1 import health, health_pb2
 
-from auditmesh.metrics import GcTime, LoopLag, Reservoir, StatsPublisher
+from auditmesh.metrics import Reservoir, RuntimeStats, StatsPublisher
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from services.ingest.app import create
@@ -31,14 +31,11 @@ async def main(stop: asyncio.Event) -> None:
         return ProcessorLink(target, cfg.processor_timeout_s, cfg.limits.max_message_bytes * 2, handoff_us)
 
     critical_handoff_us = Reservoir(5_000)
-    lag = LoopLag()
-    gc_time = GcTime()
-    gc_time.install()
+    runtime = RuntimeStats()
 
     def reset_latencies() -> None:
         critical_handoff_us.reset()
-        lag.reset()
-        gc_time.reset()
+        runtime.reset()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     links = [link(t) for t in cfg.processors]
@@ -54,7 +51,7 @@ async def main(stop: asyncio.Event) -> None:
     )
     refresher = asyncio.create_task(calendar.run(cfg.calendar_refresh_s))
     readiness = asyncio.create_task(_track_readiness(router, health_servicer))
-    lagging = asyncio.create_task(lag.run())
+    runtime.start()
 
     def stats() -> dict[str, object]:
         budgets = (router.budget, router.critical_budget)
@@ -64,8 +61,7 @@ async def main(stop: asyncio.Event) -> None:
             "in_flight_bytes": sum(b.bytes for b in budgets),
             "processors_connected": sum(link.connected.is_set() for link in links),
             "critical_handoff_us": critical_handoff_us.summary(),
-            "loop_lag_us": lag.summary(),
-            "gc": gc_time.summary(),
+            **runtime.summary(),
         }
 
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), stats)
@@ -80,7 +76,7 @@ async def main(stop: asyncio.Event) -> None:
     await server.stop(grace=10)
     refresher.cancel()
     readiness.cancel()
-    lagging.cancel()
+    runtime.stop()
     publishing.cancel()
     publisher.publish()
     await router.stop()

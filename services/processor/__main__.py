@@ -9,7 +9,7 @@ import signal
 
 from auditmesh import cache
 from auditmesh.cache import VersionBumper
-from auditmesh.metrics import GcTime, LoopLag, StatsPublisher
+from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from services.processor.app import create
@@ -24,22 +24,18 @@ async def main(stop: asyncio.Event) -> None:
     redis_client = cache.connect(cfg.redis_url, cfg.redis_timeout_s) if cfg.redis_url else None
     versions = VersionBumper(redis_client)
     server, port, servicer, health_servicer = create(cfg, store, versions)
-    lag = LoopLag()
-    gc_time = GcTime()
-    gc_time.install()
+    runtime = RuntimeStats()
     publisher = StatsPublisher(
-        os.environ.get("AUDITMESH_STATS_FILE"),
-        lambda: {**servicer.stats(), "loop_lag_us": lag.summary(), "gc": gc_time.summary()},
+        os.environ.get("AUDITMESH_STATS_FILE"), lambda: {**servicer.stats(), **runtime.summary()}
     )
 
     def reset_latencies() -> None:
         servicer.reset_latencies()
-        lag.reset()
-        gc_time.reset()
+        runtime.reset()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     publishing = asyncio.create_task(publisher.run())
-    lagging = asyncio.create_task(lag.run())
+    runtime.start()
     freeze_startup_objects()
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
@@ -49,7 +45,7 @@ async def main(stop: asyncio.Event) -> None:
     # In-flight writes finish and are answered; ingest resends anything it sees no answer for.
     await server.stop(grace=10)
     publishing.cancel()
-    lagging.cancel()
+    runtime.stop()
     publisher.publish()
     await versions.close()
     if redis_client is not None:

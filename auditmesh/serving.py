@@ -165,14 +165,18 @@ async def respond_concurrently(
         if stop is None:
             return await anext(iterator)
         reading = asyncio.ensure_future(anext(iterator))
+        # A read given up on (at a stop, or cancelled with the call or at exit) may still end
+        # with the stream's own error, as gRPC ends a request stream: nobody awaits it then.
+        reading.add_done_callback(_retrieve)
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not reading.done():
-            # A read cancelled at shutdown may still end with the stream's own error (gRPC ends
-            # a request stream that way): it is retrieved here, as nobody is waiting for it.
-            reading.add_done_callback(_retrieve)
-            reading.cancel()
+        try:
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            abandoned = not reading.done()
+            if abandoned:
+                reading.cancel()
+        if abandoned:
             raise StopAsyncIteration
         return reading.result()
 

@@ -40,21 +40,31 @@ _TZS = ["Europe/London", "America/New_York", "America/Los_Angeles", "Europe/Pari
 
 @dataclass
 class Synthetic:
-    """A seeded generator of ``AuditClient.log`` keyword arguments."""
+    """A seeded generator of ``AuditClient.log`` keyword arguments.
+
+    Wedding and user ids are named after ``world`` (by default the seed), so generators with
+    different seeds write disjoint weddings and users unless they are given one world.
+    """
 
     weddings: int = 1000
     users_per_wedding: int = 8
     seed: int = 7
+    world: str = ""
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self._world = self.world or str(self.seed)
         # Zipf-like skew: wedding k is chosen with weight 1/(k+1)^0.8.
         self._wedding_weights = [1 / (k + 1) ** 0.8 for k in range(self.weddings)]
         self._types = list(EVENT_TYPES)
         self._type_weights = [t[3] for t in EVENT_TYPES]
 
     def wedding_id(self, k: int) -> str:
-        return f"wed-{self.seed}-{k:05d}"
+        return f"wed-{self._world}-{k:05d}"
+
+    def user_id(self, k: int, user: int) -> str:
+        """User ``user`` (of ``users_per_wedding``) of wedding ``k``."""
+        return f"user-{self._world}-{k:05d}-{user}"
 
     def calendar(self, today: dt.date, wedding_day_share: float = 0.1) -> list[CalendarEntry]:
         """Calendar entries: ``wedding_day_share`` of weddings happen today, the rest later."""
@@ -73,7 +83,7 @@ class Synthetic:
             no_wedding = event_type.startswith("auth.") and rng.random() < 0.3
             yield {
                 "event_type": event_type,
-                "user_id": f"user-{k:05d}-{user}",
+                "user_id": self.user_id(k, user),
                 "organization_id": f"org-{k % 97:03d}",
                 "wedding_id": "" if no_wedding else self.wedding_id(k),
                 "severity": severity,

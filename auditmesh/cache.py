@@ -13,10 +13,11 @@ A lookup is one script call: Redis reads the versions, derives the page key and 
 page, so a cache hit costs one round trip. (The page key is derived inside the script, so this
 needs one Redis instance, or a primary with replicas, not a Redis Cluster.)
 
-A version hash that is evicted or expires comes back with a fresh epoch, so old page keys stay
-unreachable. A writer that could not reach Redis bumps the global epoch once it can again,
-which retires every cached page. Every Redis failure on the read side is a cache miss, never
-an error; pages also expire after ``ttl_s``.
+A version hash expires ``_VERSION_TTL_S`` after it was created, written to or not, and may be
+evicted; either way it comes back with a fresh epoch, so old page keys stay unreachable. A
+writer that could not reach Redis bumps the global epoch once it can again, which retires every
+cached page. Every Redis failure on the read side is a cache miss, never an error; pages also
+expire after ``ttl_s``.
 """
 
 from __future__ import annotations
@@ -38,18 +39,19 @@ _EPOCH = "am:epoch"
 _VERSION_TTL_S = 8 * 86400
 _RETRY_AFTER_FAILURE_S = 1.0
 # One call per written batch, whatever the number of partitions in it.
-# KEYS: the version hashes touched; ARGV[1]: a fresh epoch seed; ARGV[2]: TTL of the hashes;
-# ARGV[3..]: "i:bucket" pairs, i the 1-based index into KEYS.
+# KEYS: the version hashes touched, one per (hash, bucket) bumped; ARGV[1]: a fresh epoch seed;
+# ARGV[2]: TTL of the hashes; ARGV[i + 2]: the bucket of KEYS[i]. A bucket's first bump may be
+# its hash's first (only then does the hash get its epoch and TTL), so an existing bucket costs
+# one command.
 _BUMP_LUA = """
 for i, k in ipairs(KEYS) do
-  redis.call('HSETNX', k, 'e', ARGV[1] .. ':' .. i)
-  redis.call('EXPIRE', k, ARGV[2])
+  if redis.call('HINCRBY', k, ARGV[i + 2], 1) == 1 then
+    if redis.call('HSETNX', k, 'e', ARGV[1] .. ':' .. i) == 1 then
+      redis.call('EXPIRE', k, ARGV[2])
+    end
+  end
 end
-for j = 3, #ARGV do
-  local sep = string.find(ARGV[j], ':', 1, true)
-  redis.call('HINCRBY', KEYS[tonumber(string.sub(ARGV[j], 1, sep - 1))], string.sub(ARGV[j], sep + 1), 1)
-end
-return #ARGV - 2
+return #KEYS
 """
 
 # KEYS[1]: the global epoch; KEYS[2]: the version hash. ARGV[1]: the page's identity;
@@ -105,17 +107,17 @@ class VersionBumper:
     async def bump(self, partitions: Iterable[tuple[str, str, int]]) -> None:
         if self._client is None or self._script is None:
             return
-        index: dict[str, int] = {}
-        pairs: list[str] = []
+        keys: list[str] = []
+        buckets: list[int] = []
         for scope, key, bucket in partitions:
-            i = index.setdefault(_vkey(scope, key), len(index) + 1)
-            pairs.append(f"{i}:{bucket}")
-        if not pairs:
+            keys.append(_vkey(scope, key))
+            buckets.append(bucket)
+        if not keys:
             return
         try:
             if self._missed:
                 await self._client.incr(_EPOCH)
-            await self._script(keys=list(index), args=[os.urandom(6).hex(), _VERSION_TTL_S, *pairs])
+            await self._script(keys=keys, args=[os.urandom(6).hex(), _VERSION_TTL_S, *buckets])
             self._missed = False
             self.bumped += 1
         except (RedisError, OSError) as exc:

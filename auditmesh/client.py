@@ -109,6 +109,7 @@ class AuditClient:
         self._normal: deque[_Item] = deque()
         self._critical: deque[_Item] = deque()
         self._woken = False
+        self._held: _Item | None = None  # the first event of a partial batch held back a tick
         self._closing = False
         self._unsettled_events = 0
         self._unsettled_bytes = 0
@@ -281,18 +282,34 @@ class AuditClient:
         while True:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._linger_s)
+                tick = False
             except TimeoutError:
-                pass
+                tick = True
             self._wakeup.clear()
             self._woken = False
-            self._drain(force=False)
+            self._drain(force=False, tick=tick)
 
-    def _drain(self, *, force: bool) -> None:
-        """Turn buffered events into batches on the outbox; critical ones first."""
+    def _drain(self, *, force: bool, tick: bool = False) -> None:
+        """Turn buffered events into batches on the outbox; critical ones first.
+
+        Full batches go at once. A partial batch goes when its first event was already pending
+        at the previous linger tick, so it has waited between one and two linger periods: a
+        producer that keeps the buffer busy sends full batches only, rather than whatever
+        accumulated since the last tick.
+        """
         while self._critical:
             self._enqueue(self._build(self._critical, critical=True))
-        while self._normal and (force or self._unsettled_bytes < self._max_bytes):
-            self._enqueue(self._build(self._normal, critical=False))
+        normal = self._normal
+        while normal and (force or self._unsettled_bytes < self._max_bytes):
+            if not force and len(normal) < self._batch_size:
+                if not tick:
+                    break
+                if normal[0] is not self._held:
+                    self._held = normal[0]
+                    break
+            self._enqueue(self._build(normal, critical=False))
+        if not normal:
+            self._held = None
 
     def _build(self, source: deque[_Item], *, critical: bool) -> _Batch:
         msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}", client_dropped=self._dropped)

@@ -41,6 +41,7 @@ def run_client(
     streams: int,
     log_dir: str,
     start_at: float,
+    linger_ms: float | None = None,
 ) -> None:
     # The load stands for the platform's backend services, which run on other hosts: it yields
     # the CPU to the system under test (services, Cassandra, Redis) on this shared machine.
@@ -54,7 +55,13 @@ def run_client(
     stdlib.addHandler(handler)
     stdlib.setLevel(logging.INFO)
 
-    client = AuditClient(target, source_service=f"bench-{index}", streams=streams, record_ack_latency=True)
+    client = AuditClient(
+        target,
+        source_service=f"bench-{index}",
+        streams=streams,
+        record_ack_latency=True,
+        **({} if linger_ms is None else {"linger_ms": linger_ms}),
+    )
     log_ns = Reservoir(50_000, seed=index)
     stdlib_ns = Reservoir(50_000, seed=index + 1000)
     empty_ns = Reservoir(50_000, seed=index + 2000)

@@ -135,6 +135,7 @@ def run_pipeline_phase(
     duration_s: float,
     rate: float,
     log_dir: str,
+    linger_ms: float | None = None,
 ) -> dict[str, Any]:
     sampler = ProcessSampler()
     for proc in layout.services():
@@ -158,6 +159,7 @@ def run_pipeline_phase(
                 "streams": streams,
                 "log_dir": log_dir,
                 "start_at": start_at,
+                "linger_ms": linger_ms,
             },
         )
         for i in range(clients)
@@ -277,6 +279,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=2)
     parser.add_argument("--processors", type=int, default=2)
     parser.add_argument("--rate", type=float, default=3000.0, help="events/s of the fixed-rate phase")
+    parser.add_argument("--linger-ms", type=float, help="the SDK clients' linger (default: the SDK's)")
     parser.add_argument("--no-ghz", action="store_true")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
@@ -306,6 +309,7 @@ def main() -> int:
         "smoke": args.smoke,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "linger_ms": args.linger_ms,
     }
     quiet_s = 10.0 if args.smoke else 180.0
     waits: list[float] = []
@@ -321,6 +325,7 @@ def main() -> int:
             duration_s=args.duration,
             rate=0,
             log_dir=str(run_dir),
+            linger_ms=args.linger_ms,
         )
         time.sleep(2.5)  # processors publish their latency reservoirs every 2 s
         processors = [supervisor.stats(layout.processor(i).name) or {} for i in range(layout.processors)]
@@ -335,6 +340,7 @@ def main() -> int:
             duration_s=args.duration / 2,
             rate=args.rate,
             log_dir=str(run_dir),
+            linger_ms=args.linger_ms,
         )
         if not args.no_ghz:
             result["ghz_submit"] = run_ghz("submit", layout.ingest_target, run_dir, ghz_duration, 500, 1)

@@ -281,6 +281,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=3000.0, help="events/s of the fixed-rate phase")
     parser.add_argument("--linger-ms", type=float, help="the SDK clients' linger (default: the SDK's)")
     parser.add_argument("--no-ghz", action="store_true")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs and stats after the run")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
     if args.smoke:
@@ -405,7 +406,10 @@ def main() -> int:
     print(render_table(result))
     if not args.smoke and not args.no_readme:
         update_readme(result)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if args.keep_logs:
+        print(f"services' logs and stats: {run_dir}")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 

@@ -37,7 +37,16 @@ from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
-from bench.report import RESULTS, cassandra_pid, git_commit, machine, render_table, update_readme, wait_for_quiet_store
+from bench.report import (
+    RESULTS,
+    cassandra_pid,
+    git_commit,
+    machine,
+    redis_pid,
+    render_table,
+    update_readme,
+    wait_for_quiet_store,
+)
 
 KEYSPACE = "auditmesh_bench"
 REQUIRED_KEYS = (
@@ -106,13 +115,6 @@ class ProcessSampler:
         return out
 
 
-def _redis_pid() -> int | None:
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] == "redis-server":
-            return proc.pid
-    return None
-
-
 def _spawn(target: Any, kwargs: dict[str, Any]) -> tuple[mp.Process, Any]:
     parent, child = mp.Pipe(duplex=False)
     proc = mp.Process(target=target, kwargs={"conn": child, **kwargs}, daemon=False)
@@ -142,7 +144,7 @@ def run_pipeline_phase(
         pid = supervisor.pid(proc.name)
         if pid:
             sampler.watch(proc.name, pid)
-    for name, pid in (("cassandra", cassandra_pid()), ("redis", _redis_pid())):
+    for name, pid in (("cassandra", cassandra_pid()), ("redis", redis_pid())):
         if pid:
             sampler.watch(name, pid)
     start_at = time.time() + 2.0

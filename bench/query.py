@@ -36,7 +36,7 @@ from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from bench.loadgen import run_client
-from bench.report import RESULTS, git_commit, machine, update_readme, wait_for_quiet_store
+from bench.report import RESULTS, git_commit, machine, redis_pid, update_readme, wait_for_quiet_store
 from services.query.servicer import CACHE_TRAILER
 
 DAY_NS = 86_400 * 10**9
@@ -416,9 +416,9 @@ def main() -> int:
         loaded = _with_ingest_rate(
             supervisor, lambda: _run_phase(layout.query_target, mix, args.duration, realtime=False)
         )
-        query_pid, redis_pid = supervisor.pid("query"), _redis_pid(layout)
+        query_pid, redis_server = supervisor.pid("query"), redis_pid()
         try:
-            for pid in (query_pid, redis_pid):
+            for pid in (query_pid, redis_server):
                 if pid is not None:
                     _set_realtime(pid, True)
             prioritized = _with_ingest_rate(
@@ -427,7 +427,7 @@ def main() -> int:
         except PermissionError as exc:
             prioritized = {"p50_ms": None, "p99_ms": None, "not_measured": f"real-time priority refused: {exc}"}
         finally:
-            for pid in (query_pid, redis_pid):
+            for pid in (query_pid, redis_server):
                 if pid is not None:
                     with contextlib.suppress(PermissionError):
                         _set_realtime(pid, False)
@@ -483,13 +483,6 @@ def main() -> int:
     if not args.smoke:
         update_readme(result, "<!-- bench:query:start -->", "<!-- bench:query:end -->", render_query(result))
     return 0
-
-
-def _redis_pid(layout: MeshLayout) -> int | None:
-    import redis
-
-    pid = redis.Redis.from_url(layout.extra_env["AUDITMESH_REDIS_URL"]).info("server").get("process_id")
-    return int(pid) if pid else None
 
 
 def _flush_cache(layout: MeshLayout) -> None:

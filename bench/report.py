@@ -44,6 +44,13 @@ def cassandra_pid() -> int | None:
     return None
 
 
+def redis_pid() -> int | None:
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "redis-server":
+            return int(proc.pid)
+    return None
+
+
 def wait_for_quiet_store(max_wait_s: float = 180.0, busy_cores: float = 0.3) -> float:
     """Wait until Cassandra's CPU use stays under ``busy_cores`` for 5 s (compactions and
     flushes left by earlier work finished), at most ``max_wait_s``; return the seconds waited.

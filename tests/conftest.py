@@ -16,7 +16,20 @@ from auditmesh.mesh import MeshLayout, infra
 from auditmesh.schema import create_schema, drop_keyspace
 from auditmesh.supervisor import Supervisor
 
-TEST_KEYSPACE = os.environ.get("AUDITMESH_TEST_KEYSPACE", "auditmesh_test")
+# AUDITMESH_TEST_SLOT lets several test runs share one Cassandra and Redis: each slot has its
+# own keyspace, ports and Redis databases.
+TEST_SLOT = int(os.environ.get("AUDITMESH_TEST_SLOT", "0"))
+TEST_KEYSPACE = os.environ.get("AUDITMESH_TEST_KEYSPACE", "auditmesh_test" + (f"_{TEST_SLOT}" if TEST_SLOT else ""))
+
+
+def slot_port(port: int) -> int:
+    """A test service's port in this run's slot."""
+    return port + 200 * TEST_SLOT
+
+
+def slot_redis_url(db: int) -> str:
+    """A Redis database of this run's slot (databases 12-15 for slot 0, 8-11 for slot 1, ...)."""
+    return f"redis://127.0.0.1:6379/{db - 4 * TEST_SLOT}"
 
 
 def assert_eventually(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> None:
@@ -54,12 +67,12 @@ def store_config(infrastructure: None) -> StoreConfig:
 @pytest.fixture(scope="session")
 def mesh_layout(store_config: StoreConfig) -> MeshLayout:
     return MeshLayout(
-        ingest_port=22051,
-        processor_base_port=22061,
+        ingest_port=slot_port(22051),
+        processor_base_port=slot_port(22061),
         processors=2,
-        query_port=22071,
+        query_port=slot_port(22071),
         keyspace=TEST_KEYSPACE,
-        extra_env={"AUDITMESH_TOKEN_KEY": "test-token-key", "AUDITMESH_REDIS_URL": "redis://127.0.0.1:6379/15"},
+        extra_env={"AUDITMESH_TOKEN_KEY": "test-token-key", "AUDITMESH_REDIS_URL": slot_redis_url(15)},
     )
 
 

@@ -24,7 +24,7 @@ from auditmesh.mesh import MeshLayout
 from auditmesh.supervisor import Supervisor
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
-from tests.conftest import TEST_KEYSPACE
+from tests.conftest import TEST_KEYSPACE, slot_port, slot_redis_url
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "faults-latest.json"
 _records: list[dict[str, Any]] = []
@@ -33,14 +33,14 @@ _records: list[dict[str, Any]] = []
 @pytest.fixture(scope="session")
 def fault_layout(store_config: object) -> MeshLayout:
     return MeshLayout(
-        ingest_port=24051,
-        processor_base_port=24061,
+        ingest_port=slot_port(24051),
+        processor_base_port=slot_port(24061),
         processors=3,
-        query_port=24071,
+        query_port=slot_port(24071),
         keyspace=TEST_KEYSPACE,
         extra_env={
             "AUDITMESH_TOKEN_KEY": "fault-key",
-            "AUDITMESH_REDIS_URL": "redis://127.0.0.1:6379/14",
+            "AUDITMESH_REDIS_URL": slot_redis_url(14),
             "AUDITMESH_PROCESSOR_TIMEOUT_S": "5",
         },
     )

@@ -11,8 +11,9 @@ import redis
 import redis.asyncio as aioredis
 
 from auditmesh.cache import _VERSION_TTL_S, PageCache, VersionBumper
+from tests.conftest import slot_redis_url
 
-URL = "redis://127.0.0.1:6379/12"
+URL = slot_redis_url(12)
 
 
 @pytest.fixture

@@ -76,6 +76,11 @@ class StoreConfig:
     max_write_statements: int = 8
     """Batch statements of bulk writes in flight per process (AUDITMESH_MAX_WRITE_STATEMENTS).
     Enough to keep Cassandra busy; more only queues work a critical write would wait behind."""
+    max_batch_bytes: int = 128 * 1024
+    """Encoded bytes of the rows of one batch statement (AUDITMESH_MAX_BATCH_BYTES). Must stay
+    well under Cassandra's ``batch_size_fail_threshold`` (and under ``batch_size_warn_threshold``
+    to keep its log quiet): the local node's are 1024 and 256 KiB; a stock cassandra.yaml has
+    50 and 5 KiB, so set this to 40 KiB or raise them."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StoreConfig:
@@ -91,4 +96,5 @@ class StoreConfig:
             consistency=consistency,
             retention_days=e.integer("AUDITMESH_RETENTION_DAYS", cls.retention_days),
             max_write_statements=e.integer("AUDITMESH_MAX_WRITE_STATEMENTS", cls.max_write_statements, minimum=1),
+            max_batch_bytes=e.integer("AUDITMESH_MAX_BATCH_BYTES", cls.max_batch_bytes, minimum=16 * 1024),
         )

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from grpc_status import rpc_status
 
 from auditmesh.errors import AuditError, InvalidRequest, Overloaded, PermanentError, RetryableError
+from auditmesh.logthrottle import Throttle
 from auditpb.v1 import audit_pb2  # noqa: F401  (registers auditpb in the pool reflection serves)
 
 __all__ = ["abort_with", "create_server", "respond_concurrently", "retry_after_ms", "run_service", "status_of"]
@@ -225,6 +226,9 @@ def freeze_startup_objects() -> None:
 def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run ``main(stop)`` on uvloop; ``stop`` is set by SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # cassandra-driver logs every server warning of every response ("Batch ... exceeding
+    # specified threshold" per batch): once a minute, with a count, is enough.
+    logging.getLogger("cassandra.protocol").addFilter(Throttle(60.0))
 
     async def wrapper() -> None:
         stop = asyncio.Event()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +27,7 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.concurrent import execute_concurrent
-from cassandra.connection import ConnectionException
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
@@ -43,6 +44,12 @@ DAY_MS = 86_400_000
 # stays under 100k rows per partition, and newest-first reads walk hours in order, no merging.
 BUCKET_MS = 3_600_000
 _BATCH_ROWS = 100
+# Per-row bytes Cassandra counts on top of the encoded values (cell timestamps, TTLs, flags).
+_ROW_OVERHEAD = 200
+# A statement the driver could not send because the connection's socket buffer was full is
+# sent again after a short pause, this many times, before the write counts as failed.
+_BUSY_RETRIES = 50
+_BUSY_PAUSE_S = 0.02
 _KNOWN_PARTITIONS = 100_000
 _RETRYABLE = (NoHostAvailable, OperationTimedOut, Timeout, Unavailable, ConnectionException, OSError)
 
@@ -200,7 +207,18 @@ class EventStore:
         left = [len(statements)]
         first_error: list[BaseException] = []
 
+        busy_left = [_BUSY_RETRIES]
+
         def settle(index: int, value: Any, error: BaseException | None, statement: Any) -> None:
+            if error is not None and _never_sent(error):
+                # Nothing reached Cassandra: the driver's socket buffer was full. Send it again
+                # shortly (on the loop's thread) instead of failing the whole write.
+                with lock:
+                    again = busy_left[0] > 0
+                    busy_left[0] -= 1
+                if again:
+                    loop.call_soon_threadsafe(resend, index, statement)
+                    return
             if isinstance(statement, BatchStatement):
                 # The driver's ResponseFuture is in a reference cycle (its timer holds one of its
                 # bound methods), so what it references is freed only by the cyclic garbage
@@ -217,20 +235,26 @@ class EventStore:
             if last:
                 loop.call_soon_threadsafe(_finish, done, first_error[0] if first_error else None)
 
-        for index, item in enumerate(statements):
-            if slots is not None:
-                await slots.acquire()
-                await asyncio.sleep(0)
-            statement = item if build is None else build(item)
+        def send(index: int, statement: Any) -> None:
             try:
                 future = session.execute_async(statement, timeout=10.0)
             except Exception as exc:
                 settle(index, None, exc, statement)
-                continue
+                return
             future.add_callbacks(
-                lambda rows, i=index, s=statement: settle(i, rows if fetch else None, None, s),
-                lambda exc, i=index, s=statement: settle(i, None, exc, s),
+                lambda rows: settle(index, rows if fetch else None, None, statement),
+                lambda exc: settle(index, None, exc, statement),
             )
+
+        def resend(index: int, statement: Any) -> None:
+            # Still counted in ``left`` and still holding its slot: ``done`` waits for it.
+            loop.call_later(_BUSY_PAUSE_S, send, index, statement)
+
+        for index, item in enumerate(statements):
+            if slots is not None:
+                await slots.acquire()
+                await asyncio.sleep(0)
+            send(index, item if build is None else build(item))
         try:
             await done
         except Exception as exc:
@@ -241,10 +265,11 @@ class EventStore:
         """Durably write events to both tables, their locators and partitions; idempotent.
 
         Rows are grouped by the replicas that own them and sent as unlogged batches of up to
-        ``_BATCH_ROWS`` rows (the Spark Cassandra Connector's ``replica_set`` grouping): each
-        batch is applied by one coordinator that owns every row in it, so it costs one request
-        instead of one per row, without the cross-node fan-out that makes multi-partition
-        batches an anti-pattern. Rows of one partition always travel together. Values are
+        ``_BATCH_ROWS`` rows and ``max_batch_bytes`` bytes (the Spark Cassandra Connector's
+        ``replica_set`` grouping): each batch is applied by one coordinator that owns every row
+        in it, so it costs one request instead of one per row, without the cross-node fan-out that makes multi-partition
+        batches an anti-pattern. Rows of one partition travel together up to the byte bound, and
+        partitions new to this process are indexed before their rows are written. Values are
         encoded by :mod:`auditmesh.rowcodec`. ``urgent`` writes (the critical lane) use their
         own connections.
         """
@@ -263,6 +288,7 @@ class EventStore:
                 (event_id, ev.user_id.encode(), rowcodec.int32(bucket), occurred_at)
             )
         groups: dict[Any, list[_Entry]] = {}
+        markers: dict[Any, list[_Entry]] = {}
         fresh: list[tuple[str, str, int]] = []
         single_node = len(self._cluster.metadata.all_hosts()) <= 1
         insert_marker = self._ins_partition.query_id
@@ -273,19 +299,25 @@ class EventStore:
                 key_bytes, bucket_bytes = rowcodec.text(key), rowcodec.int32(bucket)
                 route = rowcodec.routing_key(key_bytes, bucket_bytes)
                 owner = None if single_node else self._replicas(route)
-                group = groups.setdefault(owner, [])
-                group.extend((route, query_id, (key_bytes, bucket_bytes, *values)) for values in rows)
+                groups.setdefault(owner, []).extend(
+                    (route, query_id, (key_bytes, bucket_bytes, *values)) for values in rows
+                )
                 marker = (scope, key, bucket)
                 if marker not in self._known:
                     fresh.append(marker)
-                    group.append((route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
+                    markers.setdefault(owner, []).append((route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
         for route, entries in self._locator_entries(locators).items():
             groups.setdefault(None if single_node else self._replicas(route), []).extend(entries)
-        chunks = [rows for group in groups.values() for rows in _chunks(group, _BATCH_ROWS)]
+        run = functools.partial(self._run, build=self._batch)
         if urgent:
-            await self._run(chunks, build=self._batch, session=self._urgent)
+            run = functools.partial(run, session=self._urgent)
         else:
-            await self._run(chunks, build=self._batch, slots=self._write_slots)
+            run = functools.partial(run, slots=self._write_slots)
+        if markers:
+            # A partition is listed before any of its rows is written: a write that fails
+            # part-way (and is resent) never leaves rows that a search cannot reach.
+            await run(self._chunks(markers))
+        await run(self._chunks(groups))
         for marker in fresh:
             self._known[marker] = None
             if len(self._known) > _KNOWN_PARTITIONS:
@@ -293,6 +325,11 @@ class EventStore:
         written = [("w", key, bucket) for key, bucket in by_wedding]
         written += [("u", key, bucket) for key, bucket in by_user]
         return WriteStats(partitions=written)
+
+    def _chunks(self, groups: dict[Any, list[_Entry]]) -> list[list[_Entry]]:
+        """Each group's rows cut into batches of at most ``_BATCH_ROWS`` rows and
+        ``max_batch_bytes`` bytes (a single larger row still goes alone)."""
+        return [chunk for rows in groups.values() for chunk in _byte_chunks(rows, self._cfg.max_batch_bytes)]
 
     def _locator_entries(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> dict[bytes, list[_Entry]]:
         """Encoded ``events_by_id`` rows by routing key, from (event_id, user_id, bucket,
@@ -336,7 +373,7 @@ class EventStore:
         return scanned
 
     def _write_locators(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> None:
-        chunks = [c for entries in self._locator_entries(locators).values() for c in _chunks(entries, _BATCH_ROWS)]
+        chunks = self._chunks(self._locator_entries(locators))
         execute_concurrent(self._session, [(self._batch(c), ()) for c in chunks], concurrency=16)
 
     def _replicas(self, route: bytes) -> frozenset[Any]:
@@ -418,10 +455,27 @@ def _ms(value: dt.datetime) -> int:
     return (value.replace(tzinfo=None) - _EPOCH) // _ONE_MS
 
 
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    """Consecutive slices of at most ``size`` items."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _byte_chunks(entries: list[_Entry], max_bytes: int) -> Iterable[list[_Entry]]:
+    """Consecutive runs of at most ``_BATCH_ROWS`` entries and ``max_bytes`` encoded bytes."""
+    chunk: list[_Entry] = []
+    size = 0
+    for entry in entries:
+        cost = _ROW_OVERHEAD + sum(len(value) for value in entry[2])
+        if chunk and (len(chunk) == _BATCH_ROWS or size + cost > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Whether the driver gave up before sending: every host's connection was busy."""
+    if not isinstance(error, NoHostAvailable):
+        return False
+    errors = error.errors or {}
+    return bool(errors) and all(isinstance(e, ConnectionBusy) for e in errors.values())
 
 
 def _finish(done: asyncio.Future[None], error: BaseException | None) -> None:

@@ -174,23 +174,11 @@ class IngestServicer:
                 raise answer
             if isinstance(answer, BaseException):
                 raise answer
-            if not answer.ok and answer.retryable:
+            if not answer.ok:
+                # Valid events whose write failed are never reported as rejected: the write may
+                # have stored part of them, and only the caller's resend completes them.
                 self.stats.retried += len(valid)
                 raise StoreUnavailable(answer.error, answer.retry_after_ms or 200)
         accepted = len(valid)
-        position = {events[i].event_id: i for i in valid}
-        for req, answer in zip(ordered, answers, strict=True):
-            assert not isinstance(answer, BaseException)
-            if not answer.ok:
-                accepted -= len(req.events)
-                rejected.extend(
-                    pb.Rejection(
-                        index=position[ev.event_id],
-                        event_id=ev.event_id,
-                        field="",
-                        reason=f"store refused the write: {answer.error}",
-                    )
-                    for ev in req.events
-                )
         self.stats.accepted += accepted
         return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, accepted=accepted, rejected=rejected)

@@ -19,6 +19,7 @@ import grpc
 
 from auditmesh.cache import VersionBumper
 from auditmesh.errors import RetryableError
+from auditmesh.logthrottle import Throttle
 from auditmesh.metrics import Reservoir
 from auditmesh.serving import respond_concurrently
 from auditmesh.store import WriteStats
@@ -29,6 +30,10 @@ from services.processor.group_commit import GroupCommitter
 __all__ = ["EventWriter", "ProcessorServicer"]
 
 log = logging.getLogger("auditmesh.processor")
+log.addFilter(Throttle(10.0))
+_PERMANENT_RETRY_MS = 2000
+"""How long a caller waits before resending events whose write failed for a reason other than
+availability (a bug, a schema problem): long enough not to hammer the store."""
 _MAX_IN_FLIGHT = 64
 """Requests taken off one stream at a time."""
 
@@ -99,16 +104,18 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         outcome = await (self._critical if critical else self._normal).submit(req)
         if outcome.error is not None:
             self.failed += len(req.events)
-            if isinstance(outcome.error, RetryableError):
-                return pb.ProcessResponse(
-                    seq=req.seq,
-                    ok=False,
-                    error=str(outcome.error),
-                    retryable=True,
-                    retry_after_ms=outcome.error.retry_after_ms,
-                )
-            log.error("write of %d events failed", len(req.events), exc_info=outcome.error)
-            return pb.ProcessResponse(seq=req.seq, ok=False, error=str(outcome.error)[:500], retryable=False)
+            error = outcome.error
+            if isinstance(error, RetryableError):
+                retry_after_ms = error.retry_after_ms
+            else:
+                # Events reach a processor only after ingest validated them, so a write the store
+                # refuses is this service's fault, not the caller's: the write may have stored
+                # part of the events, and only a resend completes them. Never a rejection.
+                log.error("write of %d events failed: %s", len(req.events), str(error)[:500])
+                retry_after_ms = _PERMANENT_RETRY_MS
+            return pb.ProcessResponse(
+                seq=req.seq, ok=False, error=str(error)[:500], retryable=True, retry_after_ms=retry_after_ms
+            )
         if critical and req.events:
             self.critical_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
         self.written += len(req.events)

@@ -21,16 +21,31 @@ from typing import Protocol
 
 from auditmesh.errors import InvalidRequest
 from auditmesh.store import BUCKET_MS, DAY_MS, Row
+from auditmesh.validation import check_id, check_timestamp
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["Cursor", "RowSource", "SearchSpec", "TokenSigner", "page"]
+__all__ = ["Cursor", "PageBounds", "RowSource", "SearchSpec", "TokenSigner", "page"]
 
 DEFAULT_WINDOW_MS = 30 * DAY_MS
 MAX_WINDOW_MS = 400 * DAY_MS
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_PAGES = 100
+MAX_EVENT_TYPES = 64
+MAX_TOKEN_LEN = 1024
 _READ_AHEAD = 4
+_EVENT_FRAMING = 8
+"""Bytes a page adds to each event's payload (field tag and length)."""
+
+
+@dataclass(frozen=True)
+class PageBounds:
+    """Work and size bounds of one page; a page that reaches one ends early with a token."""
+
+    max_bytes: int = 3 * 1024 * 1024
+    """Serialized bytes of a page's events: under gRPC's default 4 MiB receive limit."""
+    max_scanned: int = 5000
+    """Rows read for one page: a filter that matches little cannot scan a whole range in one call."""
 
 
 class RowSource(Protocol):
@@ -65,7 +80,9 @@ class SearchSpec:
     open_end: bool = False
 
     @classmethod
-    def from_request(cls, req: pb.SearchRequest, now_ms: int | None = None) -> SearchSpec:
+    def from_request(
+        cls, req: pb.SearchRequest, now_ms: int | None = None, *, max_id_len: int = 128, max_text_len: int = 256
+    ) -> SearchSpec:
         if bool(req.wedding_id) == bool(req.user_id):
             raise InvalidRequest("wedding_id", "give exactly one of wedding_id and user_id")
         if req.min_severity not in pb.Severity.values():
@@ -74,6 +91,22 @@ class SearchSpec:
             raise InvalidRequest("outcome", f"unknown outcome {req.outcome}")
         if req.page_size > MAX_PAGE:
             raise InvalidRequest("page_size", f"at most {MAX_PAGE}")
+        for name in ("wedding_id", "user_id", "organization_id"):
+            value = getattr(req, name)
+            problem = value and check_id(value, max_id_len)
+            if problem:
+                raise InvalidRequest(name, problem)
+        if len(req.event_types) > MAX_EVENT_TYPES:
+            raise InvalidRequest("event_types", f"at most {MAX_EVENT_TYPES} types")
+        for event_type in req.event_types:
+            if len(event_type) > max_text_len:
+                raise InvalidRequest("event_types", f"a type longer than {max_text_len} characters")
+        if len(req.page_token) > MAX_TOKEN_LEN:
+            raise InvalidRequest("page_token", "malformed")
+        for name, given, value in (("start", req.HasField("start"), req.start), ("end", req.HasField("end"), req.end)):
+            problem = given and check_timestamp(value)
+            if problem:
+                raise InvalidRequest(name, problem)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         # An open end reaches past the clock (events may be stamped slightly ahead of it); an
         # open start is whole days, so a default search means the same thing all day.
@@ -182,8 +215,14 @@ class TokenSigner:
         )
 
 
-async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tuple[list[Row], Cursor | None]:
+async def page(
+    source: RowSource, spec: SearchSpec, cursor: Cursor | None, bounds: PageBounds = PageBounds()
+) -> tuple[list[Row], Cursor | None]:
     """The page after ``cursor``, newest first, and the cursor after it (None when nothing follows).
+
+    A page ends early, with a cursor, when its events would pass ``bounds.max_bytes`` (it holds
+    at least one event) or after ``bounds.max_scanned`` rows were read: it may then hold fewer
+    than ``page_size`` events, or none, and the search continues from the cursor.
 
     Reads the partitions index once, then only the non-empty time buckets of the range, newest
     first, each with keyset pagination, and stops as soon as the page is full. When the first
@@ -193,6 +232,8 @@ async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tu
     buckets = spec.buckets(cursor)
     present = await source.buckets(spec.scope, spec.key, buckets.stop - 1, buckets.start)
     found: list[Row] = []
+    size = 0
+    scanned = 0
     fetch = spec.page_size
     ahead: dict[int, asyncio.Task[list[Row]]] = {}
 
@@ -201,6 +242,8 @@ async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tu
         return source.rows(
             spec.scope, spec.key, bucket, end_ms=spec.end_ms, start_ms=spec.start_ms, after=after, limit=fetch
         )
+
+    last_seen: Cursor | None = None  # the last row read, where a page that ends early resumes
 
     try:
         for position, bucket in enumerate(present):
@@ -214,10 +257,23 @@ async def page(source: RowSource, spec: SearchSpec, cursor: Cursor | None) -> tu
             while True:
                 for row in rows:
                     if spec.matches(row):
+                        cost = len(row.payload) + _EVENT_FRAMING
+                        if found and size + cost > bounds.max_bytes:
+                            return found, last_seen
                         found.append(row)
+                        size += cost
                         if len(found) == spec.page_size:
                             return found, Cursor(bucket, row.occurred_ms, row.event_id)
-                if len(rows) < fetch:
+                    last_seen = Cursor(bucket, row.occurred_ms, row.event_id)
+                scanned += max(1, len(rows))
+                more_here = len(rows) == fetch
+                if (
+                    scanned >= bounds.max_scanned
+                    and last_seen is not None
+                    and (more_here or position + 1 < len(present))
+                ):
+                    return found, last_seen
+                if not more_here:
                     break
                 rows = await source.rows(
                     spec.scope,

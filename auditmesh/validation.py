@@ -12,15 +12,40 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from auditmesh.config import Env
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["Limits", "validate_batch"]
+__all__ = ["Limits", "check_id", "check_timestamp", "validate_batch"]
 
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
 _ID = re.compile(r"[\x21-\x7e]+")
 _SEVERITIES = frozenset(v for v in pb.Severity.values() if v != pb.SEVERITY_UNSPECIFIED)
 _OUTCOMES = frozenset(v for v in pb.Outcome.values() if v != pb.OUTCOME_UNSPECIFIED)
+# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+_MAX_NANOS = 999_999_999
+
+
+def check_timestamp(ts: Timestamp) -> str | None:
+    """Why ``ts`` is not a valid protobuf Timestamp, or None when it is."""
+    if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS:
+        return f"seconds {ts.seconds} outside 0001-01-01..9999-12-31"
+    if not 0 <= ts.nanos <= _MAX_NANOS:
+        return f"nanos {ts.nanos} outside 0..{_MAX_NANOS}"
+    return None
+
+
+def check_id(value: str, max_len: int) -> str | None:
+    """Why ``value`` cannot be an id of a stored event (they are printable ASCII without spaces,
+    at most ``max_len`` characters), or None when it can; the value itself is not echoed."""
+    if len(value) > max_len:
+        return f"longer than {max_len} characters"
+    if not _ID.fullmatch(value):
+        return "must be printable ASCII without spaces"
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,9 @@ def _check_event(ev: pb.Event, limits: Limits, now_s: int) -> tuple[str, str] | 
     seconds = ev.occurred_at.seconds
     if seconds == 0 and ev.occurred_at.nanos == 0:
         return "occurred_at", "required"
+    bad_time = check_timestamp(ev.occurred_at)
+    if bad_time:
+        return "occurred_at", bad_time
     if seconds > now_s + limits.max_future_s:
         return "occurred_at", f"more than {limits.max_future_s}s in the future"
     if seconds < now_s - limits.max_past_s:

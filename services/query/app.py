@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health
 
 from auditmesh.cache import PageCache
-from auditmesh.search import TokenSigner
+from auditmesh.search import PageBounds, TokenSigner
 from auditmesh.serving import create_server
 from auditpb.v1 import audit_pb2 as pb
 from services.query.config import QueryConfig
@@ -27,7 +27,8 @@ def create(
     cfg: QueryConfig, store: EventReader, cache: PageCache
 ) -> tuple[grpc.aio.Server, int, QueryServicer, health.HealthServicer]:
     key = cfg.token_key.encode() if cfg.token_key else secrets.token_bytes(32)
-    servicer = QueryServicer(store, TokenSigner(key), cache)
+    bounds = PageBounds(max_bytes=cfg.max_page_bytes, max_scanned=cfg.max_scan_rows)
+    servicer = QueryServicer(store, TokenSigner(key), cache, bounds=bounds, limits=cfg.limits)
     # Search yields pages already serialized, so cached pages go out as the bytes Redis holds.
     handler = grpc.method_handlers_generic_handler(
         SERVICE,

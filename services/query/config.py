@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditmesh.config import Env, StoreConfig
+from auditmesh.validation import Limits
 
 __all__ = ["QueryConfig"]
 
@@ -24,6 +25,14 @@ class QueryConfig:
     """Redis for the read cache; empty disables the cache (AUDITMESH_REDIS_URL)."""
     cache_ttl_s: int = 300
     """How long a cached page lives (AUDITMESH_CACHE_TTL_S)."""
+    max_page_bytes: int = 3 * 1024 * 1024
+    """Serialized bytes of one page's events (AUDITMESH_QUERY_MAX_PAGE_BYTES): a page that would
+    pass it ends early with a next-page token. Under gRPC's default 4 MiB receive limit."""
+    max_scan_rows: int = 5000
+    """Rows one page may read (AUDITMESH_QUERY_MAX_SCAN_ROWS): a filter that matches little
+    gets a short (or empty) page with a next-page token instead of scanning the whole range."""
+    limits: Limits = field(default_factory=Limits)
+    """Id and text lengths, as ingest enforces them (AUDITMESH_MAX_ID_LEN, AUDITMESH_MAX_TEXT_LEN)."""
     store: StoreConfig = field(default_factory=StoreConfig)
 
     @classmethod
@@ -35,5 +44,8 @@ class QueryConfig:
             token_key=e.text("AUDITMESH_TOKEN_KEY", cls.token_key),
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
             cache_ttl_s=e.integer("AUDITMESH_CACHE_TTL_S", cls.cache_ttl_s, minimum=1),
+            max_page_bytes=e.integer("AUDITMESH_QUERY_MAX_PAGE_BYTES", cls.max_page_bytes, minimum=64 * 1024),
+            max_scan_rows=e.integer("AUDITMESH_QUERY_MAX_SCAN_ROWS", cls.max_scan_rows, minimum=100),
+            limits=Limits.from_env(env),
             store=StoreConfig.from_env(env),
         )

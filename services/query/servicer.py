@@ -10,8 +10,9 @@ import grpc
 
 from auditmesh.cache import PageCache
 from auditmesh.errors import AuditError, InvalidRequest
-from auditmesh.search import MAX_PAGES, Cursor, RowSource, SearchSpec, TokenSigner, page
+from auditmesh.search import MAX_PAGES, Cursor, PageBounds, RowSource, SearchSpec, TokenSigner, page
 from auditmesh.serving import abort_with
+from auditmesh.validation import Limits, check_id
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = ["CACHE_TRAILER", "EventReader", "QueryServicer"]
@@ -25,16 +26,30 @@ class EventReader(RowSource, Protocol):
 
 
 class QueryServicer:
-    def __init__(self, store: EventReader, signer: TokenSigner, cache: PageCache) -> None:
+    def __init__(
+        self,
+        store: EventReader,
+        signer: TokenSigner,
+        cache: PageCache,
+        *,
+        bounds: PageBounds,
+        limits: Limits,
+    ) -> None:
         self._store = store
         self._signer = signer
         self.cache = cache
+        self._bounds = bounds
+        self._limits = limits
+        # Cached pages were cut by these bounds: a process with other bounds must not share them.
+        self._cache_stem = f"{signer.key_id}|{bounds.max_bytes}|{bounds.max_scanned}"
 
     async def Search(  # noqa: N802
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         try:
-            spec = SearchSpec.from_request(request)
+            spec = SearchSpec.from_request(
+                request, max_id_len=self._limits.max_id_len, max_text_len=self._limits.max_text_len
+            )
             if request.max_pages > MAX_PAGES:
                 raise InvalidRequest("max_pages", f"at most {MAX_PAGES}")
             cursor: Cursor | None = None
@@ -57,14 +72,14 @@ class QueryServicer:
         """One serialized SearchPage, the cursor after it, and whether it came from the cache
         (which it does only when it is current). A cached page's cursor is decoded only when
         ``more`` pages follow in this call; otherwise it is returned as None."""
-        identity = f"{self._signer.key_id}|{spec.identity(cursor)}"
+        identity = f"{self._cache_stem}|{spec.identity(cursor)}"
         page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), identity)
         if cached is not None:
             if not more:
                 return cached, None, True
             following = pb.SearchPage.FromString(cached).next_page_token
             return cached, (self._signer.decode(spec, following)[1] if following else None), True
-        rows, after = await page(self._store, spec, cursor)
+        rows, after = await page(self._store, spec, cursor, self._bounds)
         out = pb.SearchPage(events=[pb.Event.FromString(r.payload) for r in rows])
         if after is not None:
             out.next_page_token = self._signer.encode(spec, after)
@@ -78,10 +93,14 @@ class QueryServicer:
         try:
             if not request.event_id:
                 raise InvalidRequest("event_id", "required")
+            problem = check_id(request.event_id, self._limits.max_id_len)
+            if problem:
+                raise InvalidRequest("event_id", problem)
             payload = await self._store.get(request.event_id)
         except AuditError as exc:
             await abort_with(context, exc)
         if payload is None:
+            # The id was checked above: at most max_id_len printable characters are echoed.
             await context.abort(grpc.StatusCode.NOT_FOUND, f"event_id: no event {request.event_id!r}")
             raise AssertionError("unreachable")
         return pb.Event.FromString(payload)

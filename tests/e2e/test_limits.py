@@ -142,3 +142,118 @@ def test_a_write_the_store_refuses_is_retried_never_reported_rejected(refusing_m
         (ack,) = list(stub.Stream(iter([batch]), timeout=60))
     assert (ack.status, ack.accepted, list(ack.rejected)) == (pb.ACK_STATUS_RETRY, 0, [])
     assert ack.retry_after_ms > 0
+
+
+@pytest.mark.parametrize(
+    ("field", "seconds", "nanos"),
+    [("start", 10**12, 0), ("start", -(10**12), 0), ("end", 1_700_000_000, -1), ("end", 1_700_000_000, 2 * 10**9)],
+)
+def test_search_with_a_timestamp_outside_protobufs_range_is_invalid_argument(
+    query: pb_grpc.QueryServiceStub, field: str, seconds: int, nanos: int
+) -> None:
+    """start/end outside the Timestamp range are INVALID_ARGUMENT naming the field, not UNKNOWN."""
+    req = pb.SearchRequest(wedding_id="w-1")
+    getattr(req, field).seconds = seconds
+    getattr(req, field).nanos = nanos
+    with pytest.raises(grpc.RpcError) as caught:
+        list(query.Search(req, timeout=10))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(10**12, 0), (-(10**12), 0), (0, -1), (0, 2 * 10**9)])
+def test_an_event_with_an_invalid_occurred_at_is_rejected_and_its_neighbours_stored(
+    ingest: pb_grpc.IngestServiceStub, seconds: int, nanos: int
+) -> None:
+    """An occurred_at outside the Timestamp range is a per-event rejection naming the field."""
+    run = uuid.uuid4().hex[:8]
+    good = max_event(run, 0, f"ts-{run}", f"ts-{run}")
+    bad = max_event(run, 1, f"ts-{run}", f"ts-{run}")
+    bad.occurred_at.seconds = seconds or good.occurred_at.seconds
+    bad.occurred_at.nanos = nanos
+    ack = ingest.Submit(pb.EventBatch(batch_id=run, events=[good, bad]), timeout=30)
+    assert ack.accepted == 1
+    assert [(r.index, r.field) for r in ack.rejected] == [(1, "occurred_at")]
+
+
+@pytest.mark.parametrize("event_id", ["x" * 10_000, "婚" * 10_000, "y" * 70_000, "z" * 1_000_000, "a b", "é"])
+def test_get_event_with_an_impossible_id_is_invalid_argument_without_echoing_it(
+    query: pb_grpc.QueryServiceStub, event_id: str
+) -> None:
+    """Ids no stored event can have (too long, not printable ASCII) are INVALID_ARGUMENT, every
+    time, and the message does not repeat the id."""
+    for _ in range(5):
+        with pytest.raises(grpc.RpcError) as caught:
+            query.GetEvent(pb.GetEventRequest(event_id=event_id), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = caught.value.details() or ""
+        assert details.startswith("event_id: ") and len(details) < 200
+
+
+def test_get_event_of_an_unknown_id_is_not_found(query: pb_grpc.QueryServiceStub) -> None:
+    """A valid id that is not stored is NOT_FOUND."""
+    with pytest.raises(grpc.RpcError) as caught:
+        query.GetEvent(pb.GetEventRequest(event_id="x" * LIMITS.max_id_len), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"wedding_id": "w" * 100_000},
+        {"user_id": "u" * 129},
+        {"wedding_id": "w-1", "organization_id": "o" * 70_000},
+        {"wedding_id": "w-1", "event_types": ["a.b"] * 65},
+        {"wedding_id": "w-1", "event_types": ["a." + "b" * 300]},
+        {"wedding_id": "w-1", "page_token": "t" * 5000},
+    ],
+)
+def test_search_with_oversized_fields_is_invalid_argument(
+    query: pb_grpc.QueryServiceStub, fields: dict[str, object]
+) -> None:
+    """Oversized search fields are INVALID_ARGUMENT naming the field, not a driver error."""
+    with pytest.raises(grpc.RpcError) as caught:
+        list(query.Search(pb.SearchRequest(**fields), timeout=10))  # type: ignore[arg-type]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    name = next(iter(k for k in fields if k != "wedding_id"), "wedding_id")
+    assert (caught.value.details() or "").startswith(f"{name}: ")
+
+
+def test_a_search_whose_filter_matches_little_is_bounded_per_call(
+    ingest: pb_grpc.IngestServiceStub, query: pb_grpc.QueryServiceStub
+) -> None:
+    """A filter that matches only the oldest 3 of 12,000 events does not scan the wedding in one
+    call: the first page comes back empty with a token, and following the tokens finds exactly
+    the 3 matching events."""
+    run = uuid.uuid4().hex[:8]
+    wedding = f"scan-{run}"
+    now = time.time_ns()
+    for start in range(0, 12_000, 2000):
+        events = []
+        for i in range(start, start + 2000):
+            ev = pb.Event(
+                event_id=f"scan-{run}-{i:05d}",
+                wedding_id=wedding,
+                user_id=f"u-{run}",
+                event_type="auth.login.failed" if i >= 11_997 else "guestlist.viewed",
+                severity=pb.P3_LOW,
+                outcome=pb.OUTCOME_SUCCESS,
+            )
+            ev.occurred_at.FromNanoseconds(now - i * 1_000_000)
+            events.append(ev)
+        ack = ingest.Submit(pb.EventBatch(batch_id=f"{run}-{start}", events=events), timeout=60)
+        assert ack.accepted == 2000
+    req = pb.SearchRequest(wedding_id=wedding, event_types=["auth.login.failed"], page_size=10)
+    (first,) = list(query.Search(req, timeout=10))
+    assert list(first.events) == [] and first.next_page_token
+    found = []
+    calls = 1
+    token = first.next_page_token
+    while token:
+        req.page_token = token
+        (page,) = list(query.Search(req, timeout=10))
+        found.extend(ev.event_id for ev in page.events)
+        token = page.next_page_token
+        calls += 1
+    assert found == [f"scan-{run}-{i:05d}" for i in (11_997, 11_998, 11_999)]
+    assert calls >= 3

@@ -317,7 +317,9 @@ class AuditClient:
         size = 0
         first_ns = 0
         source_service = self._source
+        too_large: list[pb.Rejection] = []
         while source and len(msg.events) < self._batch_size and size < self._max_batch_bytes:
+            item = source.popleft()
             (
                 event_id,
                 ns,
@@ -331,7 +333,7 @@ class AuditClient:
                 resource_id,
                 source_ip,
                 attributes,
-            ) = source.popleft()
+            ) = item
             ev = add(
                 event_id=event_id,
                 event_type=event_type,
@@ -348,12 +350,33 @@ class AuditClient:
             ev.occurred_at.seconds, ev.occurred_at.nanos = divmod(ns, 1_000_000_000)
             if attributes:
                 ev.attributes.update(attributes)
+            event_size = ev.ByteSize()
+            if event_size > self._max_batch_bytes:
+                # It can never be sent (and ingest refuses any event near this size): resending
+                # it forever would block everything behind it.
+                del msg.events[-1]
+                too_large.append(
+                    pb.Rejection(
+                        event_id=event_id,
+                        field="event",
+                        reason=f"{event_size} bytes, more than max_batch_bytes ({self._max_batch_bytes})",
+                    )
+                )
+                continue
+            if len(msg.events) > 1 and size + event_size > self._max_batch_bytes:
+                del msg.events[-1]
+                source.appendleft(item)  # the first of the next batch
+                break
             first_ns = first_ns or ns
-            size += ev.ByteSize()
+            size += event_size
+        if too_large:
+            self._report_rejected(too_large)
         assert self._loop is not None
         return _Batch(msg, critical, first_ns, self._loop.create_future())
 
     def _enqueue(self, batch: _Batch) -> None:
+        if not batch.count:
+            return  # every event of it was too large to send
         self._open.add(batch)
         self._unsettled_events += batch.count
         self._unsettled_bytes += batch.size
@@ -398,6 +421,10 @@ class AuditClient:
         else:
             rejections = list(ack.rejected)
             self._acked += ack.accepted
+        self._report_rejected(rejections)
+        self._settle(batch)
+
+    def _report_rejected(self, rejections: list[pb.Rejection]) -> None:
         self._rejected += len(rejections)
         if self._on_rejected is not None:
             for rejection in rejections:
@@ -405,7 +432,6 @@ class AuditClient:
                     self._on_rejected(rejection)
                 except Exception:
                     log.exception("on_rejected callback failed")
-        self._settle(batch)
 
     async def _stream_worker(self) -> None:
         """Own one bidi stream at a time; on any failure resend its unacked batches elsewhere."""

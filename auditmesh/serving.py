@@ -10,7 +10,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -25,7 +25,15 @@ from auditmesh.errors import AuditError, InvalidRequest, Overloaded, PermanentEr
 from auditmesh.logthrottle import Throttle
 from auditpb.v1 import audit_pb2  # noqa: F401  (registers auditpb in the pool reflection serves)
 
-__all__ = ["abort_with", "create_server", "respond_concurrently", "retry_after_ms", "run_service", "status_of"]
+__all__ = [
+    "ReadBudget",
+    "abort_with",
+    "create_server",
+    "respond_concurrently",
+    "retry_after_ms",
+    "run_service",
+    "status_of",
+]
 
 log = logging.getLogger("auditmesh")
 Req = TypeVar("Req")
@@ -133,34 +141,95 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+class ReadBudget:
+    """Bytes read off request streams and not yet answered (requests and their answers).
+
+    One per stream bounds what a single caller can make a process hold; one shared by every
+    stream of a process bounds the total. A stream reads its next message only while its
+    budgets have room, so a full budget pushes back on the callers through HTTP/2 flow control.
+    A message is admitted while the budget is below its bound, so the bound can be passed by
+    at most one message per stream.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def wait_for_room(self) -> None:
+        while self.used >= self.max_bytes:
+            self._room.clear()
+            await self._room.wait()
+
+    def take(self, size: int) -> None:
+        self.used += size
+        if self.used >= self.max_bytes:
+            self._room.clear()
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        if self.used < self.max_bytes:
+            self._room.set()
+
+
 async def respond_concurrently(
     requests: AsyncIterator[Req],
     handle: Callable[[Req], Awaitable[Resp | None]],
     *,
     max_in_flight: int = 64,
     stop: asyncio.Event | None = None,
+    budgets: Sequence[ReadBudget] = (),
+    request_size: Callable[[Req], int] | None = None,
+    answer_size: Callable[[Resp], int] | None = None,
+    ended: asyncio.Event | None = None,
 ) -> AsyncIterator[Resp]:
     """Read requests while earlier ones are still being handled; yield each answer when ready.
 
-    At most ``max_in_flight`` requests are handled at once; past that the stream is not read,
-    which pushes back on the sender through HTTP/2 flow control. When ``stop`` is set (graceful
-    shutdown) no further request is read; the answers under way are sent and the stream ends,
-    so the peer resends nothing that was answered. Errors reading the stream end it after the
-    answers already under way have been sent.
+    A request holds its place from the moment it is read until its answer has been taken by the
+    consumer (for a gRPC stream: written to the peer): at most ``max_in_flight`` requests, and,
+    with ``budgets``, their sizes and their answers' sizes (``request_size``, ``answer_size``)
+    within every budget. Past that the stream is not read, which pushes back on the sender
+    through HTTP/2 flow control, also when the sender does not read its answers. When ``stop``
+    is set (graceful shutdown) no further request is read; the answers under way are sent and
+    the stream ends, so the peer resends nothing that was answered. Errors reading the stream
+    end it after the answers already under way have been sent. When ``ended`` is set (the call
+    is over: cancelled by the peer, or its deadline passed) the work under way is cancelled and
+    the budgets given back at once, without waiting for the generator to be closed.
     """
-    answers: asyncio.Queue[Resp | None] = asyncio.Queue()
+    answers: asyncio.Queue[tuple[Resp | None, int]] = asyncio.Queue()
     pending: set[asyncio.Task[None]] = set()
     reader_error: list[BaseException] = []
+    held = [0]  # bytes this stream holds of the budgets
 
     slots = asyncio.Semaphore(max_in_flight)
 
-    async def one(request: Req) -> None:
+    def take(size: int) -> None:
+        if held[0] < 0:
+            return
+        held[0] += size
+        for budget in budgets:
+            budget.take(size)
+
+    def give(size: int) -> None:
+        if held[0] < 0:
+            return  # the stream has ended and given everything back
+        held[0] -= size
+        for budget in budgets:
+            budget.give(size)
+
+    async def one(request: Req, size: int) -> None:
         try:
             answer = await handle(request)
-        finally:
+        except BaseException:
+            give(size)
             slots.release()
-        if answer is not None:
-            answers.put_nowait(answer)
+            raise
+        if answer is not None and answer_size is not None:
+            extra = answer_size(answer)
+            take(extra)
+            size += extra
+        answers.put_nowait((answer, size))
 
     async def next_request(iterator: AsyncIterator[Req]) -> Req:
         if stop is None:
@@ -185,12 +254,17 @@ async def respond_concurrently(
         iterator = aiter(requests)
         try:
             while True:
+                await slots.acquire()
+                for budget in budgets:
+                    await budget.wait_for_room()
                 try:
                     request = await next_request(iterator)
                 except StopAsyncIteration:
+                    slots.release()
                     break
-                await slots.acquire()
-                task = asyncio.ensure_future(one(request))
+                size = request_size(request) if request_size is not None else 0
+                take(size)
+                task = asyncio.ensure_future(one(request, size))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         except BaseException as exc:  # noqa: BLE001 - surfaced after in-flight answers
@@ -198,21 +272,40 @@ async def respond_concurrently(
         finally:
             if pending:
                 await asyncio.gather(*list(pending), return_exceptions=True)
-            answers.put_nowait(None)
+            answers.put_nowait((None, -1))
 
     read_task = asyncio.ensure_future(reader())
-    try:
-        while True:
-            answer = await answers.get()
-            if answer is None:
-                break
-            yield answer
-        if reader_error and not isinstance(reader_error[0], asyncio.CancelledError):
-            raise reader_error[0]
-    finally:
+
+    def abandon(_: object = None) -> None:
         read_task.cancel()
         for task in list(pending):
             task.cancel()
+        while not answers.empty():
+            answers.get_nowait()
+        give(held[0])
+        held[0] = -1
+        answers.put_nowait((None, -1))
+
+    watcher = None
+    if ended is not None:
+        watcher = asyncio.ensure_future(ended.wait())
+        watcher.add_done_callback(lambda w: None if w.cancelled() else abandon())
+    try:
+        while True:
+            answer, size = await answers.get()
+            if size < 0:
+                break
+            if answer is not None:
+                yield answer  # resumes once the consumer has taken it (written it to the peer)
+            give(size)
+            slots.release()
+        if reader_error and not isinstance(reader_error[0], asyncio.CancelledError):
+            raise reader_error[0]
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if held[0] >= 0:
+            abandon()
 
 
 def freeze_startup_objects() -> None:

@@ -59,6 +59,7 @@ async def main(stop: asyncio.Event) -> None:
             **servicer.stats.as_dict(),
             "in_flight_events": sum(b.events for b in budgets),
             "in_flight_bytes": sum(b.bytes for b in budgets),
+            "read_bytes": servicer.read_budget.used,
             "processors_connected": sum(link.connected.is_set() for link in links),
             "critical_handoff_us": critical_handoff_us.summary(),
             **runtime.summary(),

@@ -19,13 +19,22 @@ __all__ = ["create"]
 def create(
     cfg: IngestConfig, router: Router, calendar: Callable[[], CalendarSnapshot], *, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int, IngestServicer, health.HealthServicer]:
-    servicer = IngestServicer(router, cfg.limits, calendar, admit_wait_s=cfg.admit_wait_s)
+    servicer = IngestServicer(
+        router,
+        cfg.limits,
+        calendar,
+        admit_wait_s=cfg.admit_wait_s,
+        stream_read_ahead_bytes=cfg.stream_read_ahead_bytes,
+        max_read_bytes=cfg.max_read_bytes,
+    )
     server, port, health_servicer = create_server(
         [servicer.handler()],
         [SERVICE],
         port=cfg.port,
         host=cfg.host,
-        max_message_bytes=cfg.limits.max_message_bytes,
+        # Twice the limit reaches the servicer, so that a batch over the limit gets an answer of
+        # its own (REFUSED) instead of ending the caller's whole stream.
+        max_message_bytes=2 * cfg.limits.max_message_bytes,
         reuse_port=reuse_port,
     )
     return server, port, servicer, health_servicer

@@ -29,6 +29,13 @@ class IngestConfig:
     (AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_EVENTS)."""
     critical_in_flight_bytes: int = 32 * 1024 * 1024
     """Bytes of those events (AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_BYTES)."""
+    stream_read_ahead_bytes: int = 16 * 1024 * 1024
+    """Bytes of one stream's batches read and not yet answered, with their acks; past it ingest
+    stops reading that stream (HTTP/2 flow control pushes back on the caller), also when the
+    caller does not read its acks (AUDITMESH_INGEST_STREAM_READ_AHEAD_BYTES)."""
+    max_read_bytes: int = 96 * 1024 * 1024
+    """The same over every call of the process (AUDITMESH_INGEST_MAX_READ_BYTES): what bounds
+    ingest's memory. Parsed batches take about twice their wire size."""
     admit_wait_s: float = 2.0
     """How long a batch may wait for in-flight room before it is refused (AUDITMESH_INGEST_ADMIT_WAIT_S)."""
     processor_timeout_s: float = 15.0
@@ -56,6 +63,10 @@ class IngestConfig:
             critical_in_flight_bytes=e.integer(
                 "AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_BYTES", cls.critical_in_flight_bytes, minimum=1
             ),
+            stream_read_ahead_bytes=e.integer(
+                "AUDITMESH_INGEST_STREAM_READ_AHEAD_BYTES", cls.stream_read_ahead_bytes, minimum=1
+            ),
+            max_read_bytes=e.integer("AUDITMESH_INGEST_MAX_READ_BYTES", cls.max_read_bytes, minimum=1),
             admit_wait_s=e.number("AUDITMESH_INGEST_ADMIT_WAIT_S", cls.admit_wait_s),
             processor_timeout_s=e.number("AUDITMESH_PROCESSOR_TIMEOUT_S", cls.processor_timeout_s, minimum=0.1),
             calendar_refresh_s=e.number("AUDITMESH_CALENDAR_REFRESH_S", cls.calendar_refresh_s, minimum=1),

@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from auditmesh.errors import InvalidRequest, RetryableError, StoreUnavailable
+from auditmesh.errors import InvalidRequest, Overloaded, RetryableError, StoreUnavailable
+from auditmesh.memory import trim_soon
 from auditmesh.priority import CalendarSnapshot, assign_priority
-from auditmesh.serving import abort_with, respond_concurrently
+from auditmesh.serving import ReadBudget, abort_with, respond_concurrently
 from auditmesh.validation import Limits, validate_batch
 from auditpb.v1 import audit_pb2 as pb
 from services.ingest.router import Router
@@ -44,6 +45,10 @@ class IngestStats:
         return dict(vars(self))
 
 
+def _wire_size(item: tuple[int, pb.EventBatch]) -> int:
+    return item[0]
+
+
 def _parse(raw: bytes) -> pb.EventBatch:
     try:
         batch = pb.EventBatch.FromString(raw)
@@ -56,12 +61,21 @@ def _parse(raw: bytes) -> pb.EventBatch:
 
 class IngestServicer:
     def __init__(
-        self, router: Router, limits: Limits, calendar: Callable[[], CalendarSnapshot], *, admit_wait_s: float
+        self,
+        router: Router,
+        limits: Limits,
+        calendar: Callable[[], CalendarSnapshot],
+        *,
+        admit_wait_s: float,
+        stream_read_ahead_bytes: int = 16 * 1024 * 1024,
+        max_read_bytes: int = 96 * 1024 * 1024,
     ) -> None:
         self._router = router
         self._limits = limits
         self._calendar = calendar
         self._admit_wait_s = admit_wait_s
+        self._stream_read_ahead_bytes = stream_read_ahead_bytes
+        self.read_budget = ReadBudget(max_read_bytes)
         self.stats = IngestStats()
         self.draining = asyncio.Event()
 
@@ -80,9 +94,15 @@ class IngestServicer:
             batch = _parse(raw)
         except InvalidRequest as exc:
             await abort_with(context, exc)
-        too_large = self._too_large(batch)
+        too_large = self._too_large(batch, len(raw))
         if too_large:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large)
+        budget = self.read_budget
+        try:
+            await asyncio.wait_for(budget.wait_for_room(), self._admit_wait_s)
+        except TimeoutError:
+            await abort_with(context, Overloaded(f"ingest holds {budget.used} bytes of batches", 500))
+        budget.take(len(raw))
         try:
             return await self._ingest(batch, len(raw))
         except RetryableError as exc:
@@ -90,6 +110,8 @@ class IngestServicer:
         except Exception as exc:
             log.exception("batch %s failed", batch.batch_id)
             await abort_with(context, exc)
+        finally:
+            budget.give(len(raw))
 
     async def Stream(  # noqa: N802
         self, raw_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -103,13 +125,36 @@ class IngestServicer:
                     reported = batch.client_dropped
                 yield len(raw), batch
 
+        # A call the caller cancelled (or that outlived its deadline) stops its work at once and
+        # gives back its memory: nobody will read its acks, and resends are the caller's business.
+        ended = asyncio.Event()
+
+        def on_end(_: object) -> None:
+            ended.set()
+            trim_soon()
+
+        context.add_done_callback(on_end)
+        answers = respond_concurrently(
+            parsed(),
+            self._answer,
+            max_in_flight=128,
+            stop=self.draining,
+            budgets=(ReadBudget(self._stream_read_ahead_bytes), self.read_budget),
+            request_size=_wire_size,
+            answer_size=pb.BatchAck.ByteSize,
+            ended=ended,
+        )
         try:
-            async for ack in respond_concurrently(parsed(), self._answer, max_in_flight=128, stop=self.draining):
+            async for ack in answers:
                 yield ack
         except InvalidRequest as exc:
             await abort_with(context, exc)
 
-    def _too_large(self, batch: pb.EventBatch) -> str:
+    def _too_large(self, batch: pb.EventBatch, size: int) -> str:
+        """Why a batch is refused as a whole (RESOURCE_EXHAUSTED, or a REFUSED ack), or ""."""
+        if size > self._limits.max_message_bytes:
+            self.stats.refused += 1
+            return f"batch: {size} bytes in one message, limit {self._limits.max_message_bytes}"
         limit = self._limits.max_batch_events
         if len(batch.events) <= limit:
             return ""
@@ -118,7 +163,7 @@ class IngestServicer:
 
     async def _answer(self, item: tuple[int, pb.EventBatch]) -> pb.BatchAck:
         size, batch = item
-        too_large = self._too_large(batch)
+        too_large = self._too_large(batch, size)
         if too_large:
             return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_REFUSED, message=too_large)
         try:

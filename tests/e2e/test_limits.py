@@ -4,20 +4,26 @@ reads stay within their byte bounds."""
 
 from __future__ import annotations
 
+import itertools
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
+import psutil
 import pytest
 
+from auditmesh.client import AuditClient
 from auditmesh.mesh import MeshLayout
 from auditmesh.serving import retry_after_ms
 from auditmesh.supervisor import Supervisor
 from auditmesh.validation import Limits
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
-from tests.conftest import TEST_KEYSPACE, slot_port, slot_redis_url
+from tests.conftest import TEST_KEYSPACE, assert_eventually, slot_port, slot_redis_url
 
 LIMITS = Limits()
 _BIG = 64 * 1024 * 1024
@@ -257,3 +263,169 @@ def test_a_search_whose_filter_matches_little_is_bounded_per_call(
         calls += 1
     assert found == [f"scan-{run}-{i:05d}" for i in (11_997, 11_998, 11_999)]
     assert calls >= 3
+
+
+@dataclass
+class MemoryMesh:
+    layout: MeshLayout
+    supervisor: Supervisor
+
+    def ingest_rss_mb(self) -> float:
+        pid = self.supervisor.pid("ingest")
+        assert pid is not None
+        return psutil.Process(pid).memory_info().rss / 2**20
+
+
+@pytest.fixture(scope="module")
+def memory_mesh(store_config: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemoryMesh]:
+    """A mesh of its own (one processor) that a test may pause with SIGSTOP."""
+    layout = MeshLayout(
+        ingest_port=slot_port(22251),
+        processor_base_port=slot_port(22261),
+        processors=1,
+        query_port=slot_port(22271),
+        keyspace=TEST_KEYSPACE,
+        extra_env={"AUDITMESH_REDIS_URL": slot_redis_url(15), "AUDITMESH_PROCESSOR_TIMEOUT_S": "60"},
+    )
+    supervisor = Supervisor(tmp_path_factory.mktemp("memory"))
+    try:
+        layout.start(supervisor)
+        yield MemoryMesh(layout, supervisor)
+    finally:
+        supervisor.signal("processor-0", signal.SIGCONT)
+        layout.stop(supervisor)
+
+
+def _flood(target: str, batches: Iterator[pb.EventBatch], seconds: float, read_acks: bool) -> None:
+    """Stream batches as fast as ingest takes them for ``seconds``; read the acks or not."""
+    options = [("grpc.max_send_message_length", _BIG), ("grpc.max_receive_message_length", _BIG)]
+    deadline = time.monotonic() + seconds
+
+    def requests() -> Iterator[pb.EventBatch]:
+        for batch in batches:
+            if time.monotonic() > deadline:
+                return
+            yield batch
+
+    with grpc.insecure_channel(target, options=options) as channel:
+        call = pb_grpc.IngestServiceStub(channel).Stream(requests(), timeout=seconds + 30)
+        if read_acks:
+            for _ in call:
+                pass
+        else:
+            time.sleep(seconds)
+            call.cancel()
+
+
+def _peak_rss_while(mesh: MemoryMesh, floods: list[threading.Thread]) -> float:
+    peak = mesh.ingest_rss_mb()
+    for flood in floods:
+        flood.start()
+    while any(flood.is_alive() for flood in floods):
+        peak = max(peak, mesh.ingest_rss_mb())
+        time.sleep(0.05)
+    return peak
+
+
+def test_a_stream_of_8_mib_batches_that_never_waits_does_not_grow_ingest(memory_mesh: MemoryMesh) -> None:
+    """One stream writing ~7.5 MiB batches of valid events as fast as it can, to a mesh whose
+    processor has stopped answering, is held back by flow control: ingest's RSS stays under the
+    documented 400 MB (it reached 2 GB while ingest read 128 messages ahead per stream). When
+    the caller cancels, ingest drops the call's work at once (nothing of it stays in flight
+    waiting for the processor) and gives the memory back."""
+    run = uuid.uuid4().hex[:8]
+    batch = pb.EventBatch(batch_id=run, events=[max_event(run, i, f"mem-{run}", f"mem-{run}") for i in range(750)])
+    assert 7 * 2**20 < batch.ByteSize() < LIMITS.max_message_bytes
+
+    def batches() -> Iterator[pb.EventBatch]:
+        for n in itertools.count():
+            batch.batch_id = f"{run}-{n}"
+            yield batch
+
+    baseline = memory_mesh.ingest_rss_mb()
+    memory_mesh.supervisor.signal("processor-0", signal.SIGSTOP)
+    try:
+        target = memory_mesh.layout.ingest_target
+        flood = threading.Thread(target=_flood, args=(target, batches(), 15.0, False))
+        peak = _peak_rss_while(memory_mesh, [flood])
+        assert peak < 400, f"ingest RSS peaked at {peak:.0f} MB"
+
+        def dropped() -> bool:
+            stats = memory_mesh.supervisor.stats("ingest") or {}
+            return stats.get("in_flight_events") == 0 and stats.get("read_bytes") == 0
+
+        assert_eventually(dropped, timeout=10)  # the processor's timeout here is 60 s
+    finally:
+        memory_mesh.supervisor.signal("processor-0", signal.SIGCONT)
+    assert_eventually(lambda: memory_mesh.ingest_rss_mb() < baseline + 100, timeout=15)
+
+
+def test_streams_that_do_not_read_their_acks_do_not_grow_ingest(memory_mesh: MemoryMesh) -> None:
+    """Three streams sending batches whose acks carry 2,000 rejections each, never reading the
+    acks, are held back once their acks fill the stream's budget: ingest's RSS stays under the
+    documented 400 MB (it reached 1.6 GB and kept it after the calls ended); once the calls are
+    cancelled ingest gives the memory back and takes new work at once."""
+    run = uuid.uuid4().hex[:8]
+
+    def batches(stream: int) -> Iterator[pb.EventBatch]:
+        for n in itertools.count():
+            events = [pb.Event(event_id=f"{run}-{stream}-{n}-{i}", event_type="Bad Type") for i in range(2000)]
+            yield pb.EventBatch(batch_id=f"{run}-{stream}-{n}", events=events)
+
+    baseline = memory_mesh.ingest_rss_mb()
+    target = memory_mesh.layout.ingest_target
+    floods = [threading.Thread(target=_flood, args=(target, batches(s), 15.0, False)) for s in range(3)]
+    peak = _peak_rss_while(memory_mesh, floods)
+    assert peak < 400, f"ingest RSS peaked at {peak:.0f} MB"
+    with grpc.insecure_channel(target) as channel:
+        ack = pb_grpc.IngestServiceStub(channel).Submit(next(batches(9)), timeout=10)
+    assert len(ack.rejected) == 2000
+    assert_eventually(lambda: memory_mesh.ingest_rss_mb() < baseline + 100, timeout=15)
+
+
+def _oversized_batch(run: str, target_bytes: int) -> pb.EventBatch:
+    """A batch of valid events just over ``target_bytes`` on the wire."""
+    events = []
+    batch = pb.EventBatch(batch_id=f"big-{run}")
+    i = 0
+    while batch.ByteSize() <= target_bytes:
+        events = [max_event(run, j, f"big-{run}", f"big-{run}") for j in range(i, i + 50)]
+        batch.events.extend(events)
+        i += 50
+    return batch
+
+
+def test_a_message_over_the_limit_on_stream_is_refused_and_the_stream_goes_on(
+    ingest: pb_grpc.IngestServiceStub, query: pb_grpc.QueryServiceStub
+) -> None:
+    """A batch over AUDITMESH_MAX_MESSAGE_BYTES (but under twice it) gets a REFUSED ack naming the
+    limit, nothing of it is stored, and the next batch on the same stream is stored; on Submit
+    the same batch is RESOURCE_EXHAUSTED without retry info (resending cannot help)."""
+    run = uuid.uuid4().hex[:8]
+    big = _oversized_batch(run, LIMITS.max_message_bytes)
+    assert LIMITS.max_message_bytes < big.ByteSize() < 2 * LIMITS.max_message_bytes
+    small = pb.EventBatch(batch_id=f"small-{run}", events=[max_event(run, 999_999, f"small-{run}", f"small-{run}")])
+    acks = {ack.batch_id: ack for ack in ingest.Stream(iter([big, small]), timeout=60)}
+    assert acks[big.batch_id].status == pb.ACK_STATUS_REFUSED
+    assert str(LIMITS.max_message_bytes) in acks[big.batch_id].message
+    assert (acks[small.batch_id].status, acks[small.batch_id].accepted) == (pb.ACK_STATUS_OK, 1)
+    assert search_ids(query, wedding_id=big.events[0].wedding_id) == []
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.Submit(big, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_after_ms(caught.value) == 0
+
+
+def test_the_sdk_reports_an_event_too_large_to_send_and_delivers_the_rest(mesh: MeshLayout) -> None:
+    """An event larger than the SDK's max_batch_bytes is reported rejected at once (never sent,
+    so it cannot block the stream with endless resends), and the events around it are acked."""
+    rejected: list[pb.Rejection] = []
+    with AuditClient(mesh.ingest_target, source_service="limits", on_rejected=rejected.append) as client:
+        first = client.log("auth.login.failed", user_id=f"sdk-{uuid.uuid4().hex[:8]}")
+        huge = client.log("auth.login.failed", user_id="sdk-huge", attributes={"blob": "x" * (5 * 2**20)})
+        last = client.log("auth.login.failed", user_id="sdk-last")
+        client.flush(timeout=30)
+        stats = client.stats
+    assert [(r.event_id, r.field) for r in rejected] == [(huge, "event")]
+    assert (stats.acked, stats.rejected) == (2, 1)
+    assert first and last

@@ -9,7 +9,7 @@ from auditmesh.errors import PermanentError, StoreUnavailable
 from auditmesh.metrics import Reservoir
 from auditmesh.store import WriteStats
 from auditpb.v1 import audit_pb2 as pb
-from services.processor.group_commit import GroupCommitter
+from services.processor.group_commit import GroupCommitter, Outcome
 
 
 def request(lane: int, *ids: str) -> pb.ProcessRequest:
@@ -48,65 +48,114 @@ def committer(store: Store, slots: int = 1, max_events: int = 100) -> GroupCommi
     return GroupCommitter(store.write, store.bump, slots=slots, max_events=max_events, write_us=Reservoir())
 
 
+async def behind_a_slow_write(
+    store: Store, commit: GroupCommitter, requests: list[pb.ProcessRequest]
+) -> tuple[Outcome, list[Outcome]]:
+    """Submit a first request whose write holds the only slot until ``store.release`` is set,
+    queue ``requests`` behind it, then release the store; the outcomes of the first and the rest."""
+    assert not store.release.is_set()
+    first = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "slow")))
+    await asyncio.sleep(0)
+    assert store.writes == [["slow"]]  # the slow write holds the slot
+    rest = []
+    for req in requests:
+        rest.append(asyncio.create_task(commit.submit(req)))
+        await asyncio.sleep(0)  # each request is queued, waiting for the slot, before the next
+    assert store.writes == [["slow"]], "nothing else may be written while the slot is held"
+    store.release.set()
+    return await first, list(await asyncio.gather(*rest))
+
+
 def test_waiting_requests_are_written_together_highest_lane_first() -> None:
+    """Requests that queue while the only slot is busy are written as one group, critical lane
+    first, then wedding-day, then normal, each lane in arrival order, with one bump per group."""
+
     async def go() -> None:
         store = Store()
         commit = committer(store)
-        first = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "a")))
-        await asyncio.sleep(0)  # "a" holds the only slot
-        rest = [
-            asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "b", "c"))),
-            asyncio.create_task(commit.submit(request(pb.LANE_WEDDING_DAY, "d"))),
-            asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "e"))),
-        ]
-        await asyncio.sleep(0)
-        store.release.set()
-        outcomes = await asyncio.gather(first, *rest)
-        assert store.writes == [["a"], ["d", "b", "c", "e"]]
-        assert [o.grouped_with for o in outcomes] == [1, 3, 3, 3]
-        assert all(o.error is None and o.stats is not None for o in outcomes)
+        first, rest = await behind_a_slow_write(
+            store,
+            commit,
+            [
+                request(pb.LANE_NORMAL, "b", "c"),
+                request(pb.LANE_WEDDING_DAY, "d"),
+                request(pb.LANE_CRITICAL, "p0"),
+                request(pb.LANE_NORMAL, "e"),
+                request(pb.LANE_WEDDING_DAY, "f"),
+            ],
+        )
+        assert store.writes == [["slow"], ["p0", "d", "f", "b", "c", "e"]]
+        assert first.grouped_with == 1 and [o.grouped_with for o in rest] == [5] * 5
+        assert all(o.error is None and o.stats is not None for o in [first, *rest])
         assert store.bumps == 2  # once per group, not per request
 
     asyncio.run(go())
 
 
-def test_groups_stop_at_max_events() -> None:
+def test_groups_stop_at_max_events_and_the_highest_lane_goes_first() -> None:
+    """A group holds at most ``max_events`` events (a single larger request goes alone), and
+    when not everything fits, the higher lanes are written in the earlier group."""
+
     async def go() -> None:
         store = Store()
-        store.release.set()
-        commit = committer(store, max_events=3)
-        await asyncio.gather(*(commit.submit(request(pb.LANE_NORMAL, f"{i}a", f"{i}b")) for i in range(3)))
-        assert all(len(ids) <= 3 for ids in store.writes)
-        assert sorted(i for ids in store.writes for i in ids) == ["0a", "0b", "1a", "1b", "2a", "2b"]
+        commit = committer(store, max_events=5)
+        _, rest = await behind_a_slow_write(
+            store,
+            commit,
+            [
+                request(pb.LANE_NORMAL, "n1a", "n1b"),
+                request(pb.LANE_NORMAL, "n2a", "n2b"),
+                request(pb.LANE_WEDDING_DAY, "w1a", "w1b"),
+                request(pb.LANE_CRITICAL, "c1a", "c1b"),
+                request(pb.LANE_NORMAL, "big1", "big2", "big3", "big4", "big5", "big6", "big7"),
+                request(pb.LANE_NORMAL, "n3"),
+            ],
+        )
+        assert store.writes == [
+            ["slow"],
+            ["c1a", "c1b", "w1a", "w1b"],  # the next normal request (2 events) would make 6
+            ["n1a", "n1b", "n2a", "n2b"],
+            ["big1", "big2", "big3", "big4", "big5", "big6", "big7"],  # over the limit: alone
+            ["n3"],
+        ]
+        assert [o.grouped_with for o in rest] == [2, 2, 2, 2, 1, 1]
+        assert all(o.error is None for o in rest)
 
     asyncio.run(go())
 
 
-def test_a_permanent_failure_fails_only_its_own_request() -> None:
+def test_a_permanent_failure_of_a_group_is_retried_request_by_request() -> None:
+    """When a group's write fails permanently, each of its requests is written again on its own,
+    so only the bad request fails and its neighbours are stored."""
+
     async def go() -> None:
         store = Store(fail_on="bad", error=PermanentError("cassandra: InvalidRequest"))
         commit = committer(store)
-        blocker = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "x")))
-        await asyncio.sleep(0)
-        good = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "ok")))
-        bad = asyncio.create_task(commit.submit(request(pb.LANE_NORMAL, "bad")))
-        await asyncio.sleep(0)
-        store.release.set()
-        await blocker
-        assert (await good).error is None
-        assert isinstance((await bad).error, PermanentError)
+        _, (good, bad, other) = await behind_a_slow_write(
+            store,
+            commit,
+            [request(pb.LANE_NORMAL, "ok1", "ok2"), request(pb.LANE_NORMAL, "bad"), request(pb.LANE_NORMAL, "ok3")],
+        )
+        assert store.writes == [["slow"], ["ok1", "ok2", "bad", "ok3"], ["ok1", "ok2"], ["bad"], ["ok3"]]
+        assert good.error is None and other.error is None
+        assert good.stats is not None and [p[1] for p in good.stats.partitions] == ["ok1", "ok2"]
+        assert isinstance(bad.error, PermanentError)
+        assert store.bumps == 3  # the slow write and the two good requests
 
     asyncio.run(go())
 
 
 def test_an_unavailable_store_fails_the_whole_group_as_retryable() -> None:
+    """A retryable failure of a group's write answers every request in the group with it (the
+    caller resends), without retrying the requests one by one against a store that is down."""
+
     async def go() -> None:
         store = Store(fail_on="a", error=StoreUnavailable("cassandra: NoHostAvailable"))
-        store.release.set()
         commit = committer(store)
-        outcomes = await asyncio.gather(*(commit.submit(request(pb.LANE_NORMAL, i)) for i in "abc"))
-        assert isinstance(outcomes[0].error, StoreUnavailable)
-        assert store.bumps == sum(o.error is None for o in outcomes)
+        _, outcomes = await behind_a_slow_write(store, commit, [request(pb.LANE_NORMAL, i) for i in "abc"])
+        assert store.writes == [["slow"], ["a", "b", "c"]]
+        assert all(isinstance(o.error, StoreUnavailable) and o.grouped_with == 3 for o in outcomes)
+        assert store.bumps == 1  # only the slow write's
 
     asyncio.run(go())
 

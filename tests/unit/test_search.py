@@ -41,3 +41,43 @@ def test_token_round_trip_and_forgery() -> None:
         signer.decode(s, body[:-2] + "AA." + sig)
     with pytest.raises(InvalidRequest, match="signature"):
         TokenSigner(b"other").decode(s, token)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"wedding_id": "w2"},
+        {"user_id": "w1"},
+        {"wedding_id": "w1", "event_types": ["auth.login.failed"]},
+        {"wedding_id": "w1", "event_types": ["guestlist.export", "auth.login.failed"]},
+        {"wedding_id": "w1", "min_severity": pb.P1_HIGH},
+        {"wedding_id": "w1", "outcome": pb.OUTCOME_FAILURE},
+        {"wedding_id": "w1", "organization_id": "o1"},
+    ],
+)
+def test_a_token_is_bound_to_the_partition_key_and_every_filter(other: dict[str, object]) -> None:
+    """A token made for one search is refused by a search with another key or any other filter."""
+    signer = TokenSigner(b"k")
+    token = signer.encode(spec(wedding_id="w1", event_types=["guestlist.export"]), Cursor(5, 123, "e1"))
+    fields = {"event_types": ["guestlist.export"], **other}
+    with pytest.raises(InvalidRequest, match="different search") as info:
+        signer.decode(spec(**fields), token)
+    assert info.value.field == "page_token"
+
+
+def test_a_token_is_bound_to_an_explicit_time_range() -> None:
+    """A token of a search over an explicit range is refused for a wider range, and continues
+    the same range."""
+    signer = TokenSigner(b"k")
+
+    def ranged(start_ms: int, end_ms: int) -> SearchSpec:
+        req = pb.SearchRequest(wedding_id="w1")
+        req.start.FromMilliseconds(start_ms)
+        req.end.FromMilliseconds(end_ms)
+        return SearchSpec.from_request(req, now_ms=10**12)
+
+    token = signer.encode(ranged(1000, 5000), Cursor(0, 3000, "e1"))
+    assert signer.decode(ranged(1000, 5000), token, explicit_range=True)[1] == Cursor(0, 3000, "e1")
+    for wider in (ranged(0, 5000), ranged(1000, 9000)):
+        with pytest.raises(InvalidRequest, match="different time range"):
+            signer.decode(wider, token, explicit_range=True)

@@ -1,0 +1,141 @@
+"""Ingest's in-flight bounds, through a mesh of this module's own whose bulk lane is tiny:
+one processor with one bulk write slot, 2,000 bulk events in flight, half a second of waiting
+for room. Past the bound a caller gets RESOURCE_EXHAUSTED with retry info; P0 events have a
+budget and write slots of their own and pass a saturated bulk lane."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from auditmesh.mesh import MeshLayout
+from auditmesh.serving import retry_after_ms
+from auditmesh.supervisor import Supervisor
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from tests.conftest import TEST_KEYSPACE, slot_port, slot_redis_url
+
+BULK_BATCH = 2000
+
+
+@pytest.fixture(scope="module")
+def lanes_mesh(store_config: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLayout]:
+    layout = MeshLayout(
+        ingest_port=slot_port(23051),
+        processor_base_port=slot_port(23061),
+        processors=1,
+        query_port=slot_port(23071),
+        keyspace=TEST_KEYSPACE,
+        extra_env={
+            "AUDITMESH_TOKEN_KEY": "test-token-key",
+            "AUDITMESH_REDIS_URL": slot_redis_url(15),  # the keyspace's cache, as the main test mesh
+            "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS": str(BULK_BATCH),
+            "AUDITMESH_INGEST_ADMIT_WAIT_S": "0.5",
+            "AUDITMESH_PROCESSOR_MAX_WRITES": "1",
+            "AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS": str(BULK_BATCH),
+        },
+    )
+    supervisor = Supervisor(Path(tmp_path_factory.mktemp("lanes")))  # its own names: no clash with `mesh`
+    try:
+        layout.start(supervisor)
+        yield layout
+    finally:
+        layout.stop(supervisor)
+
+
+@pytest.fixture(scope="module")
+def submit(lanes_mesh: MeshLayout) -> Iterator[grpc.UnaryUnaryMultiCallable]:
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    with grpc.insecure_channel(lanes_mesh.ingest_target, options=options) as channel:
+        yield pb_grpc.IngestServiceStub(channel).Submit
+
+
+def batch(tag: str, count: int, severity: int = pb.P3_LOW) -> pb.EventBatch:
+    events = []
+    for i in range(count):
+        ev = pb.Event(
+            event_id=f"{tag}-{i}",
+            wedding_id=f"lanes-{tag}",
+            user_id="u",
+            event_type="guestlist.viewed",
+            severity=severity,  # type: ignore[arg-type]
+            outcome=pb.OUTCOME_SUCCESS,
+            attributes={"pad": "x" * 200},
+        )
+        ev.occurred_at.FromNanoseconds(time.time_ns())
+        events.append(ev)
+    return pb.EventBatch(batch_id=tag, events=events)
+
+
+def test_past_the_in_flight_bound_callers_get_resource_exhausted_with_retry_info(
+    submit: grpc.UnaryUnaryMultiCallable,
+) -> None:
+    """Sixteen bulk batches at once against room for one: those that cannot get room within
+    the admit wait are RESOURCE_EXHAUSTED naming the bound, with a RetryInfo delay; the rest
+    are stored."""
+    run = uuid.uuid4().hex[:8]
+    batches = [batch(f"{run}-{n}", BULK_BATCH) for n in range(16)]
+
+    def send(b: pb.EventBatch) -> tuple[grpc.StatusCode, int, str]:
+        try:
+            return grpc.StatusCode.OK, submit(b, timeout=60).accepted, ""
+        except grpc.RpcError as exc:
+            return exc.code(), retry_after_ms(exc), exc.details() or ""
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, batches))
+    ok = [r for r in results if r[0] == grpc.StatusCode.OK]
+    refused = [r for r in results if r[0] != grpc.StatusCode.OK]
+    assert ok and all(accepted == BULK_BATCH for _, accepted, _ in ok), results
+    assert refused, "no call was refused at the in-flight bound"
+    for code, retry_ms, details in refused:
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        assert retry_ms > 0, f"no RetryInfo with {details!r}"
+        assert "in flight" in details, details
+
+
+def test_a_p0_event_passes_a_saturated_bulk_lane(submit: grpc.UnaryUnaryMultiCallable) -> None:
+    """While eight callers keep the bulk lane's in-flight budget full, P0 events are each
+    accepted, and acknowledged several times faster than the bulk batches that got through."""
+    run = uuid.uuid4().hex[:8]
+    stop = threading.Event()
+    bulk_s: list[float] = []
+
+    def flood(n: int) -> None:
+        # One batch per caller, built once and resent (idempotent), so that building batches
+        # does not compete with the P0 caller for this process's interpreter.
+        b = batch(f"{run}-bulk-{n}", BULK_BATCH)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                submit(b, timeout=60)
+                bulk_s.append(time.monotonic() - started)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+
+    p0_s: list[float] = []
+    with ThreadPoolExecutor(8) as pool:
+        flooding = [pool.submit(flood, n) for n in range(8)]
+        try:
+            time.sleep(1.0)  # let the backlog form: the bulk budget is full from here on
+            for i in range(20):
+                started = time.monotonic()
+                ack = submit(batch(f"{run}-p0-{i}", 1, severity=pb.P0_CRITICAL), timeout=30)
+                p0_s.append(time.monotonic() - started)
+                assert ack.status == pb.ACK_STATUS_OK and ack.accepted == 1
+                time.sleep(0.1)
+        finally:
+            stop.set()
+        for f in flooding:
+            f.result()
+    assert len(bulk_s) >= 3, bulk_s
+    p0, bulk = statistics.median(p0_s), statistics.median(bulk_s)
+    assert p0 < bulk / 4, (sorted(p0_s), sorted(bulk_s))

@@ -196,8 +196,12 @@ class TokenSigner:
         ).encode()
         return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + self._sig(body)
 
-    def decode(self, spec: SearchSpec, token: str, *, explicit_range: bool = False) -> tuple[SearchSpec, Cursor]:
-        """The search to continue (with the token's time range) and where to continue it."""
+    def decode(
+        self, spec: SearchSpec, token: str, *, explicit_start: bool = False, explicit_end: bool = False
+    ) -> tuple[SearchSpec, Cursor]:
+        """The search to continue (with the token's time range) and where to continue it. A
+        bound the request gives explicitly must be the token's; one it leaves open (an open end
+        moves with the clock) continues the token's."""
         try:
             encoded, sig = token.split(".", 1)
             body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
@@ -208,7 +212,7 @@ class TokenSigner:
         fingerprint, start_ms, end_ms, bucket, occurred, event_id = json.loads(body)
         if fingerprint != spec.fingerprint():
             raise InvalidRequest("page_token", "belongs to a different search")
-        if explicit_range and (spec.start_ms, spec.end_ms) != (start_ms, end_ms):
+        if (explicit_start and spec.start_ms != start_ms) or (explicit_end and spec.end_ms != end_ms):
             raise InvalidRequest("page_token", "belongs to a search over a different time range")
         return replace(spec, start_ms=int(start_ms), end_ms=int(end_ms)), Cursor(
             int(bucket), int(occurred), str(event_id)

@@ -54,8 +54,12 @@ class QueryServicer:
                 raise InvalidRequest("max_pages", f"at most {MAX_PAGES}")
             cursor: Cursor | None = None
             if request.page_token:
-                explicit = request.HasField("start") or request.HasField("end")
-                spec, cursor = self._signer.decode(spec, request.page_token, explicit_range=explicit)
+                spec, cursor = self._signer.decode(
+                    spec,
+                    request.page_token,
+                    explicit_start=request.HasField("start"),
+                    explicit_end=request.HasField("end"),
+                )
             all_cached = True
             pages = request.max_pages or 1
             for i in range(pages):

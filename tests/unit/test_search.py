@@ -77,7 +77,10 @@ def test_a_token_is_bound_to_an_explicit_time_range() -> None:
         return SearchSpec.from_request(req, now_ms=10**12)
 
     token = signer.encode(ranged(1000, 5000), Cursor(0, 3000, "e1"))
-    assert signer.decode(ranged(1000, 5000), token, explicit_range=True)[1] == Cursor(0, 3000, "e1")
+    both = {"explicit_start": True, "explicit_end": True}
+    assert signer.decode(ranged(1000, 5000), token, **both)[1] == Cursor(0, 3000, "e1")
     for wider in (ranged(0, 5000), ranged(1000, 9000)):
         with pytest.raises(InvalidRequest, match="different time range"):
-            signer.decode(wider, token, explicit_range=True)
+            signer.decode(wider, token, **both)
+    # A bound the request leaves open continues the token's: an open end moves with the clock.
+    assert signer.decode(ranged(1000, 9000), token, explicit_start=True)[0].end_ms == 5000

@@ -10,11 +10,12 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 import uvloop
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
@@ -29,9 +30,11 @@ __all__ = [
     "ReadBudget",
     "abort_with",
     "create_server",
+    "parse_message",
     "respond_concurrently",
     "retry_after_ms",
     "run_service",
+    "send_all",
     "status_of",
 ]
 
@@ -93,6 +96,17 @@ class _MethodAwareReflection(ReflectionServicer):  # type: ignore[misc]
             if descriptor is not None and method in descriptor.methods_by_name:
                 fully_qualified_name = service
         return super()._file_containing_symbol(request, fully_qualified_name)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_message(kind: type[M], raw: bytes) -> M:
+    """``raw`` parsed as a ``kind``; a malformed message is :class:`InvalidRequest` naming the type."""
+    try:
+        return kind.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidRequest(kind.DESCRIPTOR.name, f"malformed message: {exc}") from None
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:
@@ -183,7 +197,7 @@ async def respond_concurrently(
     request_size: Callable[[Req], int] | None = None,
     answer_size: Callable[[Resp], int] | None = None,
     ended: asyncio.Event | None = None,
-) -> AsyncIterator[Resp]:
+) -> AsyncGenerator[Resp, None]:
     """Read requests while earlier ones are still being handled; yield each answer when ready.
 
     A request holds its place from the moment it is read until its answer has been taken by the
@@ -306,6 +320,24 @@ async def respond_concurrently(
             watcher.cancel()
         if held[0] >= 0:
             abandon()
+
+
+async def send_all(context: grpc.aio.ServicerContext[Any, Any], answers: AsyncGenerator[Any, None]) -> None:
+    """Write every answer to the call; stop quietly when the call has ended (the peer cancelled
+    or went away: nobody will read the rest, and that is not an error of this service). A
+    handler that yields instead has gRPC log each such write as an ExecuteBatchError. Closing
+    ``answers`` (by returning) cancels the work still under way for the call."""
+    try:
+        async for answer in answers:
+            try:
+                await context.write(answer)
+            except Exception as exc:  # noqa: BLE001 - core refuses writes only to a finished call
+                # gRPC core fails the write (ExecuteBatchError) when the peer has cancelled, before
+                # the call reports itself done; there is no one left to answer.
+                log.debug("call ended before its answer was written: %s", type(exc).__name__)
+                return
+    finally:
+        await answers.aclose()
 
 
 def freeze_startup_objects() -> None:

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from auditmesh.errors import InvalidRequest, Overloaded, RetryableError, StoreUnavailable
 from auditmesh.memory import trim_soon
 from auditmesh.priority import CalendarSnapshot, assign_priority
-from auditmesh.serving import ReadBudget, abort_with, respond_concurrently
+from auditmesh.serving import ReadBudget, abort_with, respond_concurrently, send_all
 from auditmesh.validation import Limits, validate_batch
 from auditpb.v1 import audit_pb2 as pb
 from services.ingest.router import Router
@@ -115,7 +115,7 @@ class IngestServicer:
 
     async def Stream(  # noqa: N802
         self, raw_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.BatchAck]:
+    ) -> None:
         async def parsed() -> AsyncIterator[tuple[int, pb.EventBatch]]:
             reported = 0  # the client's drop counter is cumulative per stream
             async for raw in raw_iterator:
@@ -145,8 +145,7 @@ class IngestServicer:
             ended=ended,
         )
         try:
-            async for ack in answers:
-                yield ack
+            await send_all(context, answers)
         except InvalidRequest as exc:
             await abort_with(context, exc)
 

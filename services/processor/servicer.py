@@ -21,7 +21,7 @@ from auditmesh.cache import VersionBumper
 from auditmesh.errors import RetryableError
 from auditmesh.logthrottle import Throttle
 from auditmesh.metrics import Reservoir
-from auditmesh.serving import respond_concurrently
+from auditmesh.serving import respond_concurrently, send_all
 from auditmesh.store import WriteStats
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
@@ -84,16 +84,15 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         for reservoir in (self.write_us, self.critical_us, self.critical_transit_us, self.critical_write_us):
             reservoir.reset()
 
-    async def Process(  # noqa: N802 - gRPC method name
+    async def Process(  # type: ignore[override]  # noqa: N802 - gRPC method name; answers go out through context.write
         self, request_iterator: AsyncIterator[pb.ProcessRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.ProcessResponse]:
+    ) -> None:
         # At most _MAX_IN_FLIGHT requests are taken off a stream at a time; the
         # committers write waiting requests highest lane first, and the rest of a backlog waits
         # in ingest's priority queue. A stall in the store must not stop the critical stream
         # from being read: its requests are small and are written in groups.
         answers = respond_concurrently(request_iterator, self._handle, max_in_flight=_MAX_IN_FLIGHT, stop=self.draining)
-        async for answer in answers:
-            yield answer
+        await send_all(context, answers)
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
         critical = req.lane == pb.LANE_CRITICAL

@@ -33,10 +33,9 @@ def create(
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
-            "Search": grpc.unary_stream_rpc_method_handler(servicer.Search, pb.SearchRequest.FromString, _raw),
-            "GetEvent": grpc.unary_unary_rpc_method_handler(
-                servicer.GetEvent, pb.GetEventRequest.FromString, pb.Event.SerializeToString
-            ),
+            # Requests are parsed by the servicer, so a malformed one is INVALID_ARGUMENT.
+            "Search": grpc.unary_stream_rpc_method_handler(servicer.Search, None, _raw),
+            "GetEvent": grpc.unary_unary_rpc_method_handler(servicer.GetEvent, None, pb.Event.SerializeToString),
         },
     )
     server, port, health_servicer = create_server([handler], [SERVICE], port=cfg.port, host=cfg.host)

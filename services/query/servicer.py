@@ -11,7 +11,7 @@ import grpc
 from auditmesh.cache import PageCache
 from auditmesh.errors import AuditError, InvalidRequest
 from auditmesh.search import MAX_PAGES, Cursor, PageBounds, RowSource, SearchSpec, TokenSigner, page
-from auditmesh.serving import abort_with
+from auditmesh.serving import abort_with, parse_message
 from auditmesh.validation import Limits, check_id
 from auditpb.v1 import audit_pb2 as pb
 
@@ -44,9 +44,10 @@ class QueryServicer:
         self._cache_stem = f"{signer.key_id}|{bounds.max_bytes}|{bounds.max_scanned}"
 
     async def Search(  # noqa: N802
-        self, request: pb.SearchRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         try:
+            request = parse_message(pb.SearchRequest, raw)
             spec = SearchSpec.from_request(
                 request, max_id_len=self._limits.max_id_len, max_text_len=self._limits.max_text_len
             )
@@ -92,9 +93,10 @@ class QueryServicer:
         return raw, after, False
 
     async def GetEvent(  # noqa: N802
-        self, request: pb.GetEventRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Event:
         try:
+            request = parse_message(pb.GetEventRequest, raw)
             if not request.event_id:
                 raise InvalidRequest("event_id", "required")
             problem = check_id(request.event_id, self._limits.max_id_len)

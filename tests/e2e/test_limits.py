@@ -82,11 +82,12 @@ def search_ids(query: pb_grpc.QueryServiceStub, **fields: object) -> list[str]:
 
 
 def test_max_size_events_in_max_size_batches_are_stored_whole(
-    ingest: pb_grpc.IngestServiceStub, query: pb_grpc.QueryServiceStub
+    mesh: MeshLayout, supervisor: Supervisor, ingest: pb_grpc.IngestServiceStub, query: pb_grpc.QueryServiceStub
 ) -> None:
     """600 events at every documented limit in one Submit are all accepted, and each is found
     by wedding search, user search and GetEvent (no batch the store refuses, no half-stored
-    event), and pages of them stay under gRPC's default 4 MiB receive limit."""
+    event), pages of them stay under gRPC's default 4 MiB receive limit, and no batch was large
+    enough for Cassandra to warn about."""
     run = uuid.uuid4().hex[:8]
     wedding, user = f"lim-{run}-w", f"lim-{run}-u"
     events = [max_event(run, i, wedding, user) for i in range(600)]
@@ -101,6 +102,9 @@ def test_max_size_events_in_max_size_batches_are_stored_whole(
     for ev in events[::7]:
         got = query.GetEvent(pb.GetEventRequest(event_id=ev.event_id), timeout=10)
         assert (got.event_id, got.wedding_id, dict(got.attributes)) == (ev.event_id, ev.wedding_id, dict(ev.attributes))
+    for index in range(mesh.processors):
+        log_text = supervisor.log_file(f"processor-{index}").read_text()
+        assert "exceeding specified threshold" not in log_text
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +385,9 @@ def test_streams_that_do_not_read_their_acks_do_not_grow_ingest(memory_mesh: Mem
         ack = pb_grpc.IngestServiceStub(channel).Submit(next(batches(9)), timeout=10)
     assert len(ack.rejected) == 2000
     assert_eventually(lambda: memory_mesh.ingest_rss_mb() < baseline + 100, timeout=15)
+    # Calls the callers cancelled are not errors of ingest: nothing in its log says otherwise.
+    log_text = memory_mesh.supervisor.log_file("ingest").read_text()
+    assert "Traceback" not in log_text and " ERROR " not in log_text
 
 
 def _oversized_batch(run: str, target_bytes: int) -> pb.EventBatch:
@@ -429,3 +436,18 @@ def test_the_sdk_reports_an_event_too_large_to_send_and_delivers_the_rest(mesh: 
     assert [(r.event_id, r.field) for r in rejected] == [(huge, "event")]
     assert (stats.acked, stats.rejected) == (2, 1)
     assert first and last
+
+
+@pytest.mark.parametrize("method", ["Search", "GetEvent"])
+def test_a_malformed_query_request_is_invalid_argument(mesh: MeshLayout, method: str) -> None:
+    """Bytes that are not the request message are INVALID_ARGUMENT naming the message type."""
+    with grpc.insecure_channel(mesh.query_target) as channel:
+        call = (channel.unary_stream if method == "Search" else channel.unary_unary)(
+            f"/auditpb.v1.QueryService/{method}"
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            result = call(b"\xff\xff\xff", timeout=10)
+            if method == "Search":
+                list(result)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed message" in (caught.value.details() or "")

@@ -320,7 +320,8 @@ def main() -> int:
 
         update_readme(data, "<!-- bench:query:start -->", "<!-- bench:query:end -->", render_query(data))
     elif what == "runs":
-        runs = [json.loads(line) for line in PIPELINE_RUNS.read_text().splitlines() if line.strip()]
+        text = PIPELINE_RUNS.read_text() if PIPELINE_RUNS.exists() else ""
+        runs = [json.loads(line) for line in text.splitlines() if line.strip()]
         update_readme({}, "<!-- bench:runs:start -->", "<!-- bench:runs:end -->", render_runs(runs))
         print(render_runs(runs))
     elif what == "write-path":

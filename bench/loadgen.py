@@ -1,11 +1,16 @@
 """One load-generating process: an AuditClient driven at full speed or at a fixed rate.
 
-Besides the acknowledged count it times every ``AuditClient.log()`` call in the calling thread,
-and, for every 50th event, an stdlib ``logging.info`` of the same fields to a file handler and
-a call of an empty function with the same arguments, in the same thread at the same moment:
-the costs are measured under identical conditions. The empty call is the floor: what any
-in-process call with these arguments costs in this thread on this machine, interrupts,
-preemption and cache misses included.
+Besides the acknowledged count it times, for every event, the ``AuditClient.log()`` call and,
+right after it in the same thread, a call of an empty function with the same arguments; both
+go into reservoirs of the same size, so the two are sampled the same way. The empty call is the
+floor: what any in-process call with these arguments costs in this thread on this machine,
+interrupts, preemption and cache misses included. For every 50th event it also times an stdlib
+``logging.info`` of the same fields to a file handler (writing a file line per event would
+slow the producer down to the file's pace).
+
+Critical (P0) events are timed from ``log()`` to their acknowledgement, whatever happened in
+between (a RETRY and a resend, a lost stream): the time starts when the caller logged the event
+(its ``occurred_at``), not when ingest last received it.
 """
 
 from __future__ import annotations
@@ -19,10 +24,40 @@ from typing import Any
 from auditmesh.client import AuditClient
 from auditmesh.metrics import Reservoir
 from auditmesh.synthetic import Synthetic
+from auditpb.v1 import audit_pb2 as pb
 
 __all__ = ["run_client"]
 
 STDLIB_EVERY = 50
+
+
+class _CriticalTimedClient(AuditClient):
+    """An AuditClient that also records, for every P0 event it gets an OK ack for, the time from
+    its ``log()`` to that ack (``occurred_at`` is the time ``log()`` was called, and a resend
+    keeps it), from the moment ``measure_from_ns`` (wall clock) on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.measure_from_ns = 2**63  # nothing is recorded until the window opens
+        self.critical_ack_ns: list[int] = []
+        self.critical_rejected = 0
+
+    def _on_ack(self, ack: pb.BatchAck, in_flight: dict[str, Any]) -> None:
+        batch = in_flight.get(ack.batch_id)
+        if batch is not None and batch.critical and ack.status == pb.ACK_STATUS_OK and batch in self._open:
+            now = time.time_ns()
+            rejected = {r.index for r in ack.rejected}
+            for i, ev in enumerate(batch.msg.events):
+                if ev.severity != pb.P0_CRITICAL:
+                    continue
+                logged = ev.occurred_at.seconds * 1_000_000_000 + ev.occurred_at.nanos
+                if logged < self.measure_from_ns:
+                    continue
+                if i in rejected:
+                    self.critical_rejected += 1
+                else:
+                    self.critical_ack_ns.append(now - logged)
+        super()._on_ack(ack, in_flight)
 
 
 def _empty(event_type: str, **fields: Any) -> None:
@@ -42,11 +77,15 @@ def run_client(
     log_dir: str,
     start_at: float,
     linger_ms: float | None = None,
+    nice: int = 0,
+    world: str = "",
 ) -> None:
-    # The load stands for the platform's backend services, which run on other hosts: it yields
-    # the CPU to the system under test (services, Cassandra, Redis) on this shared machine.
-    os.nice(10)
-    synthetic = Synthetic(weddings=weddings, seed=100 + index)
+    """Drive one AuditClient and send what was measured through ``conn``. ``nice`` lowers this
+    process's CPU priority (the pipeline benchmark gives its direct loader the same); ``world``
+    names the weddings and users written (by default the generator's own, see Synthetic)."""
+    if nice:
+        os.nice(nice)
+    synthetic = Synthetic(weddings=weddings, seed=100 + index, world=world)
     events = list(synthetic.events(20_000))
     stdlib = logging.getLogger(f"bench.stdlib.{index}")
     stdlib.propagate = False
@@ -55,7 +94,7 @@ def run_client(
     stdlib.addHandler(handler)
     stdlib.setLevel(logging.INFO)
 
-    client = AuditClient(
+    client = _CriticalTimedClient(
         target,
         source_service=f"bench-{index}",
         streams=streams,
@@ -73,6 +112,7 @@ def run_client(
     end = measure_from + duration_s
     acked_at_start: int | None = None
     sent = 0
+    critical_logged = 0
     n = len(events)
     backlog_limit = 100_000
     while True:
@@ -81,6 +121,7 @@ def run_client(
             break
         if acked_at_start is None and now >= measure_from:
             acked_at_start = client.stats.acked
+            client.measure_from_ns = time.time_ns()
             log_ns.reset()
             stdlib_ns.reset()
             empty_ns.reset()
@@ -98,11 +139,13 @@ def run_client(
         started = clock()
         client.log(**kwargs)
         log_ns.add(clock() - started)
+        started = clock()
+        _empty(**kwargs)
+        empty_ns.add(clock() - started)
         sent += 1
+        if kwargs["severity"] == pb.P0_CRITICAL and acked_at_start is not None:
+            critical_logged += 1
         if sent % STDLIB_EVERY == 0:
-            started = clock()
-            _empty(**kwargs)
-            empty_ns.add(clock() - started)
             started = clock()
             stdlib.info(
                 "%s user=%s org=%s wedding=%s severity=%s outcome=%s resource=%s/%s ip=%s",
@@ -122,6 +165,7 @@ def run_client(
     latencies = list(client.ack_latency_ns or [])
     client.close(timeout=60)
     stats = client.stats
+    critical_ns = list(client.critical_ack_ns)
     result: dict[str, Any] = {
         "index": index,
         "sent": sent,
@@ -131,6 +175,9 @@ def run_client(
         "stdlib_ns": stdlib_ns.values,
         "empty_ns": empty_ns.values,
         "ack_ns": latencies,
+        "critical_ack_ns": critical_ns,
+        # P0 events logged in the window that were neither acknowledged nor rejected by the end
+        "critical_unacked": critical_logged - len(critical_ns) - client.critical_rejected,
         "final": vars(stats) if hasattr(stats, "__dict__") else stats.__repr__(),
         "acked": stats.acked,
         "rejected": stats.rejected,

@@ -1,6 +1,6 @@
 """Where the slow ``AuditClient.log()`` calls come from.
 
-    auditmesh up && python -m bench.log_stalls [--seconds 20] [--nice 10] [--producers 2]
+    auditmesh up && python -m bench.log_stalls [--seconds 20] [--nice 0] [--producers 2]
 
 Runs ``--producers`` processes against the running mesh, each calling ``log()`` at full speed
 (waiting while more than 100,000 events are pending, as the pipeline benchmark's producers
@@ -132,7 +132,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--target", default="127.0.0.1:50051")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--nice", type=int, default=10, help="as the pipeline benchmark's producers")
+    parser.add_argument("--nice", type=int, default=0, help="as the pipeline benchmark's producers (its --load-nice)")
     parser.add_argument("--producers", type=int, default=2)
     args = parser.parse_args()
     runs: list[tuple[mp.Process, Connection]] = []

@@ -5,10 +5,24 @@
 
 Phases, one after another on the same machine: (1) the mesh (Cassandra, Redis, ingest, N
 processors, query as separate processes) driven by SDK clients in several processes at full
-speed, then at a fixed rate; (2) the direct cassandra-driver loader into the same tables;
-(3) ghz against ingest's Submit and Stream. Writes ``bench/results/pipeline-<time>.json`` and
-``bench/results/latest.json``, prints the table, and rewrites the README's performance section.
-Each run drops and recreates its own keyspace (``auditmesh_bench``) first.
+speed, then at a fixed rate; (2) ghz against ingest's Submit and Stream; (3) the direct
+cassandra-driver loader into the same tables, each of its configurations on its own.
+
+Both sides start the same way: from an empty keyspace (``auditmesh_bench``, dropped and
+recreated before the mesh and before each direct-loader configuration), after Cassandra has
+gone quiet, with the same warm-up before measuring, and with their load processes at the same
+CPU priority (``--load-nice``, 0 by default: no process is reniced). ghz sends fresh event ids
+in every call and is credited with the events ingest acknowledged, not with its calls.
+
+Critical (P0) latency is measured in the SDK clients, from ``log()`` to the ack, retries
+included; the processors' own figure (from ingest's last receipt to the write, successful
+writes only) is kept beside it.
+
+A run that passes its checks (every event acknowledged, no P0 event left unacknowledged, ghz
+events stored under fresh ids) writes ``bench/results/pipeline-<time>.json`` and
+``bench/results/latest.json`` (``smoke-latest.json`` for ``--smoke``), and a full run appends a
+line to ``bench/results/pipeline-runs.jsonl`` and rewrites the README's performance section. A
+run that fails its checks prints them and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +30,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,19 +46,24 @@ from typing import Any
 import psutil
 
 from auditmesh.config import StoreConfig
+from auditmesh.event_ids import locator_partition
 from auditmesh.mesh import MeshLayout, infra
 from auditmesh.metrics import percentile
 from auditmesh.schema import create_schema, drop_keyspace
+from auditmesh.store import EventStore
 from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
 from bench.report import (
+    BENCH_REDIS_URL,
+    PIPELINE_RUNS,
     RESULTS,
     cassandra_pid,
     git_commit,
     machine,
     redis_pid,
+    render_runs,
     render_table,
     update_readme,
     wait_for_quiet_store,
@@ -57,6 +78,7 @@ REQUIRED_KEYS = (
     "stdlib_logging_p99_ns",
     "ack_p99_ms",
     "critical_p99_us",
+    "critical_sdk_p99_us",
     "write_p99_ms",
     "ghz_submit_eps",
     "ghz_stream_eps",
@@ -127,6 +149,14 @@ def _ms(values: list[int], q: float, scale: float) -> float | None:
     return None if p is None else round(p / scale, 3)
 
 
+def _with_unacked(values: list[int], unacked: int, q: float, scale: float) -> float | None:
+    """A percentile of acknowledged latencies with ``unacked`` events counted as slower than
+    any: None when the percentile falls among them (it is not known, only that it is large)."""
+    ordered: list[float] = sorted(float(v) for v in values) + [math.inf] * max(0, unacked)
+    p = percentile(ordered, q)
+    return None if p is None or math.isinf(p) else round(p / scale, 3)
+
+
 def run_pipeline_phase(
     layout: MeshLayout,
     supervisor: Supervisor,
@@ -138,6 +168,7 @@ def run_pipeline_phase(
     rate: float,
     log_dir: str,
     linger_ms: float | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     sampler = ProcessSampler()
     for proc in layout.services():
@@ -162,6 +193,7 @@ def run_pipeline_phase(
                 "log_dir": log_dir,
                 "start_at": start_at,
                 "linger_ms": linger_ms,
+                "nice": nice,
             },
         )
         for i in range(clients)
@@ -181,6 +213,8 @@ def run_pipeline_phase(
     stdlib_ns = [v for r in results for v in r["stdlib_ns"]]
     empty_ns = [v for r in results for v in r["empty_ns"]]
     ack_ns = [v for r in results for v in r["ack_ns"]]
+    critical_ns = [v for r in results for v in r["critical_ack_ns"]]
+    critical_unacked = sum(r["critical_unacked"] for r in results)
     return {
         "eps": round(eps, 1),
         "clients": clients,
@@ -201,11 +235,28 @@ def run_pipeline_phase(
         "empty_call_p99_ns": _ms(empty_ns, 99, 1),
         "ack_p50_ms": _ms(ack_ns, 50, 1e6),
         "ack_p99_ms": _ms(ack_ns, 99, 1e6),
+        # P0 events, log() to ack in the SDK, resends included; unacked ones count as slowest
+        "critical_sdk_events": len(critical_ns),
+        "critical_sdk_unacked": critical_unacked,
+        "critical_sdk_p50_us": _with_unacked(critical_ns, critical_unacked, 50, 1e3),
+        "critical_sdk_p99_us": _with_unacked(critical_ns, critical_unacked, 99, 1e3),
+        "critical_sdk_max_us": _with_unacked(critical_ns, critical_unacked, 100, 1e3),
         "resources": resources,
     }
 
 
-def run_direct_phase(*, processes: int, grouping: str, duration_s: float, concurrency: int) -> dict[str, Any]:
+def fresh_keyspace(quiet_s: float) -> float:
+    """Drop and recreate the benchmark's keyspace, then wait for Cassandra to go quiet; return
+    the seconds waited. Each side of the comparison starts from this state: what an earlier
+    phase left would make its compactions (and so its numbers) depend on the order of phases."""
+    drop_keyspace(StoreConfig(keyspace=KEYSPACE))
+    create_schema(StoreConfig(keyspace=KEYSPACE))
+    return wait_for_quiet_store(quiet_s)
+
+
+def run_direct_phase(
+    *, processes: int, grouping: str, warmup_s: float, duration_s: float, concurrency: int, nice: int
+) -> dict[str, Any]:
     start_at = time.time() + 2.0
     spawned = [
         _spawn(
@@ -214,9 +265,11 @@ def run_direct_phase(*, processes: int, grouping: str, duration_s: float, concur
                 "keyspace": KEYSPACE,
                 "index": i,
                 "grouping": grouping,
+                "warmup_s": warmup_s,
                 "duration_s": duration_s,
                 "concurrency": concurrency,
                 "start_at": start_at,
+                "nice": nice,
             },
         )
         for i in range(processes)
@@ -225,13 +278,30 @@ def run_direct_phase(*, processes: int, grouping: str, duration_s: float, concur
     for proc, _ in spawned:
         proc.join(30)
     eps = sum(r["written"] / r["elapsed_s"] for r in results)
-    return {"eps": round(eps, 1), "processes": processes, "grouping": grouping, "concurrency": concurrency}
+    return {
+        "eps": round(eps, 1),
+        "processes": processes,
+        "grouping": grouping,
+        "concurrency": concurrency,
+        "written": sum(r["written"] for r in results),
+        "written_total": sum(r["written_total"] for r in results),
+    }
 
 
-def _ghz_data(path: Path, batches_per_message: int, batch_events: int) -> None:
+def _ghz_group(run: str, kind: str, request: int) -> str:
+    """The first part (the SDK's 16 hex digits) of the ids of one ghz call's events."""
+    return f"{run}{'a' if kind == 'submit' else 'b'}{request:07x}"
+
+
+def _ghz_data(path: Path, run: str, kind: str, batches_per_message: int, batch_events: int) -> None:
+    """ghz's call data: events whose ids are fresh in every call. ghz runs the data through Go's
+    text/template for each call, so an id is the SDK's format made of this run, the profile and
+    the call's request number (``{{.RequestNumber}}``), then the event's place in the call."""
     synthetic = Synthetic(weddings=1000, seed=900)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     import auditpb.v1.audit_pb2 as pb
+
+    group = _ghz_group(run, kind, 0)[:9] + "{{printf `%07x` .RequestNumber}}"
 
     def batch(n: int) -> dict[str, Any]:
         events = []
@@ -239,34 +309,122 @@ def _ghz_data(path: Path, batches_per_message: int, batch_events: int) -> None:
             events.append(
                 {
                     **kw,
-                    "event_id": f"ghz-{n}-{i}",
+                    "event_id": f"{group}-{n * batch_events + i + 1:x}",
                     "occurred_at": now,
                     "severity": pb.Severity.Name(kw["severity"]),
                     "outcome": pb.Outcome.Name(kw["outcome"]),
                 }
             )
-        return {"batch_id": f"ghz-{n}", "events": events}
+        return {"batch_id": f"{group}-b{n}", "events": events}
 
     data: Any = batch(0) if batches_per_message == 1 else [batch(n) for n in range(batches_per_message)]
     path.write_text(json.dumps(data))
 
 
-def run_ghz(kind: str, target: str, workdir: Path, duration: str, batch_events: int, messages: int) -> dict[str, Any]:
+class IngestCounters:
+    """Ingest's published counters, read whenever its stats file changes (every 2 s), with the
+    time each publication was written."""
+
+    def __init__(self, supervisor: Supervisor, name: str) -> None:
+        self._path = supervisor.stats_file(name)
+        self.samples: list[tuple[float, int, int]] = []  # (written at, accepted, retried)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        seen = 0.0
+        while not self._stop.wait(0.05):
+            try:
+                mtime = self._path.stat().st_mtime
+                if mtime == seen:
+                    continue
+                stats = json.loads(self._path.read_text())
+            except (OSError, ValueError):
+                continue
+            seen = mtime
+            self.samples.append((mtime, int(stats.get("accepted", 0)), int(stats.get("retried", 0))))
+
+    def latest(self) -> tuple[float, int, int]:
+        """The first publication written after this call: counters as they are now, not as
+        they were up to 2 s ago."""
+        asked = time.time()
+        deadline = time.monotonic() + 6.0
+        while not (self.samples and self.samples[-1][0] > asked):
+            if time.monotonic() > deadline:
+                raise RuntimeError("ingest published no counters for 6 s")
+            time.sleep(0.05)
+        return self.samples[-1]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def _stored_ghz_events(run: str, kind: str, calls: int, events_per_call: int) -> int:
+    """Distinct events of a ghz profile in the store, from their ``events_by_id`` locator rows
+    (each call's ids share one id group; replayed ids would be counted once)."""
+    store = EventStore.connect(StoreConfig(keyspace=KEYSPACE))
+    try:
+        blocks = sorted({locator_partition(f"{_ghz_group(run, kind, 0)}-{s:x}")[1] for s in (1, events_per_call)})
+        query = store.session.prepare(
+            f"SELECT COUNT(*) FROM {KEYSPACE}.events_by_id WHERE id_group = ? AND id_block IN ?"
+        )
+        return sum(
+            store.session.execute(query, (_ghz_group(run, kind, request), list(range(blocks[0], blocks[-1] + 1))))
+            .one()
+            .count
+            for request in range(calls + 64)  # ghz numbers its requests from 0 or 1; calls cut short too
+        )
+    finally:
+        store.close()
+
+
+def run_ghz(
+    kind: str,
+    target: str,
+    workdir: Path,
+    duration: str,
+    batch_events: int,
+    messages: int,
+    counters: IngestCounters,
+) -> dict[str, Any]:
+    """One ghz profile. Its throughput is the events ingest acknowledged (its own ``accepted``
+    counter) between two of its publications inside ghz's run, not ghz's OK calls times the
+    events per call: a Stream call is OK even when its acks said RETRY."""
+    run = os.urandom(4).hex()
     data = workdir / f"ghz-{kind}-data.json"
     out = RESULTS / f"ghz-{kind}.json"
-    _ghz_data(data, messages, batch_events)
+    _ghz_data(data, run, kind, messages, batch_events)
+    before = counters.latest()
+    started = time.time()
     subprocess.run([str(GHZ), kind, target, str(data), str(out), duration], check=True, stdout=subprocess.DEVNULL)
+    ended = time.time()
+    time.sleep(3.0)  # what ghz left in flight settles; then a publication written after that
+    after = counters.latest()
+    inside = [s for s in counters.samples if started <= s[0] <= ended]
+    if len(inside) >= 2 and inside[-1][0] - inside[0][0] >= 1.0:
+        (t0, a0, _), (t1, a1, _) = inside[0], inside[-1]
+        eps, window = (a1 - a0) / (t1 - t0), "between ingest's first and last publication inside ghz's run"
+    else:
+        eps, window = (after[1] - before[1]) / (ended - started), "ghz's whole run, and what it left in flight"
     report = json.loads(out.read_text())
-    ok = report.get("statusCodeDistribution", {}).get("OK", 0)
-    total_s = report["total"] / 1e9
     lat = {d["percentage"]: d["latency"] for d in report.get("latencyDistribution") or []}
     per_call_events = batch_events * messages
+    acked = after[1] - before[1]
+    calls = int(report.get("count") or 0)
+    stored = _stored_ghz_events(run, kind, calls, per_call_events)
     return {
-        "eps": round(ok * per_call_events / total_s, 1),
-        "calls_ok": ok,
-        "count": report.get("count"),
+        "eps": round(eps, 1),
+        "eps_window": window,
+        "acked_events": acked,
+        "retried_events": after[2] - before[2],
+        "stored_events": stored,
+        "calls": calls,
+        "calls_ok": report.get("statusCodeDistribution", {}).get("OK", 0),
         "errors": report.get("errorDistribution"),
         "events_per_call": per_call_events,
+        "ghz_total_s": round(report["total"] / 1e9, 2),
         "p50_ms": round(lat.get(50, 0) / 1e6, 2) if lat else None,
         "p99_ms": round(lat.get(99, 0) / 1e6, 2) if lat else None,
     }
@@ -282,20 +440,23 @@ def main() -> int:
     parser.add_argument("--processors", type=int, default=2)
     parser.add_argument("--rate", type=float, default=3000.0, help="events/s of the fixed-rate phase")
     parser.add_argument("--linger-ms", type=float, help="the SDK clients' linger (default: the SDK's)")
+    parser.add_argument(
+        "--load-nice", type=int, default=0, help="niceness of the SDK load processes and of the direct loader alike"
+    )
+    parser.add_argument(
+        "--direct-processes", default="1,2,3", help="direct-loader process counts to measure, for each grouping"
+    )
     parser.add_argument("--no-ghz", action="store_true")
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs and stats after the run")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
+    direct_processes = [int(p) for p in args.direct_processes.split(",")]
     if args.smoke:
         args.duration, args.warmup, args.clients = 3.0, 1.0, 1
-    ghz_duration = "3s" if args.smoke else "20s"
-    direct_duration = 3.0 if args.smoke else args.duration / 3
+        direct_processes = [2]
+    ghz_duration = "5s" if args.smoke else "20s"  # at least two of ingest's counter publications inside
 
     infra("up")
-    # Every run starts from an empty keyspace: what earlier runs left would make this run's
-    # compactions (and so its numbers) depend on how many runs came before.
-    drop_keyspace(StoreConfig(keyspace=KEYSPACE))
-    create_schema(StoreConfig(keyspace=KEYSPACE))
     run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-bench-"))
     layout = MeshLayout(
         ingest_port=23051,
@@ -303,7 +464,7 @@ def main() -> int:
         processors=args.processors,
         query_port=23071,
         keyspace=KEYSPACE,
-        extra_env={"AUDITMESH_TOKEN_KEY": "bench"},
+        extra_env={"AUDITMESH_TOKEN_KEY": "bench", "AUDITMESH_REDIS_URL": BENCH_REDIS_URL},
     )
     supervisor = Supervisor(run_dir)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -313,9 +474,15 @@ def main() -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "linger_ms": args.linger_ms,
+        "load_nice": args.load_nice,
     }
     quiet_s = 10.0 if args.smoke else 180.0
+    # Every side starts from an empty keyspace: what earlier runs or phases left would make its
+    # compactions (and so its numbers) depend on what ran before.
+    drop_keyspace(StoreConfig(keyspace=KEYSPACE))
+    create_schema(StoreConfig(keyspace=KEYSPACE))
     waits: list[float] = []
+    counters: IngestCounters | None = None
     try:
         layout.start(supervisor)
         waits.append(wait_for_quiet_store(quiet_s))
@@ -329,6 +496,7 @@ def main() -> int:
             rate=0,
             log_dir=str(run_dir),
             linger_ms=args.linger_ms,
+            nice=args.load_nice,
         )
         time.sleep(2.5)  # processors publish their latency reservoirs every 2 s
         processors = [supervisor.stats(layout.processor(i).name) or {} for i in range(layout.processors)]
@@ -344,11 +512,16 @@ def main() -> int:
             rate=args.rate,
             log_dir=str(run_dir),
             linger_ms=args.linger_ms,
+            nice=args.load_nice,
         )
         if not args.no_ghz:
-            result["ghz_submit"] = run_ghz("submit", layout.ingest_target, run_dir, ghz_duration, 500, 1)
-            result["ghz_stream"] = run_ghz("stream", layout.ingest_target, run_dir, ghz_duration, 500, 10)
+            counters = IngestCounters(supervisor, layout.ingest().name)
+            target = layout.ingest_target
+            result["ghz_submit"] = run_ghz("submit", target, run_dir, ghz_duration, 500, 1, counters)
+            result["ghz_stream"] = run_ghz("stream", target, run_dir, ghz_duration, 500, 10, counters)
     finally:
+        if counters is not None:
+            counters.stop()
         layout.stop(supervisor)
     # Published at exit: the fixed-rate phase (reservoirs were reset when it began).
     fixed_processors = [supervisor.stats(layout.processor(i).name) or {} for i in range(layout.processors)]
@@ -356,12 +529,20 @@ def main() -> int:
     critical = [s.get("critical_us", {}) for s in processors]
     fixed_critical = [s.get("critical_us", {}) for s in fixed_processors]
     fixed_write = [s.get("write_us", {}) for s in fixed_processors]
-    waits.append(wait_for_quiet_store(quiet_s))
-    direct = [
-        run_direct_phase(processes=p, grouping=g, duration_s=direct_duration, concurrency=16)
-        for g in ("partition", "replica")
-        for p in ((2,) if args.smoke else (1, 2, 3))
-    ]
+    direct = []
+    for grouping in ("partition", "replica"):
+        for processes in direct_processes:
+            waits.append(fresh_keyspace(quiet_s))
+            direct.append(
+                run_direct_phase(
+                    processes=processes,
+                    grouping=grouping,
+                    warmup_s=args.warmup,
+                    duration_s=args.duration,
+                    concurrency=16,
+                    nice=args.load_nice,
+                )
+            )
     best_direct = max(direct, key=lambda d: d["eps"])
     result.update(
         {
@@ -376,15 +557,24 @@ def main() -> int:
             "ack_p99_ms_fixed_rate": fixed["ack_p99_ms"],
             "fixed_rate_eps": fixed["eps"],
             "critical_p99_us_fixed_rate": _worst(fixed_critical, "p99"),
+            "critical_sdk_p50_us": full["critical_sdk_p50_us"],
+            "critical_sdk_p99_us": full["critical_sdk_p99_us"],
+            "critical_sdk_events": full["critical_sdk_events"],
+            "critical_sdk_unacked": full["critical_sdk_unacked"],
+            "critical_sdk_p50_us_fixed_rate": fixed["critical_sdk_p50_us"],
+            "critical_sdk_p99_us_fixed_rate": fixed["critical_sdk_p99_us"],
+            "critical_sdk_events_fixed_rate": fixed["critical_sdk_events"],
             "write_p99_ms_fixed_rate": _scaled(_worst(fixed_write, "p99"), 1e3),
             "throughput_eps": full["eps"],
             "direct_loader_eps": best_direct["eps"],
+            "direct_loader_best": {k: best_direct[k] for k in ("processes", "grouping", "concurrency")},
             "ratio_to_direct": round(full["eps"] / best_direct["eps"], 3) if best_direct["eps"] else None,
             "log_p50_ns": full["log_p50_ns"],
             "log_p99_ns": full["log_p99_ns"],
             "log_p999_ns": full["log_p999_ns"],
             "stdlib_logging_p99_ns": full["stdlib_p99_ns"],
             "stdlib_logging_p50_ns": full["stdlib_p50_ns"],
+            "empty_call_p50_ns": full["empty_call_p50_ns"],
             "empty_call_p99_ns": full["empty_call_p99_ns"],
             "ack_p50_ms": full["ack_p50_ms"],
             "ack_p99_ms": full["ack_p99_ms"],
@@ -397,22 +587,94 @@ def main() -> int:
             "ghz_stream_eps": result.get("ghz_stream", {}).get("eps"),
             "machine": machine(),
             "git_commit": git_commit(),
-            "command": "python -m bench.pipeline" + (" --smoke" if args.smoke else ""),
+            "command": " ".join(["python -m bench.pipeline", *sys.argv[1:]]),
         }
     )
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"pipeline-{stamp}.json").write_text(json.dumps(result, indent=2))
-    missing = [k for k in REQUIRED_KEYS if k not in result]
-    assert not missing, f"result lacks {missing}"
-    (RESULTS / ("smoke-latest.json" if args.smoke else "latest.json")).write_text(json.dumps(result, indent=2))
     print(render_table(result))
-    if not args.smoke and not args.no_readme:
-        update_readme(result)
-    if args.keep_logs:
+    failures = check(result, ghz=not args.no_ghz)
+    if args.keep_logs or failures:
         print(f"services' logs and stats: {run_dir}")
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
+    if failures:
+        print("the run failed its checks; no results written:\n  " + "\n  ".join(failures))
+        return 1
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"pipeline-{stamp}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / ("smoke-latest.json" if args.smoke else "latest.json")).write_text(json.dumps(result, indent=2))
+    if not args.smoke:
+        with PIPELINE_RUNS.open("a") as runs:
+            runs.write(json.dumps(run_record(result)) + "\n")
+        if not args.no_readme:
+            update_readme(result)
+            update_readme(result, "<!-- bench:runs:start -->", "<!-- bench:runs:end -->", render_runs(_read_runs()))
     return 0
+
+
+def check(result: dict[str, Any], *, ghz: bool) -> list[str]:
+    """What makes a run's numbers unusable: missing measures, events not acknowledged, P0 events
+    left unacknowledged, ghz events not stored under fresh ids."""
+    failures = [f"no {k}" for k in REQUIRED_KEYS if result.get(k) is None and (ghz or not k.startswith("ghz_"))]
+    for name in ("full_speed", "fixed_rate"):
+        phase = result[name]
+        if phase["acked"] != phase["sent"] or phase["rejected"] or phase["dropped"]:
+            failures.append(
+                f"{name}: {phase['sent']} events logged, {phase['acked']} acknowledged, "
+                f"{phase['rejected']} rejected, {phase['dropped']} dropped"
+            )
+        if phase["critical_sdk_unacked"]:
+            failures.append(f"{name}: {phase['critical_sdk_unacked']} P0 events never acknowledged")
+        if not phase["critical_sdk_events"]:
+            failures.append(f"{name}: no P0 event acknowledged in the window")
+    for kind in ("submit", "stream") if ghz else ():
+        g = result.get(f"ghz_{kind}") or {}
+        if not g.get("acked_events"):
+            failures.append(f"ghz {kind}: ingest acknowledged no events")
+        elif g["stored_events"] < g["acked_events"]:
+            failures.append(
+                f"ghz {kind}: {g['acked_events']} events acknowledged but {g['stored_events']} distinct ids "
+                "stored (ids replayed: ghz did not apply its template?)"
+            )
+    for d in result["direct_loader"]:
+        if not d["written"]:
+            failures.append(f"direct loader {d['grouping']} x{d['processes']}: nothing written in the window")
+    return failures
+
+
+RUN_FIELDS = (
+    "started",
+    "git_commit",
+    "command",
+    "duration_s",
+    "warmup_s",
+    "load_nice",
+    "throughput_eps",
+    "direct_loader_eps",
+    "direct_loader_best",
+    "ratio_to_direct",
+    "fixed_rate_eps",
+    "ack_p99_ms_fixed_rate",
+    "critical_sdk_p99_us",
+    "critical_sdk_p99_us_fixed_rate",
+    "critical_p99_us",
+    "critical_p99_us_fixed_rate",
+    "log_p99_ns",
+    "empty_call_p99_ns",
+    "ghz_submit_eps",
+    "ghz_stream_eps",
+)
+
+
+def run_record(result: dict[str, Any]) -> dict[str, Any]:
+    """The line a full run appends to ``pipeline-runs.jsonl``: the headline figures, so the
+    spread of runs can be shown from files."""
+    record = {k: result.get(k) for k in RUN_FIELDS}
+    record["cpus"] = result["machine"]["cpus"]
+    return record
+
+
+def _read_runs() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in PIPELINE_RUNS.read_text().splitlines() if line.strip()]
 
 
 def _worst(summaries: list[dict[str, Any]], key: str) -> float | None:

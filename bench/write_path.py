@@ -5,14 +5,17 @@
 
 Needs the local Cassandra (for the prepared statements' metadata); sends nothing. Both paths
 start from the same 500-event batches and end with batches of the same rows, grouped the way
-the processor groups them.
+the processor groups them; the run checks that the two produce the same statements, byte for
+byte, and only then writes ``bench/results/write-path-latest.json`` (which
+``python -m bench.report write-path`` renders into the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
-import os
+import sys
 import time
 import uuid
 from typing import Any
@@ -26,7 +29,7 @@ from auditmesh.schema import create_schema
 from auditmesh.store import EventStore, bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
-from bench.report import RESULTS, git_commit, machine
+from bench.report import RESULTS, git_commit, machine, render_write_path, update_readme
 
 ROWS_PER_BATCH = 100
 
@@ -86,18 +89,29 @@ def _with_rowcodec(store: EventStore, events: list[pb.Event]) -> list[BatchState
     return batches
 
 
+def _statements(batches: list[BatchStatement]) -> list[tuple[bytes, tuple[bytes, ...]]]:
+    """What a list of batches sends: each statement's id and its encoded values."""
+    return [(query_id, tuple(values)) for b in batches for _, query_id, values in b._statements_and_parameters]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     infra("up")
-    cfg = StoreConfig.from_env(os.environ)
+    cfg = StoreConfig(keyspace="auditmesh_bench")  # the benchmarks' keyspace; only its statements are used
     create_schema(cfg)
     store = EventStore.connect(cfg)
     try:
         data = _events(args.batches, 500)
         events = sum(len(b) for b in data)
+        for batch in data:
+            if _statements(_with_bind(store, batch)) != _statements(_with_rowcodec(store, batch)):
+                print("the two paths do not produce the same statements; no result written")
+                return 1
         best: dict[str, float] = {}
         for _ in range(args.rounds):  # alternate, keep each path's best round
             for name, build in (("driver_bind", _with_bind), ("rowcodec", _with_rowcodec)):
@@ -109,13 +123,14 @@ def main() -> int:
     finally:
         store.close()
     result = {
+        "started": started_at,
         "events": events,
         "driver_bind_us_per_event": round(best["driver_bind"], 2),
         "rowcodec_us_per_event": round(best["rowcodec"], 2),
         "speedup": round(best["driver_bind"] / best["rowcodec"], 1),
         "machine": machine(),
         "git_commit": git_commit(),
-        "command": "python -m bench.write_path",
+        "command": " ".join(["python -m bench.write_path", *sys.argv[1:]]),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "write-path-latest.json").write_text(json.dumps(result, indent=2))
@@ -125,6 +140,10 @@ def main() -> int:
         f"  auditmesh.rowcodec:                          {result['rowcodec_us_per_event']} us"
         f"  ({result['speedup']}x less)"
     )
+    if not args.no_readme:
+        update_readme(
+            result, "<!-- bench:write-path:start -->", "<!-- bench:write-path:end -->", render_write_path(result)
+        )
     return 0
 
 

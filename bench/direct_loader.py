@@ -32,9 +32,10 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
 from auditmesh import rowcodec
+from auditmesh.config import StoreConfig
 from auditmesh.event_ids import locator_partition, new_client_prefix
 from auditmesh.priority import CalendarSnapshot, assign_priority
-from auditmesh.store import _BATCH_ROWS, _KNOWN_PARTITIONS, bucket_of, occurred_ms
+from auditmesh.store import _KNOWN_PARTITIONS, _byte_chunks, bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 
@@ -122,8 +123,7 @@ def _by_replica(events: list[pb.Event], prepared: dict[str, Any], known: _Known,
         route = rowcodec.routing_key(group_bytes, block_bytes)
         flat.extend((route, prepared["id"].query_id, (group_bytes, block_bytes, *row)) for row in rows)
     statements: list[Any] = []
-    for start in range(0, len(flat), _BATCH_ROWS):
-        chunk = flat[start : start + _BATCH_ROWS]
+    for chunk in _byte_chunks(flat, StoreConfig().max_batch_bytes):
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
         for _, query_id, values in chunk:
             batch._add_statement_and_params(True, query_id, values)

@@ -15,8 +15,10 @@ __all__ = [
     "BENCH_REDIS_URL",
     "PIPELINE_RUNS",
     "RESULTS",
+    "faults_unfit",
     "git_commit",
     "machine",
+    "render_faults",
     "render_runs",
     "render_table",
     "render_write_path",
@@ -291,6 +293,22 @@ def update_readme(
     README.write_text(f"{head}{start}\n{text if text is not None else render_table(r)}\n{end}{tail}")
 
 
+def faults_unfit(data: dict[str, Any]) -> str:
+    """Why a faults record must not become the README table ("" when it may): it must come
+    from a run of every fault test that passed, and every fault in it must have passed."""
+    if data.get("passed") is not True:
+        return "the run that wrote it did not pass (or does not say that it passed)"
+    if data.get("complete") is not True:
+        not_run = ", ".join(data.get("not_run") or []) or "unknown"
+        return f"the run did not run every fault test (not run: {not_run})"
+    failed = [str(r.get("fault")) for r in data.get("faults", []) if r.get("passed") is not True]
+    if failed:
+        return f"faults that did not pass: {'; '.join(failed)}"
+    if not data.get("faults"):
+        return "it records no fault"
+    return ""
+
+
 def render_faults(data: dict[str, Any]) -> str:
     lines = [
         "| fault | load | events acknowledged | events found | duplicates | resent | recovery | peak service RSS |",
@@ -299,10 +317,14 @@ def render_faults(data: dict[str, Any]) -> str:
     for r in data["faults"]:
         recovery = "n/a" if r["recovery_s"] is None else f"{r['recovery_s']} s"
         lines.append(
-            f"| {r['fault']} | {r['load_eps']:,.0f} ev/s | {r['acked']:,} | {r['found']:,} | "
+            f"| {r['fault']} | {r['logged_eps']:,.0f} ev/s | {r['acked']:,} | {r['found']:,} | "
             f"{r['duplicates']} | {r['resent']:,} | {recovery} | {r['peak_rss_mb']} MB |"
         )
-    lines += ["", f"From `pytest tests/faults` on {data['run']}; table written by `python -m bench.report faults`."]
+    lines += [
+        "",
+        f"From `pytest tests/faults` on {data['run']} (every fault test run and passed); load is the rate the SDK "
+        "logged at, as measured; table written by `python -m bench.report faults`.",
+    ]
     return "\n".join(lines)
 
 
@@ -313,6 +335,10 @@ def main() -> int:
     what = sys.argv[1] if len(sys.argv) > 1 else "pipeline"
     if what == "faults":
         data = json.loads((RESULTS / "faults-latest.json").read_text())
+        unfit = faults_unfit(data)
+        if unfit:
+            print(f"bench/results/faults-latest.json not rendered: {unfit}", file=sys.stderr)
+            return 1
         update_readme(data, "<!-- faults:start -->", "<!-- faults:end -->", render_faults(data))
     elif what == "query":
         data = json.loads((RESULTS / "query-latest.json").read_text())

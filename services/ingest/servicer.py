@@ -212,17 +212,28 @@ class IngestServicer:
         answers = await asyncio.gather(
             *(self._send(r, size * len(r.events) // len(valid)) for r in ordered), return_exceptions=True
         )
-        for answer in answers:
-            if isinstance(answer, RetryableError):
+        failed = next((a for a in answers if isinstance(a, BaseException) or not a.ok), None)
+        del answers
+        if failed is not None:
+            # Raising an exception held in this frame's locals would make a reference cycle
+            # (exception -> traceback -> this frame -> exception) that keeps the whole batch
+            # alive until the cyclic collector runs: under a burst of refused batches, hundreds
+            # of MB. A fresh exception, with the old one dropped, is freed at once. Valid events
+            # whose write failed are never reported as rejected: the write may have stored part
+            # of them, and only the caller's resend completes them.
+            failure: BaseException
+            if isinstance(failed, BaseException):
+                failure = failed
+            else:
+                failure = StoreUnavailable(failed.error, failed.retry_after_ms or 200)
+            del failed
+            if isinstance(failure, RetryableError):
                 self.stats.retried += len(valid)
-                raise answer
-            if isinstance(answer, BaseException):
-                raise answer
-            if not answer.ok:
-                # Valid events whose write failed are never reported as rejected: the write may
-                # have stored part of them, and only the caller's resend completes them.
-                self.stats.retried += len(valid)
-                raise StoreUnavailable(answer.error, answer.retry_after_ms or 200)
+                failure = type(failure)(str(failure), failure.retry_after_ms)
+            try:
+                raise failure from None
+            finally:
+                del failure
         accepted = len(valid)
         self.stats.accepted += accepted
         return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, accepted=accepted, rejected=rejected)

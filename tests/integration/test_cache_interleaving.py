@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 
 from auditmesh.cache import PageCache, VersionBumper
 from auditmesh.config import StoreConfig
-from auditmesh.search import SearchSpec, TokenSigner
+from auditmesh.search import PageBounds, SearchSpec, TokenSigner
 from auditmesh.store import EventStore, Row
+from auditmesh.validation import Limits
 from auditpb.v1 import audit_pb2 as pb
 from services.query.servicer import QueryServicer
 from tests.conftest import slot_redis_url
@@ -128,7 +129,13 @@ def test_the_query_page_path_never_caches_a_page_a_concurrent_write_made_stale(s
         bumper = VersionBumper(client)
         try:
             await bumper.bump((await store.write([first])).partitions)
-            servicer = QueryServicer(WriteDuringRead(store, bumper, second), TokenSigner(b"k"), PageCache(client, 60))
+            servicer = QueryServicer(
+                WriteDuringRead(store, bumper, second),
+                TokenSigner(b"k"),
+                PageCache(client, 60),
+                bounds=PageBounds(),
+                limits=Limits(),
+            )
             spec = SearchSpec.from_request(pb.SearchRequest(wedding_id=wedding, page_size=50))
             seen = []
             for _ in range(3):

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -20,11 +21,12 @@ import grpc
 
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
-from auditmesh.mesh import MeshLayout, infra
+from auditmesh.mesh import JAEGER_SCRIPT, MeshLayout, infra
 from auditmesh.schema import create_schema
 from auditmesh.store import EventStore
 from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
+from auditmesh.telemetry import reports
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
@@ -42,6 +44,12 @@ def _schema() -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     infra("up")
+    if args.traces:
+        subprocess.run([str(JAEGER_SCRIPT), "up"], check=True)
+        # The services inherit this process's environment: they export to the local Jaeger.
+        os.environ.setdefault("OTEL_TRACES_EXPORTER", "otlp")
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
     _schema()
     layout = MeshLayout.from_env(os.environ)
     supervisor = Supervisor(_run_dir() / "services")
@@ -215,7 +223,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="auditmesh", description=__doc__.splitlines()[0] if __doc__ else "")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start Cassandra, Redis and the services (idempotent)").set_defaults(fn=cmd_up)
+    up = sub.add_parser("up", help="start Cassandra, Redis and the services (idempotent)")
+    up.add_argument("--traces", action="store_true", help="also start Jaeger and export every service's traces to it")
+    up.set_defaults(fn=cmd_up)
     down = sub.add_parser("down", help="stop the services, then Cassandra and Redis")
     down.add_argument("--services-only", action="store_true", help="leave Cassandra and Redis running")
     down.set_defaults(fn=cmd_down)
@@ -240,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--org")
     query.add_argument("--limit", type=int, default=20)
     query.set_defaults(fn=cmd_query)
+    reports.add_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

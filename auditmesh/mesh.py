@@ -14,9 +14,10 @@ from pathlib import Path
 from auditmesh.config import Env
 from auditmesh.supervisor import ServiceProcess, Supervisor, health_of, wait_healthy
 
-__all__ = ["INFRA_SCRIPT", "MeshLayout", "infra"]
+__all__ = ["INFRA_SCRIPT", "JAEGER_SCRIPT", "MeshLayout", "infra"]
 
 INFRA_SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local" / "infra.sh"
+JAEGER_SCRIPT = INFRA_SCRIPT.with_name("jaeger.sh")
 
 
 def infra(command: str, env: Mapping[str, str] | None = None) -> None:

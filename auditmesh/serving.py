@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -24,6 +25,7 @@ from grpc_status import rpc_status
 
 from auditmesh.errors import AuditError, InvalidRequest, Overloaded, PermanentError, RetryableError
 from auditmesh.logthrottle import Throttle
+from auditmesh.telemetry import tracing
 from auditpb.v1 import audit_pb2  # noqa: F401  (registers auditpb in the pool reflection serves)
 
 __all__ = [
@@ -348,9 +350,18 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main(stop)`` on uvloop; ``stop`` is set by SIGTERM or SIGINT."""
+def _service_name() -> str:
+    """``ingest`` for ``python -m services.ingest``: the package the running ``__main__`` is in."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    parts = (spec.name if spec is not None else "").split(".")
+    return parts[-2] if len(parts) >= 2 else "service"
+
+
+def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], name: str | None = None) -> None:
+    """Run ``main(stop)`` on uvloop; ``stop`` is set by SIGTERM or SIGINT. Tracing is set up from
+    the ``OTEL_*`` variables first (service ``auditmesh-<name>``) and flushed at the end."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    provider = tracing.setup(f"auditmesh-{name or _service_name()}")
     # cassandra-driver logs every server warning of every response ("Batch ... exceeding
     # specified threshold" per batch): once a minute, with a count, is enough.
     logging.getLogger("cassandra.protocol").addFilter(Throttle(60.0))
@@ -362,5 +373,9 @@ def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> N
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(wrapper())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(wrapper())
+    finally:
+        if provider is not None:
+            provider.shutdown()

@@ -79,12 +79,19 @@ def run_client(
     linger_ms: float | None = None,
     nice: int = 0,
     world: str = "",
+    trace_env: dict[str, str] | None = None,
 ) -> None:
     """Drive one AuditClient and send what was measured through ``conn``. ``nice`` lowers this
     process's CPU priority (the pipeline benchmark gives its direct loader the same); ``world``
-    names the weddings and users written (by default the generator's own, see Synthetic)."""
+    names the weddings and users written (by default the generator's own, see Synthetic); with
+    ``trace_env`` (OTEL_* variables) the client traces its batches as an application would."""
     if nice:
         os.nice(nice)
+    if trace_env:
+        # The calling application's tracer provider: the SDK's batch spans join the mesh's traces.
+        from auditmesh.telemetry import tracing
+
+        tracing.setup(f"auditmesh-bench-client-{index}", trace_env)
     synthetic = Synthetic(weddings=weddings, seed=100 + index, world=world)
     events = list(synthetic.events(20_000))
     stdlib = logging.getLogger(f"bench.stdlib.{index}")

@@ -53,6 +53,9 @@ from auditmesh.schema import create_schema, drop_keyspace
 from auditmesh.store import EventStore
 from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
+from auditmesh.telemetry import budget
+from auditmesh.telemetry.spans import read_jsonl
+from auditmesh.telemetry.tracing import DEFAULT_RATIO
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
 from bench.report import (
@@ -169,6 +172,7 @@ def run_pipeline_phase(
     log_dir: str,
     linger_ms: float | None = None,
     nice: int = 0,
+    trace_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     sampler = ProcessSampler()
     for proc in layout.services():
@@ -194,6 +198,7 @@ def run_pipeline_phase(
                 "start_at": start_at,
                 "linger_ms": linger_ms,
                 "nice": nice,
+                "trace_env": trace_env,
             },
         )
         for i in range(clients)
@@ -464,7 +469,13 @@ def main() -> int:
         processors=args.processors,
         query_port=23071,
         keyspace=KEYSPACE,
-        extra_env={"AUDITMESH_TOKEN_KEY": "bench", "AUDITMESH_REDIS_URL": BENCH_REDIS_URL},
+        # Traced as in production (critical batches always, the rest at the default ratio), into
+        # a span file that `auditmesh budget` reads at the end of the run.
+        extra_env={
+            "AUDITMESH_TOKEN_KEY": "bench",
+            "AUDITMESH_REDIS_URL": BENCH_REDIS_URL,
+            "AUDITMESH_SPANS_FILE": str(run_dir / "spans.jsonl"),
+        },
     )
     supervisor = Supervisor(run_dir)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -523,6 +534,14 @@ def main() -> int:
         if counters is not None:
             counters.stop()
         layout.stop(supervisor)
+    spans = read_jsonl(run_dir / "spans.jsonl") if (run_dir / "spans.jsonl").exists() else []
+    stages = budget.check(spans)
+    result["latency_budget"] = {
+        "spans": len(spans),
+        "table": budget.render(stages),
+        "violated": [r.stage + (" (wedding day)" if r.wedding_day else "") for r in stages if r.violated],
+    }
+    print(f"latency budget over {len(spans)} spans (auditmesh budget):\n{result['latency_budget']['table']}")
     # Published at exit: the fixed-rate phase (reservoirs were reset when it began).
     fixed_processors = [supervisor.stats(layout.processor(i).name) or {} for i in range(layout.processors)]
     write = [s.get("write_us", {}) for s in processors]
@@ -608,6 +627,13 @@ def main() -> int:
         if not args.no_readme:
             update_readme(result)
             update_readme(result, "<!-- bench:runs:start -->", "<!-- bench:runs:end -->", render_runs(_read_runs()))
+            update_readme(
+                result,
+                "<!-- bench:budget:start -->",
+                "<!-- bench:budget:end -->",
+                f"```\n{result['latency_budget']['table']}\n```\n\nFrom the {result['latency_budget']['spans']:,} spans"
+                f" of the run above (critical batches and {DEFAULT_RATIO:g} of the rest traced).",
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,36 @@ def mesh(mesh_layout: MeshLayout, supervisor: Supervisor) -> Iterator[MeshLayout
         yield mesh_layout
     finally:
         mesh_layout.stop(supervisor)
+
+
+@contextmanager
+def own_mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    base_port: int,
+    *,
+    processors: int = 1,
+    redis_db: int = 15,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[MeshLayout, Supervisor]]:
+    """A mesh of a test's own on the test keyspace: ingest on ``base_port``, processors from
+    ``base_port + 10``, query on ``base_port + 20`` (in this run's slot), with a supervisor of
+    its own so that its process names do not clash with the ``mesh`` fixture's; stopped on exit."""
+    layout = MeshLayout(
+        ingest_port=slot_port(base_port),
+        processor_base_port=slot_port(base_port + 10),
+        processors=processors,
+        query_port=slot_port(base_port + 20),
+        keyspace=TEST_KEYSPACE,
+        extra_env={
+            "AUDITMESH_TOKEN_KEY": f"{name}-key",
+            "AUDITMESH_REDIS_URL": slot_redis_url(redis_db),
+            **(env or {}),
+        },
+    )
+    supervisor = Supervisor(Path(tmp_path_factory.mktemp(name)))
+    try:
+        layout.start(supervisor)
+        yield layout, supervisor
+    finally:
+        layout.stop(supervisor)

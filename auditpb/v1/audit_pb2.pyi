@@ -145,6 +145,7 @@ class Event(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_US_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Client-made unique id (UUID, ULID or producer id + sequence); the idempotency key end to end."""
     wedding_id: _builtins.str
@@ -165,6 +166,10 @@ class Event(_message.Message):
     """Set by ingest: the priority from the platform rule (base 100, wedding day, Saturday, P0, wedding data)."""
     received_at_us: _builtins.int
     """Set by ingest: when ingest received the event (microseconds since the Unix epoch)."""
+    trace_id: _builtins.str
+    """Set by ingest when the event's batch was traced: the trace id (32 hex digits), so that
+    `auditmesh trace EVENT_ID` finds the trace of one event.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened, by the caller's clock."""
@@ -189,10 +194,11 @@ class Event(_message.Message):
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         priority: _builtins.int = ...,
         received_at_us: _builtins.int = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "organization_id", b"organization_id", "outcome", b"outcome", "priority", b"priority", "received_at_us", b"received_at_us", "resource_id", b"resource_id", "resource_type", b"resource_type", "severity", b"severity", "source_ip", b"source_ip", "source_service", b"source_service", "user_id", b"user_id", "wedding_id", b"wedding_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "organization_id", b"organization_id", "outcome", b"outcome", "priority", b"priority", "received_at_us", b"received_at_us", "resource_id", b"resource_id", "resource_type", b"resource_type", "severity", b"severity", "source_ip", b"source_ip", "source_service", b"source_service", "trace_id", b"trace_id", "user_id", b"user_id", "wedding_id", b"wedding_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -205,11 +211,16 @@ class EventBatch(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     CLIENT_DROPPED_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Client-made id of this batch, echoed in its BatchAck (a stream may have many in flight)."""
     client_dropped: _builtins.int
     """Events the sending client has dropped since it started (its buffer was full); lets
     operators see client-side loss in one place. Never includes P0 events: they are not dropped.
+    """
+    traceparent: _builtins.str
+    """W3C traceparent of the caller's span for this batch, when it traces it: on a stream,
+    gRPC metadata is per stream, so trace context travels with each batch.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
@@ -219,10 +230,11 @@ class EventBatch(_message.Message):
         batch_id: _builtins.str = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
         client_dropped: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "client_dropped", b"client_dropped", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "client_dropped", b"client_dropped", "events", b"events", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -310,8 +322,11 @@ class ProcessRequest(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     LANE_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     lane: Global___Lane.ValueType
+    traceparent: _builtins.str
+    """W3C traceparent of ingest's span for this request, when the batch is traced."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
@@ -320,10 +335,11 @@ class ProcessRequest(_message.Message):
         seq: _builtins.int = ...,
         lane: Global___Lane.ValueType = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "lane", b"lane", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "lane", b"lane", "seq", b"seq", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

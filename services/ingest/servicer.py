@@ -15,11 +15,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, set_span_in_context, use_span
 
 from auditmesh.errors import InvalidRequest, Overloaded, RetryableError, StoreUnavailable
 from auditmesh.memory import trim_soon
 from auditmesh.priority import CalendarSnapshot, assign_priority
 from auditmesh.serving import ReadBudget, abort_with, respond_concurrently, send_all
+from auditmesh.telemetry.tracing import LANE, context_of, lane_name, traceparent, tracer
 from auditmesh.validation import Limits, validate_batch
 from auditpb.v1 import audit_pb2 as pb
 from services.ingest.router import Router
@@ -28,6 +31,7 @@ __all__ = ["IngestServicer", "IngestStats"]
 
 SERVICE = "auditpb.v1.IngestService"
 log = logging.getLogger("auditmesh.ingest")
+_tracer = tracer("auditmesh.ingest")
 
 
 class IngestStats:
@@ -104,7 +108,8 @@ class IngestServicer:
             await abort_with(context, Overloaded(f"ingest holds {budget.used} bytes of batches", 500))
         budget.take(len(raw))
         try:
-            return await self._ingest(batch, len(raw))
+            parent = context_of(batch.traceparent) or context_of(context.invocation_metadata())
+            return await self._ingest(batch, len(raw), parent)
         except RetryableError as exc:
             await abort_with(context, exc)
         except Exception as exc:
@@ -166,7 +171,7 @@ class IngestServicer:
         if too_large:
             return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_REFUSED, message=too_large)
         try:
-            return await self._ingest(batch, size)
+            return await self._ingest(batch, size, context_of(batch.traceparent))
         except RetryableError as exc:
             return pb.BatchAck(
                 batch_id=batch.batch_id,
@@ -183,14 +188,23 @@ class IngestServicer:
 
     async def _send(self, req: pb.ProcessRequest, size: int) -> pb.ProcessResponse:
         """Send one lane's events within that lane's in-flight budget."""
-        budget = self._router.budget_for(req.lane)
-        await budget.acquire(len(req.events), size, self._admit_wait_s)
-        try:
-            return await self._router.send(req)
-        finally:
-            await budget.release(len(req.events), size)
+        attributes: dict[str, str | int] = {
+            LANE: lane_name(req.lane),
+            "auditmesh.events": len(req.events),
+        }
+        with _tracer.start_as_current_span("ingest.forward", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            req.traceparent = traceparent(span)
+            budget = self._router.budget_for(req.lane)
+            await budget.acquire(len(req.events), size, self._admit_wait_s)
+            try:
+                return await self._router.send(req)
+            finally:
+                await budget.release(len(req.events), size)
 
-    async def _ingest(self, batch: pb.EventBatch, size: int) -> pb.BatchAck:
+    async def _ingest(self, batch: pb.EventBatch, size: int, parent: Context | None = None) -> pb.BatchAck:
+        """Validate, prioritise and forward one batch; one ``ingest.batch`` span (started when the
+        lanes are known, so the sampler can always keep critical ones, but timed from receipt)."""
+        received_ns = time.time_ns()
         self.stats.batches += 1
         events = batch.events
         valid, rejected = validate_batch(events, self._limits)
@@ -198,7 +212,7 @@ class IngestServicer:
         if not valid:
             return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, rejected=rejected)
         cal = self._calendar()
-        now_us = time.time_ns() // 1000
+        now_us = received_ns // 1000
         requests: dict[int, pb.ProcessRequest] = {}
         for index in valid:
             ev = events[index]
@@ -209,9 +223,30 @@ class IngestServicer:
                 req = requests[lane] = pb.ProcessRequest(lane=lane)  # type: ignore[arg-type]
             req.events.append(ev)
         ordered = sorted(requests.values(), key=lambda r: -r.lane)
-        answers = await asyncio.gather(
-            *(self._send(r, size * len(r.events) // len(valid)) for r in ordered), return_exceptions=True
+        span = _tracer.start_span(
+            "ingest.batch",
+            context=parent,
+            kind=SpanKind.SERVER,
+            start_time=received_ns,
+            attributes={
+                LANE: lane_name(ordered[0].lane),
+                "auditmesh.events": len(events),
+                "auditmesh.rejected": len(rejected),
+            },
         )
+        if span.is_recording():
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+            for req in ordered:
+                for ev in req.events:
+                    ev.trace_id = trace_id
+            span.set_attribute("auditmesh.weddings", len({events[i].wedding_id for i in valid}))
+            span.set_attribute("auditmesh.lanes", [lane_name(r.lane) for r in ordered])
+            handle = _tracer.start_span("ingest.handle", context=set_span_in_context(span), start_time=received_ns)
+            handle.end()
+        with use_span(span, end_on_exit=True):
+            answers = await asyncio.gather(
+                *(self._send(r, size * len(r.events) // len(valid)) for r in ordered), return_exceptions=True
+            )
         failed = next((a for a in answers if isinstance(a, BaseException) or not a.ok), None)
         del answers
         if failed is not None:

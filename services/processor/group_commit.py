@@ -17,12 +17,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry.trace import StatusCode
+
 from auditmesh.errors import RetryableError, StoreUnavailable
 from auditmesh.metrics import Reservoir
 from auditmesh.store import WriteStats
+from auditmesh.telemetry.tracing import LANE, lane_name, link_of, tracer
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = ["GroupCommitter", "Outcome", "Writer"]
+
+_tracer = tracer("auditmesh.processor")
 
 
 class Writer(Protocol):
@@ -102,18 +107,31 @@ class GroupCommitter:
 
     async def _commit(self, group: list[_Entry]) -> None:
         started = time.perf_counter()
-        try:
-            stats = await self._write(ev for entry in group for ev in entry.req.events)
-        except Exception as exc:
-            if len(group) > 1 and not isinstance(exc, RetryableError):
+        # One span per group write, in the trace of the request whose task writes it, linked to
+        # every request it carries (each from its own trace).
+        links = [link for link in (link_of(entry.req.traceparent) for entry in group) if link is not None]
+        events = sum(len(entry.req.events) for entry in group)
+        attributes: dict[str, str | int] = {
+            "auditmesh.events": events,
+            "auditmesh.requests": len(group),
+            LANE: lane_name(group[0].req.lane),
+        }
+        with _tracer.start_as_current_span("store.write", links=links, attributes=attributes) as span:
+            try:
+                stats = await self._write(ev for entry in group for ev in entry.req.events)
+            except Exception as exc:
+                span.set_status(StatusCode.ERROR, str(exc)[:200])
+                if len(group) > 1 and not isinstance(exc, RetryableError):
+                    for entry in group:
+                        await self._write_group([entry])
+                    return
                 for entry in group:
-                    await self._write_group([entry])
+                    entry.settle(Outcome(error=exc, grouped_with=len(group)))
                 return
-            for entry in group:
-                entry.settle(Outcome(error=exc, grouped_with=len(group)))
-            return
+            span.set_attribute("auditmesh.partitions", len(stats.partitions))
         write_us = int((time.perf_counter() - started) * 1e6)
         self.write_us.add(write_us)
-        await self._after_write(stats.partitions)
+        with _tracer.start_as_current_span("cache.bump", attributes={"auditmesh.partitions": len(stats.partitions)}):
+            await self._after_write(stats.partitions)
         for entry in group:
             entry.settle(Outcome(stats=stats, write_us=write_us, grouped_with=len(group)))

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry.trace import SpanKind, StatusCode
 
 from auditmesh.cache import VersionBumper
 from auditmesh.errors import RetryableError
@@ -23,6 +24,7 @@ from auditmesh.logthrottle import Throttle
 from auditmesh.metrics import Reservoir
 from auditmesh.serving import respond_concurrently, send_all
 from auditmesh.store import WriteStats
+from auditmesh.telemetry.tracing import LANE, context_of, lane_name, tracer
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.group_commit import GroupCommitter
@@ -30,6 +32,7 @@ from services.processor.group_commit import GroupCommitter
 __all__ = ["EventWriter", "ProcessorServicer"]
 
 log = logging.getLogger("auditmesh.processor")
+_tracer = tracer("auditmesh.processor")
 log.addFilter(Throttle(10.0))
 _PERMANENT_RETRY_MS = 2000
 """How long a caller waits before resending events whose write failed for a reason other than
@@ -95,6 +98,20 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         await send_all(context, answers)
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+        attributes: dict[str, str | int] = {
+            LANE: lane_name(req.lane),
+            "auditmesh.events": len(req.events),
+        }
+        parent = context_of(req.traceparent)
+        with _tracer.start_as_current_span(
+            "processor.request", context=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            answer = await self._write(req)
+            if not answer.ok:
+                span.set_status(StatusCode.ERROR, answer.error[:200])
+            return answer
+
+    async def _write(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
         critical = req.lane == pb.LANE_CRITICAL
         if critical and req.events:
             self.critical_transit_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)

@@ -7,16 +7,20 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, set_span_in_context
 
 from auditmesh.cache import PageCache
 from auditmesh.errors import AuditError, InvalidRequest
 from auditmesh.search import MAX_PAGES, Cursor, PageBounds, RowSource, SearchSpec, TokenSigner, page
 from auditmesh.serving import abort_with, parse_message
+from auditmesh.telemetry.tracing import context_of, tracer
 from auditmesh.validation import Limits, check_id
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = ["CACHE_TRAILER", "EventReader", "QueryServicer"]
 
+_tracer = tracer("auditmesh.query")
 CACHE_TRAILER = "auditmesh-cache"
 """Trailing metadata of every Search: ``hit`` when each page came from the cache, else ``miss``."""
 
@@ -46,6 +50,19 @@ class QueryServicer:
     async def Search(  # noqa: N802
         self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
+        # Not made current: the context must not stay attached across this generator's yields.
+        span = _tracer.start_span(
+            "query.search", context=context_of(context.invocation_metadata()), kind=SpanKind.SERVER
+        )
+        try:
+            async for page_bytes in self._search(raw, context, set_span_in_context(span)):
+                yield page_bytes
+        finally:
+            span.end()
+
+    async def _search(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any], trace_context: Context
+    ) -> AsyncIterator[bytes]:
         try:
             request = parse_message(pb.SearchRequest, raw)
             spec = SearchSpec.from_request(
@@ -64,7 +81,7 @@ class QueryServicer:
             all_cached = True
             pages = request.max_pages or 1
             for i in range(pages):
-                raw, cursor, cached = await self._page(spec, cursor, more=i + 1 < pages)
+                raw, cursor, cached = await self._page(spec, cursor, more=i + 1 < pages, trace_context=trace_context)
                 all_cached = all_cached and cached
                 context.set_trailing_metadata(((CACHE_TRAILER, "hit" if all_cached else "miss"),))
                 yield raw
@@ -73,23 +90,30 @@ class QueryServicer:
         except AuditError as exc:
             await abort_with(context, exc)
 
-    async def _page(self, spec: SearchSpec, cursor: Cursor | None, *, more: bool) -> tuple[bytes, Cursor | None, bool]:
+    async def _page(
+        self, spec: SearchSpec, cursor: Cursor | None, *, more: bool, trace_context: Context | None = None
+    ) -> tuple[bytes, Cursor | None, bool]:
         """One serialized SearchPage, the cursor after it, and whether it came from the cache
         (which it does only when it is current). A cached page's cursor is decoded only when
         ``more`` pages follow in this call; otherwise it is returned as None."""
         identity = f"{self._cache_stem}|{spec.identity(cursor)}"
-        page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), identity)
+        with _tracer.start_as_current_span("cache.lookup", context=trace_context) as lookup:
+            page_key, cached = await self.cache.lookup(spec.scope, spec.key, spec.buckets(cursor), identity)
+            lookup.set_attribute("auditmesh.cache_hit", cached is not None)
         if cached is not None:
             if not more:
                 return cached, None, True
             following = pb.SearchPage.FromString(cached).next_page_token
             return cached, (self._signer.decode(spec, following)[1] if following else None), True
-        rows, after = await page(self._store, spec, cursor, self._bounds)
+        with _tracer.start_as_current_span("store.read", context=trace_context) as read:
+            rows, after = await page(self._store, spec, cursor, self._bounds)
+            read.set_attribute("auditmesh.events", len(rows))
         out = pb.SearchPage(events=[pb.Event.FromString(r.payload) for r in rows])
         if after is not None:
             out.next_page_token = self._signer.encode(spec, after)
         raw = out.SerializeToString()
-        await self.cache.store(page_key, raw)
+        with _tracer.start_as_current_span("cache.store", context=trace_context):
+            await self.cache.store(page_key, raw)
         return raw, after, False
 
     async def GetEvent(  # noqa: N802
@@ -102,7 +126,10 @@ class QueryServicer:
             problem = check_id(request.event_id, self._limits.max_id_len)
             if problem:
                 raise InvalidRequest("event_id", problem)
-            payload = await self._store.get(request.event_id)
+            parent = context_of(context.invocation_metadata())
+            with _tracer.start_as_current_span("query.get_event", context=parent, kind=SpanKind.SERVER):
+                with _tracer.start_as_current_span("store.get"):
+                    payload = await self._store.get(request.event_id)
         except AuditError as exc:
             await abort_with(context, exc)
         if payload is None:

@@ -11,44 +11,29 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
 
 from auditmesh.mesh import MeshLayout
 from auditmesh.serving import retry_after_ms
-from auditmesh.supervisor import Supervisor
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
-from tests.conftest import TEST_KEYSPACE, slot_port, slot_redis_url
+from tests.conftest import own_mesh
 
 BULK_BATCH = 2000
 
 
 @pytest.fixture(scope="module")
 def lanes_mesh(store_config: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLayout]:
-    layout = MeshLayout(
-        ingest_port=slot_port(23051),
-        processor_base_port=slot_port(23061),
-        processors=1,
-        query_port=slot_port(23071),
-        keyspace=TEST_KEYSPACE,
-        extra_env={
-            "AUDITMESH_TOKEN_KEY": "test-token-key",
-            "AUDITMESH_REDIS_URL": slot_redis_url(15),  # the keyspace's cache, as the main test mesh
-            "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS": str(BULK_BATCH),
-            "AUDITMESH_INGEST_ADMIT_WAIT_S": "0.5",
-            "AUDITMESH_PROCESSOR_MAX_WRITES": "1",
-            "AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS": str(BULK_BATCH),
-        },
-    )
-    supervisor = Supervisor(Path(tmp_path_factory.mktemp("lanes")))  # its own names: no clash with `mesh`
-    try:
-        layout.start(supervisor)
+    env = {
+        "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS": str(BULK_BATCH),
+        "AUDITMESH_INGEST_ADMIT_WAIT_S": "0.5",
+        "AUDITMESH_PROCESSOR_MAX_WRITES": "1",
+        "AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS": str(BULK_BATCH),
+    }
+    with own_mesh(tmp_path_factory, "lanes", 23051, env=env) as (layout, _):
         yield layout
-    finally:
-        layout.stop(supervisor)
 
 
 @pytest.fixture(scope="module")

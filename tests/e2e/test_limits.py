@@ -23,7 +23,7 @@ from auditmesh.supervisor import Supervisor
 from auditmesh.validation import Limits
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
-from tests.conftest import TEST_KEYSPACE, assert_eventually, slot_port, slot_redis_url
+from tests.conftest import assert_eventually, own_mesh
 
 LIMITS = Limits()
 _BIG = 64 * 1024 * 1024
@@ -111,24 +111,9 @@ def test_max_size_events_in_max_size_batches_are_stored_whole(
 def refusing_mesh(store_config: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLayout]:
     """A mesh whose processors build batches far past what Cassandra accepts (64 KB attributes,
     no byte bound on a batch), so that the store refuses writes as permanently invalid."""
-    layout = MeshLayout(
-        ingest_port=slot_port(22151),
-        processor_base_port=slot_port(22161),
-        processors=1,
-        query_port=slot_port(22171),
-        keyspace=TEST_KEYSPACE,
-        extra_env={
-            "AUDITMESH_REDIS_URL": slot_redis_url(15),
-            "AUDITMESH_MAX_ATTRIBUTE_BYTES": "65536",
-            "AUDITMESH_MAX_BATCH_BYTES": str(256 * 1024 * 1024),
-        },
-    )
-    supervisor = Supervisor(tmp_path_factory.mktemp("refusing"))
-    try:
-        layout.start(supervisor)
+    env = {"AUDITMESH_MAX_ATTRIBUTE_BYTES": "65536", "AUDITMESH_MAX_BATCH_BYTES": str(256 * 1024 * 1024)}
+    with own_mesh(tmp_path_factory, "refusing", 22151, env=env) as (layout, _):
         yield layout
-    finally:
-        layout.stop(supervisor)
 
 
 def test_a_write_the_store_refuses_is_retried_never_reported_rejected(refusing_mesh: MeshLayout) -> None:
@@ -283,21 +268,12 @@ class MemoryMesh:
 @pytest.fixture(scope="module")
 def memory_mesh(store_config: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemoryMesh]:
     """A mesh of its own (one processor) that a test may pause with SIGSTOP."""
-    layout = MeshLayout(
-        ingest_port=slot_port(22251),
-        processor_base_port=slot_port(22261),
-        processors=1,
-        query_port=slot_port(22271),
-        keyspace=TEST_KEYSPACE,
-        extra_env={"AUDITMESH_REDIS_URL": slot_redis_url(15), "AUDITMESH_PROCESSOR_TIMEOUT_S": "60"},
-    )
-    supervisor = Supervisor(tmp_path_factory.mktemp("memory"))
-    try:
-        layout.start(supervisor)
-        yield MemoryMesh(layout, supervisor)
-    finally:
-        supervisor.signal("processor-0", signal.SIGCONT)
-        layout.stop(supervisor)
+    with own_mesh(tmp_path_factory, "memory", 22251, env={"AUDITMESH_PROCESSOR_TIMEOUT_S": "60"}) as mesh:
+        layout, supervisor = mesh
+        try:
+            yield MemoryMesh(layout, supervisor)
+        finally:
+            supervisor.signal("processor-0", signal.SIGCONT)
 
 
 def _flood(target: str, batches: Iterator[pb.EventBatch], seconds: float, read_acks: bool) -> None:

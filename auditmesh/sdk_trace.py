@@ -26,10 +26,11 @@ class BatchTracer:
         self._propagator = TraceContextTextMapPropagator()
 
     @classmethod
-    def create(cls) -> BatchTracer | None:
+    def create(cls, provider: Any = None) -> BatchTracer | None:
+        """A tracer for ``provider`` (default: the application's global one), or None."""
         if _trace is None:
             return None
-        provider = _trace.get_tracer_provider()
+        provider = provider or _trace.get_tracer_provider()
         # The API's default provider (a proxy until the application installs one) makes no spans.
         if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
             return None

@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 
 from auditmesh.event_ids import new_client_prefix
+from auditmesh.sdk_trace import BatchTracer
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
@@ -64,7 +65,7 @@ class ClientStats:
 
 
 class _Batch:
-    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "size")
+    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "size", "span")
 
     def __init__(self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None]) -> None:
         self.msg = msg
@@ -74,6 +75,7 @@ class _Batch:
         self.first_ns = first_ns
         self.done = done
         self.attempts = 0
+        self.span: Any = None
 
 
 class AuditClient:
@@ -93,6 +95,7 @@ class AuditClient:
         batches_in_flight: int = 32,
         on_rejected: Callable[[pb.Rejection], None] | None = None,
         record_ack_latency: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         self.target = target
         self._source = source_service
@@ -120,6 +123,12 @@ class AuditClient:
         self._last_drop_warning = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
+        # With a tracer provider (given, or the application's global one), each batch gets an
+        # ``sdk.batch`` span whose traceparent travels with it, and log() is timed for it.
+        self._batch_tracer = BatchTracer.create(tracer_provider)
+        self._log_max_ns = 0
+        if self._batch_tracer is not None:
+            self.log = self._timed(self.log)  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._thread_main, name="auditmesh-client", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -170,6 +179,18 @@ class AuditClient:
             if len(self._normal) >= self._batch_size and not self._woken:
                 self._wake()
         return event_id
+
+    def _timed(self, log: Callable[..., str]) -> Callable[..., str]:
+        def timed(*args: Any, **kwargs: Any) -> str:
+            started = time.perf_counter_ns()
+            try:
+                return log(*args, **kwargs)
+            finally:
+                spent = time.perf_counter_ns() - started
+                if spent > self._log_max_ns:
+                    self._log_max_ns = spent
+
+        return timed
 
     def log_event(self, event: pb.Event) -> str:
         """Queue a ready-made Event (its event_id and occurred_at are kept when set)."""
@@ -372,7 +393,13 @@ class AuditClient:
         if too_large:
             self._report_rejected(too_large)
         assert self._loop is not None
-        return _Batch(msg, critical, first_ns, self._loop.create_future())
+        batch = _Batch(msg, critical, first_ns, self._loop.create_future())
+        if self._batch_tracer is not None and msg.events:
+            log_max_us, self._log_max_ns = self._log_max_ns // 1000, 0
+            batch.span, msg.traceparent = self._batch_tracer.start(
+                critical=critical, events=len(msg.events), log_max_us=log_max_us
+            )
+        return batch
 
     def _enqueue(self, batch: _Batch) -> None:
         if not batch.count:
@@ -395,6 +422,8 @@ class AuditClient:
         self._unsettled_bytes -= batch.size
         if self.ack_latency_ns is not None:
             self.ack_latency_ns.append(time.time_ns() - batch.first_ns)
+        if batch.span is not None:
+            BatchTracer.end(batch.span, attempts=batch.attempts)
         if not batch.done.done():
             batch.done.set_result(None)
 

@@ -54,7 +54,7 @@ class BatchTracer:
         return span, carrier.get("traceparent", "")
 
     @staticmethod
-    def end(span: Any, *, status: str, resends: int) -> None:
-        span.set_attribute("auditmesh.ack", status)
-        span.set_attribute("auditmesh.attempts", resends)
+    def end(span: Any, *, attempts: int) -> None:
+        """End a batch's span when it is settled (acknowledged, or refused)."""
+        span.set_attribute("auditmesh.attempts", attempts)
         span.end()

@@ -4,6 +4,7 @@ processes on their own ports."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import pytest
 from auditmesh.config import StoreConfig
 from auditmesh.mesh import MeshLayout, infra
 from auditmesh.schema import create_schema, drop_keyspace
-from auditmesh.supervisor import Supervisor
+from auditmesh.supervisor import Supervisor, wait_healthy
 
 # AUDITMESH_TEST_SLOT lets several test runs share one Cassandra and Redis: each slot has its
 # own keyspace, ports and Redis databases.
@@ -101,10 +102,13 @@ def own_mesh(
     processors: int = 1,
     redis_db: int = 15,
     env: dict[str, str] | None = None,
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[tuple[MeshLayout, Supervisor]]:
     """A mesh of a test's own on the test keyspace: ingest on ``base_port``, processors from
     ``base_port + 10``, query on ``base_port + 20`` (in this run's slot), with a supervisor of
-    its own so that its process names do not clash with the ``mesh`` fixture's; stopped on exit."""
+    its own so that its process names do not clash with the ``mesh`` fixture's; stopped on exit.
+    ``service_env`` adds variables to the services whose names start with a key ("processor",
+    "query", "ingest")."""
     layout = MeshLayout(
         ingest_port=slot_port(base_port),
         processor_base_port=slot_port(base_port + 10),
@@ -119,7 +123,13 @@ def own_mesh(
     )
     supervisor = Supervisor(Path(tmp_path_factory.mktemp(name)))
     try:
-        layout.start(supervisor)
+        for proc in layout.services():
+            for prefix, extra in (service_env or {}).items():
+                if proc.name.startswith(prefix):
+                    proc = dataclasses.replace(proc, env={**proc.env, **extra})
+            supervisor.start(proc)
+        for proc in layout.services():
+            wait_healthy(proc.target, 60, supervisor.log_file(proc.name))
         yield layout, supervisor
     finally:
         layout.stop(supervisor)

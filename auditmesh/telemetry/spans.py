@@ -140,7 +140,7 @@ def waterfall(spans: list[SpanRecord], budget_of: Callable[[SpanRecord], int | N
         shown = " ".join(f"{k.split('.', 1)[-1]}={span.attributes[k]}" for k in _SHOWN if k in span.attributes)
         label = ("  " * depth + span.name).ljust(24)
         lines.append(
-            f"{label} {span.service:<18} +{offset / 1000:9.3f} ms {span.duration_us / 1000:9.3f} ms"
+            f"{label} {span.service:<20} +{offset / 1000:9.3f} ms {span.duration_us / 1000:9.3f} ms"
             f" |{bar.ljust(width)}| {shown}{over}"
         )
         for child in children.get(span.span_id, []):

@@ -32,7 +32,13 @@ install() {
   if [ -x "$BIN" ]; then return; fi
   log "building github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION into $BIN_DIR (a few minutes, once)"
   mkdir -p "$BIN_DIR"
-  GOBIN="$BIN_DIR" GOFLAGS=-mod=mod go install "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION"
+  # Jaeger's go.mod has replace directives, which `go install pkg@version` refuses: build it as
+  # a tool of a throwaway module instead.
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && go mod init auditmesh.local/jaeger-build >/dev/null 2>&1 \
+    && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" \
+    && go build -o "$BIN" github.com/jaegertracing/jaeger/cmd/jaeger) || { rm -rf "$tmp"; log "build failed"; exit 1; }
+  rm -rf "$tmp"
 }
 
 up() {

@@ -5,7 +5,6 @@ else. Processors stay up throughout; only their store is gone."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import uuid
@@ -19,10 +18,10 @@ import pytest
 from auditmesh.config import StoreConfig
 from auditmesh.mesh import MeshLayout
 from auditmesh.serving import retry_after_ms
-from auditmesh.supervisor import Supervisor, wait_healthy
+from auditmesh.supervisor import Supervisor
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
-from tests.conftest import TEST_KEYSPACE, assert_eventually, slot_port, slot_redis_url
+from tests.conftest import assert_eventually, own_mesh, slot_port
 from tests.faults.conftest import Found, SteadyLoad, record, search_load
 from tests.faults.proxy import Relay
 
@@ -52,37 +51,24 @@ def cut_mesh(
 ) -> Iterator[tuple[MeshLayout, Supervisor]]:
     """Ingest and two processors whose every Cassandra connection goes through the relay, and a
     query service reading Cassandra directly (it only checks the outcome here)."""
-    layout = MeshLayout(
-        ingest_port=slot_port(25051),
-        processor_base_port=slot_port(25061),
-        processors=2,
-        query_port=slot_port(25071),
-        keyspace=TEST_KEYSPACE,
-        extra_env={
-            "AUDITMESH_TOKEN_KEY": "cut-key",
-            "AUDITMESH_REDIS_URL": slot_redis_url(14),
-            "AUDITMESH_CASSANDRA_HOSTS": "127.0.0.1",
-            "AUDITMESH_CASSANDRA_PORT": str(cassandra_relay.port),
-            "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS": str(IN_FLIGHT_EVENTS),
-            "AUDITMESH_INGEST_MAX_IN_FLIGHT_BYTES": str(IN_FLIGHT_BYTES),
-            "AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_EVENTS": str(CRITICAL_IN_FLIGHT_EVENTS),
-            "AUDITMESH_INGEST_ADMIT_WAIT_S": "0.5",
-            "AUDITMESH_PROCESSOR_TIMEOUT_S": "30",  # the bound, not ingest's wait for a processor, must answer
-        },
-    )
-    supervisor = Supervisor(tmp_path_factory.mktemp("store-cut"))
+    env = {
+        "AUDITMESH_CASSANDRA_HOSTS": "127.0.0.1",
+        "AUDITMESH_CASSANDRA_PORT": str(cassandra_relay.port),
+        "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS": str(IN_FLIGHT_EVENTS),
+        "AUDITMESH_INGEST_MAX_IN_FLIGHT_BYTES": str(IN_FLIGHT_BYTES),
+        "AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_EVENTS": str(CRITICAL_IN_FLIGHT_EVENTS),
+        "AUDITMESH_INGEST_ADMIT_WAIT_S": "0.5",
+        "AUDITMESH_PROCESSOR_TIMEOUT_S": "30",  # the bound, not ingest's wait for a processor, must answer
+    }
+    direct = {"query": {"AUDITMESH_CASSANDRA_PORT": str(store_config.port)}}
     try:
-        for proc in layout.services():
-            if proc.name == "query":
-                proc = dataclasses.replace(proc, env={**proc.env, "AUDITMESH_CASSANDRA_PORT": str(store_config.port)})
-            supervisor.start(proc)
-        for proc in layout.services():
-            wait_healthy(proc.target, 60, supervisor.log_file(proc.name))
-        assert cassandra_relay.accepted >= 3  # ingest and both processors connected through the relay
-        yield layout, supervisor
+        with own_mesh(
+            tmp_path_factory, "store-cut", 25051, processors=2, redis_db=14, env=env, service_env=direct
+        ) as mesh:
+            assert cassandra_relay.accepted >= 3  # ingest and both processors connected through the relay
+            yield mesh
     finally:
         cassandra_relay.restore()
-        layout.stop(supervisor)
 
 
 def _event(event_id: str, wedding: str, severity: int = pb.P2_MEDIUM) -> pb.Event:

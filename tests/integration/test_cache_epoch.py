@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,11 +16,11 @@ import redis
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
 from auditmesh.mesh import MeshLayout
-from auditmesh.supervisor import Supervisor, wait_healthy
+from auditmesh.supervisor import Supervisor
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.query.servicer import CACHE_TRAILER
-from tests.conftest import TEST_KEYSPACE, assert_eventually, slot_port, slot_redis_url
+from tests.conftest import assert_eventually, own_mesh, slot_port, slot_redis_url
 from tests.faults.proxy import Relay
 
 REDIS_DB_URL = slot_redis_url(13)
@@ -42,33 +41,15 @@ def cache_mesh(store_config: StoreConfig, tmp_path_factory: pytest.TempPathFacto
     """Ingest, one processor whose Redis is behind a relay, and query with Redis direct."""
     relay = Relay(REDIS_PORT, port=slot_port(26090))
     db = REDIS_DB_URL.rsplit("/", 1)[1]
-    layout = MeshLayout(
-        ingest_port=slot_port(26051),
-        processor_base_port=slot_port(26061),
-        processors=1,
-        query_port=slot_port(26071),
-        keyspace=TEST_KEYSPACE,
-        extra_env={
-            "AUDITMESH_TOKEN_KEY": "epoch-key",
-            "AUDITMESH_REDIS_URL": REDIS_DB_URL,
-            "AUDITMESH_CACHE_TTL_S": str(CACHE_TTL_S),
-        },
-    )
-    supervisor = Supervisor(Path(tmp_path_factory.mktemp("cache-epoch")))
+    env = {"AUDITMESH_REDIS_URL": REDIS_DB_URL, "AUDITMESH_CACHE_TTL_S": str(CACHE_TTL_S)}
+    behind_relay = {"processor": {"AUDITMESH_REDIS_URL": f"redis://127.0.0.1:{relay.port}/{db}"}}
     client = redis.Redis.from_url(REDIS_DB_URL)
     client.flushdb()  # this slot's database for this mesh alone
     try:
-        for proc in layout.services():
-            if proc.name.startswith("processor"):
-                url = f"redis://127.0.0.1:{relay.port}/{db}"
-                proc = dataclasses.replace(proc, env={**proc.env, "AUDITMESH_REDIS_URL": url})
-            supervisor.start(proc)
-        for proc in layout.services():
-            wait_healthy(proc.target, 60, supervisor.log_file(proc.name))
-        yield CacheMesh(layout, supervisor, relay, client)
+        with own_mesh(tmp_path_factory, "cache-epoch", 26051, env=env, service_env=behind_relay) as mesh:
+            yield CacheMesh(*mesh, relay, client)
     finally:
         relay.close()
-        layout.stop(supervisor)
         client.flushdb()
         client.close()
 

@@ -60,6 +60,15 @@ def provider() -> Iterator[TracerProvider]:
     made.shutdown()
 
 
+@pytest.fixture(scope="module")
+def tracing_everything() -> Iterator[TracerProvider]:
+    """A caller that traces all it does (ratio 1), so its spans' children are kept too."""
+    made = tracing.setup("auditmesh-test-caller", {**OTLP, "OTEL_TRACES_SAMPLER_ARG": "1"}, install=False)
+    assert made is not None
+    yield made
+    made.shutdown()
+
+
 def _trace_of(jaeger: JaegerQuery, trace_id: str, names: set[str]) -> list[SpanRecord]:
     found: list[SpanRecord] = []
 
@@ -111,10 +120,11 @@ def test_a_p0_event_has_one_connected_trace_from_the_sdk_to_the_write(
 
 
 def test_a_search_has_its_redis_and_cassandra_spans(
-    traced_mesh: MeshLayout, jaeger: JaegerQuery, provider: TracerProvider
+    traced_mesh: MeshLayout, jaeger: JaegerQuery, tracing_everything: TracerProvider
 ) -> None:
     """A Search called within a traced span (traceparent in gRPC metadata) adds the query
     service's span, the Redis page lookup and the Cassandra read to the caller's trace."""
+    provider = tracing_everything
     caller = provider.get_tracer("test").start_span("caller.search")
     metadata = [("traceparent", tracing.traceparent(caller))]
     with grpc.insecure_channel(traced_mesh.query_target) as channel:

@@ -166,6 +166,10 @@ class EventStore:
             control_connection_timeout=5,
             # Reconnect within seconds after Cassandra restarts (the default backs off to minutes).
             reconnection_policy=ExponentialReconnectionPolicy(0.5, 4.0),
+            # A connection reset while idle is found by the next heartbeat; until then every
+            # request fails on the dead connection (with the default 30 s, a service stayed
+            # unavailable ~50 s after a 3 s outage; with 2 s, ~1 s).
+            idle_heartbeat_interval=2,
         )
         try:
             session = cluster.connect()

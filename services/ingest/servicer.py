@@ -94,6 +94,9 @@ class IngestServicer:
         )
 
     async def Submit(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.BatchAck:  # noqa: N802
+        too_big = self._too_big(len(raw))  # refused before it is parsed
+        if too_big:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
         try:
             batch = _parse(raw)
         except InvalidRequest as exc:
@@ -154,11 +157,18 @@ class IngestServicer:
         except InvalidRequest as exc:
             await abort_with(context, exc)
 
+    def _too_big(self, size: int) -> str:
+        """Why a message of ``size`` bytes is refused, or ""."""
+        if size <= self._limits.max_message_bytes:
+            return ""
+        self.stats.refused += 1
+        return f"batch: {size} bytes in one message, limit {self._limits.max_message_bytes}"
+
     def _too_large(self, batch: pb.EventBatch, size: int) -> str:
         """Why a batch is refused as a whole (RESOURCE_EXHAUSTED, or a REFUSED ack), or ""."""
-        if size > self._limits.max_message_bytes:
-            self.stats.refused += 1
-            return f"batch: {size} bytes in one message, limit {self._limits.max_message_bytes}"
+        too_big = self._too_big(size)
+        if too_big:
+            return too_big
         limit = self._limits.max_batch_events
         if len(batch.events) <= limit:
             return ""

@@ -89,7 +89,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     if query and query.get("cache"):
         cache = query["cache"]
         print(f"query        cache hits {cache['hits']:,}, misses {cache['misses']:,}, errors {cache['errors']:,}")
+    _status_performance(layout)
     return 0 if ok else 1
+
+
+def _status_performance(layout: MeshLayout) -> None:
+    """The metrics endpoints and the performance monitor's active alerts (stored in Redis)."""
+    from auditmesh.telemetry.monitor import read_alerts
+
+    targets = layout.metrics_targets()
+    if targets:
+        print("metrics      " + ", ".join(f"{name} http://{target}/metrics" for name, target in targets.items()))
+    if not layout.monitor:
+        return
+    try:
+        url = layout.extra_env.get("AUDITMESH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        active, checked = read_alerts(url, layout.alert_prefix)
+    except Exception as exc:
+        print(f"monitor      performance alerts unavailable: {exc}")
+        return
+    if checked is None:
+        print("monitor      no recent check")
+    else:
+        day = " (wedding day: stricter thresholds)" if checked.get("wedding_day") else ""
+        print(f"monitor      last check {time.time() - checked['at']:.0f}s ago{day}, {len(active)} performance alerts")
+    for alert in active:
+        since = dt.datetime.fromtimestamp(alert["since"], dt.UTC).strftime("%H:%M:%S UTC")
+        value = "-" if alert.get("value") is None else f"{alert['value']:.6g}"
+        worst = alert.get("worst") or 0.0
+        threshold = alert["threshold"]
+        print(f"  ALERT {alert['check']}: now {value}, threshold {threshold:.6g}, since {since}, worst {worst:.6g}")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

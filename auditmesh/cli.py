@@ -1,6 +1,6 @@
 """The ``auditmesh`` command: bring the local mesh up and down, check it, emit and query events.
 
-auditmesh up | down | status | schema
+auditmesh up | down | status | schema | top
 auditmesh emit N [--weddings W]
 auditmesh query (--wedding ID | --user ID) [--type T ...] [--min-severity P1] [--limit N]
 """
@@ -241,6 +241,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from auditmesh.telemetry import top
+
+    layout = MeshLayout.from_env(os.environ)
+    targets = {p.name: p.target for p in layout.services()}
+    endpoints = [top.Endpoint(name, targets[name], metrics) for name, metrics in layout.metrics_targets().items()]
+    if not endpoints:
+        print("metrics are off (AUDITMESH_METRICS_PORT_OFFSET=0)", file=sys.stderr)
+        return 1
+    return top.run(endpoints, f"auditmesh top: {layout.ingest_target}", args.interval)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="auditmesh", description=__doc__.splitlines()[0] if __doc__ else "")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--org")
     query.add_argument("--limit", type=int, default=20)
     query.set_defaults(fn=cmd_query)
+    top = sub.add_parser("top", help="live view of every service and lane from their metrics (q quits)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.set_defaults(fn=cmd_top)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

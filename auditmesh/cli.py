@@ -1,6 +1,6 @@
 """The ``auditmesh`` command: bring the local mesh up and down, check it, emit and query events.
 
-auditmesh up | down | status | schema | top
+auditmesh up | down | status | schema
 auditmesh emit N [--weddings W]
 auditmesh query (--wedding ID | --user ID) [--type T ...] [--min-severity P1] [--limit N]
 """
@@ -119,6 +119,18 @@ def _status_performance(layout: MeshLayout) -> None:
         worst = alert.get("worst") or 0.0
         threshold = alert["threshold"]
         print(f"  ALERT {alert['check']}: now {value}, threshold {threshold:.6g}, since {since}, worst {worst:.6g}")
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from auditmesh.telemetry import top
+
+    layout = MeshLayout.from_env(os.environ)
+    targets = {p.name: p.target for p in layout.services()}
+    endpoints = [top.Endpoint(name, targets[name], metrics) for name, metrics in layout.metrics_targets().items()]
+    if not endpoints:
+        print("metrics are off (AUDITMESH_METRICS_PORT_OFFSET=0)", file=sys.stderr)
+        return 1
+    return top.run(endpoints, f"auditmesh top: {layout.ingest_target}", args.interval)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -241,18 +253,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_top(args: argparse.Namespace) -> int:
-    from auditmesh.telemetry import top
-
-    layout = MeshLayout.from_env(os.environ)
-    targets = {p.name: p.target for p in layout.services()}
-    endpoints = [top.Endpoint(name, targets[name], metrics) for name, metrics in layout.metrics_targets().items()]
-    if not endpoints:
-        print("metrics are off (AUDITMESH_METRICS_PORT_OFFSET=0)", file=sys.stderr)
-        return 1
-    return top.run(endpoints, f"auditmesh top: {layout.ingest_target}", args.interval)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="auditmesh", description=__doc__.splitlines()[0] if __doc__ else "")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--services-only", action="store_true", help="leave Cassandra and Redis running")
     down.set_defaults(fn=cmd_down)
     sub.add_parser("status", help="health of every part; exit 1 if any is down").set_defaults(fn=cmd_status)
+    top = sub.add_parser("top", help="live view of every service and lane from their metrics (q quits)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.set_defaults(fn=cmd_top)
     sub.add_parser("schema", help="create the keyspace and tables if missing").set_defaults(fn=cmd_schema)
     sub.add_parser(
         "reindex", help="write GetEvent's locator for events stored before it existed (full scan, idempotent)"
@@ -281,9 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--org")
     query.add_argument("--limit", type=int, default=20)
     query.set_defaults(fn=cmd_query)
-    top = sub.add_parser("top", help="live view of every service and lane from their metrics (q quits)")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    top.set_defaults(fn=cmd_top)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -97,7 +97,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     if query and query.get("cache"):
         cache = query["cache"]
         print(f"query        cache hits {cache['hits']:,}, misses {cache['misses']:,}, errors {cache['errors']:,}")
+    _status_performance(layout)
     return 0 if ok else 1
+
+
+def _status_performance(layout: MeshLayout) -> None:
+    """The metrics endpoints and the performance monitor's active alerts (stored in Redis)."""
+    from auditmesh.telemetry.monitor import read_alerts
+
+    targets = layout.metrics_targets()
+    if targets:
+        print("metrics      " + ", ".join(f"{name} http://{target}/metrics" for name, target in targets.items()))
+    if not layout.monitor:
+        return
+    try:
+        url = layout.extra_env.get("AUDITMESH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        active, checked = read_alerts(url, layout.alert_prefix)
+    except Exception as exc:
+        print(f"monitor      performance alerts unavailable: {exc}")
+        return
+    if checked is None:
+        print("monitor      no recent check")
+    else:
+        day = " (wedding day: stricter thresholds)" if checked.get("wedding_day") else ""
+        print(f"monitor      last check {time.time() - checked['at']:.0f}s ago{day}, {len(active)} performance alerts")
+    for alert in active:
+        since = dt.datetime.fromtimestamp(alert["since"], dt.UTC).strftime("%H:%M:%S UTC")
+        value = "-" if alert.get("value") is None else f"{alert['value']:.6g}"
+        worst = alert.get("worst") or 0.0
+        threshold = alert["threshold"]
+        print(f"  ALERT {alert['check']}: now {value}, threshold {threshold:.6g}, since {since}, worst {worst:.6g}")
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from auditmesh.telemetry import top
+
+    layout = MeshLayout.from_env(os.environ)
+    targets = {p.name: p.target for p in layout.services()}
+    endpoints = [top.Endpoint(name, targets[name], metrics) for name, metrics in layout.metrics_targets().items()]
+    if not endpoints:
+        print("metrics are off (AUDITMESH_METRICS_PORT_OFFSET=0)", file=sys.stderr)
+        return 1
+    return top.run(endpoints, f"auditmesh top: {layout.ingest_target}", args.interval)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -230,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--services-only", action="store_true", help="leave Cassandra and Redis running")
     down.set_defaults(fn=cmd_down)
     sub.add_parser("status", help="health of every part; exit 1 if any is down").set_defaults(fn=cmd_status)
+    top = sub.add_parser("top", help="live view of every service and lane from their metrics (q quits)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.set_defaults(fn=cmd_top)
     sub.add_parser("schema", help="create the keyspace and tables if missing").set_defaults(fn=cmd_schema)
     sub.add_parser(
         "reindex", help="write GetEvent's locator for events stored before it existed (full scan, idempotent)"

@@ -37,6 +37,15 @@ class MeshLayout:
     """AUDITMESH_QUERY_PORT"""
     keyspace: str = "auditmesh"
     """AUDITMESH_KEYSPACE"""
+    metrics_port_offset: int = -40
+    """Each service's Prometheus endpoint listens on its own port plus this: ingest 50011,
+    processor i 50021 + i, query 50031, monitor 50041. Ports 40 below a mesh's service ports are
+    used by nothing else, so meshes on other service ports (the tests') never share one. 0 turns
+    the endpoints off (AUDITMESH_METRICS_PORT_OFFSET)."""
+    monitor: bool = True
+    """Run the performance monitor (AUDITMESH_MONITOR; 0 leaves it out)."""
+    monitor_port: int = 0
+    """The monitor's port (health checks); 0 means the query port + 10 (AUDITMESH_MONITOR_PORT)."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Settings passed to every service (store, limits, cache)."""
 
@@ -50,6 +59,9 @@ class MeshLayout:
             processors=e.integer("AUDITMESH_PROCESSOR_COUNT", cls.processors, minimum=1),
             query_port=e.integer("AUDITMESH_QUERY_PORT", cls.query_port, minimum=1),
             keyspace=e.text("AUDITMESH_KEYSPACE", cls.keyspace),
+            metrics_port_offset=e.integer("AUDITMESH_METRICS_PORT_OFFSET", cls.metrics_port_offset, minimum=-65535),
+            monitor=e.text("AUDITMESH_MONITOR", "1") != "0",
+            monitor_port=e.integer("AUDITMESH_MONITOR_PORT", cls.monitor_port),
             extra_env=passed,
         )
 
@@ -61,13 +73,29 @@ class MeshLayout:
     def query_target(self) -> str:
         return f"127.0.0.1:{self.query_port}"
 
+    def metrics_port(self, port: int) -> int:
+        """The metrics port of the service on ``port``; 0 when metrics are off."""
+        return port + self.metrics_port_offset if self.metrics_port_offset else 0
+
+    def metrics_targets(self, *, monitor: bool = True) -> dict[str, str]:
+        """``host:port`` of every service's metrics endpoint, by service name."""
+        if not self.metrics_port_offset:
+            return {}
+        procs = [*self._core(), self.performance_monitor()] if monitor and self.monitor else self._core()
+        return {proc.name: f"127.0.0.1:{self.metrics_port(proc.port)}" for proc in procs}
+
     def processor(self, index: int) -> ServiceProcess:
         port = self.processor_base_port + index
         return ServiceProcess(
             f"processor-{index}",
             "services.processor",
             port,
-            {**self.extra_env, "AUDITMESH_KEYSPACE": self.keyspace, "AUDITMESH_PROCESSOR_PORT": str(port)},
+            {
+                **self.extra_env,
+                "AUDITMESH_KEYSPACE": self.keyspace,
+                "AUDITMESH_PROCESSOR_PORT": str(port),
+                "AUDITMESH_PROCESSOR_METRICS_PORT": str(self.metrics_port(port)),
+            },
         )
 
     def ingest(self) -> ServiceProcess:
@@ -80,6 +108,7 @@ class MeshLayout:
                 **self.extra_env,
                 "AUDITMESH_KEYSPACE": self.keyspace,
                 "AUDITMESH_INGEST_PORT": str(self.ingest_port),
+                "AUDITMESH_INGEST_METRICS_PORT": str(self.metrics_port(self.ingest_port)),
                 "AUDITMESH_PROCESSORS": targets,
             },
         )
@@ -89,11 +118,41 @@ class MeshLayout:
             "query",
             "services.query",
             self.query_port,
-            {**self.extra_env, "AUDITMESH_KEYSPACE": self.keyspace, "AUDITMESH_QUERY_PORT": str(self.query_port)},
+            {
+                **self.extra_env,
+                "AUDITMESH_KEYSPACE": self.keyspace,
+                "AUDITMESH_QUERY_PORT": str(self.query_port),
+                "AUDITMESH_QUERY_METRICS_PORT": str(self.metrics_port(self.query_port)),
+            },
         )
 
-    def services(self) -> list[ServiceProcess]:
+    @property
+    def alert_prefix(self) -> str:
+        """Prefix of the Redis keys where this mesh's monitor stores its performance alerts."""
+        return f"am:perf:{self.ingest_port}"
+
+    def performance_monitor(self) -> ServiceProcess:
+        port = self.monitor_port or self.query_port + 10
+        targets = ",".join(f"{name}={target}" for name, target in self.metrics_targets(monitor=False).items())
+        return ServiceProcess(
+            "monitor",
+            "services.monitor",
+            port,
+            {
+                **self.extra_env,
+                "AUDITMESH_KEYSPACE": self.keyspace,
+                "AUDITMESH_MONITOR_PORT": str(port),
+                "AUDITMESH_MONITOR_METRICS_PORT": str(self.metrics_port(port)),
+                "AUDITMESH_MONITOR_TARGETS": targets,
+                "AUDITMESH_MONITOR_ALERT_PREFIX": self.alert_prefix,
+            },
+        )
+
+    def _core(self) -> list[ServiceProcess]:
         return [*(self.processor(i) for i in range(self.processors)), self.ingest(), self.query()]
+
+    def services(self) -> list[ServiceProcess]:
+        return [*self._core(), self.performance_monitor()] if self.monitor else self._core()
 
     def start(self, supervisor: Supervisor, timeout: float = 60.0) -> None:
         """Start every service that is not running and wait until all report SERVING."""
@@ -103,8 +162,10 @@ class MeshLayout:
             wait_healthy(proc.target, timeout, supervisor.log_file(proc.name))
 
     def stop(self, supervisor: Supervisor) -> None:
-        """Stop ingest first (it drains into the processors), then processors and query."""
-        order = [self.ingest(), self.query(), *(self.processor(i) for i in range(self.processors))]
+        """Stop the monitor first (so it sees no service go), then ingest (it drains into the
+        processors), then query and the processors."""
+        processors = [self.processor(i) for i in range(self.processors)]
+        order = [self.performance_monitor(), self.ingest(), self.query(), *processors]
         for proc in order:
             supervisor.stop(proc.name)
 

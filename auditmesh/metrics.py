@@ -2,22 +2,32 @@
 
 Each service process writes ``AUDITMESH_STATS_FILE`` (when set) every few seconds and at exit,
 atomically; ``auditmesh status`` and the benchmarks read it. Latencies are kept as a bounded
-reservoir so memory stays flat under any load.
+reservoir so memory stays flat under any load, and as cumulative histogram buckets that the
+metrics endpoint (:mod:`auditmesh.telemetry.prometheus`) exports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
 import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GcTime", "LoopLag", "Reservoir", "RuntimeStats", "StatsPublisher", "percentile"]
+__all__ = ["BUCKETS_US", "GcTime", "LoopLag", "Reservoir", "RuntimeStats", "StatsPublisher", "percentile"]
+
+BUCKETS_US: tuple[int, ...] = (
+    *(10, 25, 50, 100, 250, 500),
+    *(1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000),
+    *(1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000),
+)
+"""Upper bounds (microseconds) of the histogram buckets every reservoir keeps: 10 us to 30 s,
+fine enough around the budgets (500 us, 1 ms, 5 ms, 10 ms, 100 ms) to tell pass from fail."""
 
 
 def percentile(sorted_values: list[int] | list[float], q: float) -> float | None:
@@ -28,15 +38,25 @@ def percentile(sorted_values: list[int] | list[float], q: float) -> float | None
 
 
 class Reservoir:
-    """A uniform sample of at most ``size`` values (Vitter's algorithm R) and their count."""
+    """A uniform sample of at most ``size`` values (Vitter's algorithm R) and their count, plus
+    cumulative histogram buckets (counts per bucket of ``bounds`` and the sum of all values).
 
-    def __init__(self, size: int = 20_000, seed: int | None = None) -> None:
+    ``reset()`` starts a new sample (benchmarks reset between phases) but leaves the buckets
+    alone: they count since the process started, as a Prometheus histogram must.
+    """
+
+    def __init__(self, size: int = 20_000, seed: int | None = None, bounds: Sequence[int] = BUCKETS_US) -> None:
         self.size = size
         self.count = 0
         self.values: list[int] = []
         self._rng = random.Random(seed)
+        self.bounds = tuple(bounds)
+        self._buckets = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self._sum = 0
 
     def add(self, value: int) -> None:
+        self._buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self._sum += value
         self.count += 1
         if len(self.values) < self.size:
             self.values.append(value)
@@ -54,6 +74,17 @@ class Reservoir:
             "p999": percentile(ordered, 99.9),
             "max": float(ordered[-1]) if ordered else None,
         }
+
+    def histogram(self) -> tuple[list[int], int]:
+        """Cumulative counts per bound (the last is +Inf, the total) and the sum of every value
+        added since the reservoir was made. Safe to call from another thread: it copies."""
+        counts = list(self._buckets)
+        total = self._sum
+        running = 0
+        for i, n in enumerate(counts):
+            running += n
+            counts[i] = running
+        return counts, total
 
     def reset(self) -> None:
         self.count = 0

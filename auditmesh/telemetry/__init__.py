@@ -1,0 +1,1 @@
+"""What SREs see of the running mesh: metrics, traces, the live view and the performance monitor."""

@@ -6,12 +6,16 @@ import asyncio
 import logging
 import os
 import signal
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
 from auditmesh.metrics import Reservoir, RuntimeStats, StatsPublisher
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
+from auditmesh.telemetry import collectors, prometheus
+from auditmesh.telemetry.instruments import LaneWatch
+from auditpb.v1 import audit_pb2 as pb
 from services.ingest.app import create
 from services.ingest.calendar import CalendarView
 from services.ingest.config import IngestConfig
@@ -19,6 +23,17 @@ from services.ingest.router import Budget, ProcessorLink, Router
 from services.ingest.servicer import SERVICE
 
 log = logging.getLogger("auditmesh.ingest")
+
+
+class _WatchedRouter(Router):
+    """The router, with every request to a processor counted by lane for the metrics endpoint."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lanes = LaneWatch()
+
+    async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+        return await self.lanes.forward(req, super().send)
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -39,7 +54,7 @@ async def main(stop: asyncio.Event) -> None:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     links = [link(t) for t in cfg.processors]
-    router = Router(
+    router = _WatchedRouter(
         links,
         Budget(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
         critical_links=[link(t, critical_handoff_us) for t in cfg.processors],
@@ -67,6 +82,17 @@ async def main(stop: asyncio.Event) -> None:
 
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), stats)
     publishing = asyncio.create_task(publisher.run())
+    metrics = prometheus.serve(
+        "ingest",
+        [
+            lambda: collectors.ingest_metrics(
+                servicer.stats, router, servicer.read_budget, router.lanes, critical_handoff_us
+            ),
+            lambda: prometheus.runtime_metrics(runtime),
+        ],
+        host=cfg.host,
+        port=cfg.metrics_port,
+    )
     freeze_startup_objects()
     await server.start()
     log.info("ingest serving on %s:%d, processors %s", cfg.host, port, ",".join(cfg.processors))
@@ -80,6 +106,7 @@ async def main(stop: asyncio.Event) -> None:
     runtime.stop()
     publishing.cancel()
     publisher.publish()
+    metrics.stop()
     await router.stop()
     store.close()
     s = servicer.stats

@@ -17,6 +17,8 @@ class IngestConfig:
     """Interface to listen on (AUDITMESH_INGEST_HOST)."""
     port: int = 50051
     """Port to listen on; 0 picks a free one (AUDITMESH_INGEST_PORT)."""
+    metrics_port: int = 0
+    """Port of the Prometheus metrics endpoint (GET /metrics); 0 turns it off (AUDITMESH_INGEST_METRICS_PORT)."""
     processors: tuple[str, ...] = ("127.0.0.1:50061",)
     """Processor addresses, comma separated (AUDITMESH_PROCESSORS)."""
     max_in_flight_events: int = 200_000
@@ -52,6 +54,7 @@ class IngestConfig:
         return cls(
             host=e.text("AUDITMESH_INGEST_HOST", cls.host),
             port=e.integer("AUDITMESH_INGEST_PORT", cls.port),
+            metrics_port=e.integer("AUDITMESH_INGEST_METRICS_PORT", cls.metrics_port),
             processors=tuple(e.items("AUDITMESH_PROCESSORS", list(cls.processors))),
             max_in_flight_events=e.integer(
                 "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS", cls.max_in_flight_events, minimum=1

@@ -12,6 +12,8 @@ from auditmesh.cache import VersionBumper
 from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
+from auditmesh.telemetry import collectors, prometheus
+from auditmesh.telemetry.instruments import WriteWatch
 from services.processor.app import create
 from services.processor.config import ProcessorConfig
 
@@ -23,7 +25,8 @@ async def main(stop: asyncio.Event) -> None:
     store = EventStore.connect(cfg.store)
     redis_client = cache.connect(cfg.redis_url, cfg.redis_timeout_s) if cfg.redis_url else None
     versions = VersionBumper(redis_client)
-    server, port, servicer, health_servicer = create(cfg, store, versions)
+    writes = WriteWatch(store)
+    server, port, servicer, health_servicer = create(cfg, writes, versions)
     runtime = RuntimeStats()
     publisher = StatsPublisher(
         os.environ.get("AUDITMESH_STATS_FILE"), lambda: {**servicer.stats(), **runtime.summary()}
@@ -36,6 +39,15 @@ async def main(stop: asyncio.Event) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
     publishing = asyncio.create_task(publisher.run())
     runtime.start()
+    metrics = prometheus.serve(
+        "processor",
+        [
+            lambda: collectors.processor_metrics(servicer, writes, versions),
+            lambda: prometheus.runtime_metrics(runtime),
+        ],
+        host=cfg.host,
+        port=cfg.metrics_port,
+    )
     freeze_startup_objects()
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
@@ -47,6 +59,7 @@ async def main(stop: asyncio.Event) -> None:
     publishing.cancel()
     runtime.stop()
     publisher.publish()
+    metrics.stop()
     await versions.close()
     if redis_client is not None:
         await redis_client.aclose()

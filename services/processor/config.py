@@ -16,6 +16,8 @@ class ProcessorConfig:
     """Interface to listen on (AUDITMESH_PROCESSOR_HOST)."""
     port: int = 50061
     """Port to listen on; 0 picks a free one (AUDITMESH_PROCESSOR_PORT)."""
+    metrics_port: int = 0
+    """Port of the Prometheus metrics endpoint (GET /metrics); 0 turns it off (AUDITMESH_PROCESSOR_METRICS_PORT)."""
     max_writes: int = 2
     """Concurrent batch writes of the normal and wedding-day lanes (AUDITMESH_PROCESSOR_MAX_WRITES).
     Small on purpose: more only queues work inside the driver and Cassandra, where a critical
@@ -43,6 +45,7 @@ class ProcessorConfig:
         return cls(
             host=e.text("AUDITMESH_PROCESSOR_HOST", cls.host),
             port=e.integer("AUDITMESH_PROCESSOR_PORT", cls.port),
+            metrics_port=e.integer("AUDITMESH_PROCESSOR_METRICS_PORT", cls.metrics_port),
             max_writes=e.integer("AUDITMESH_PROCESSOR_MAX_WRITES", cls.max_writes, minimum=1),
             critical_writes=e.integer("AUDITMESH_PROCESSOR_CRITICAL_WRITES", cls.critical_writes, minimum=1),
             max_group_events=e.integer("AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS", cls.max_group_events, minimum=1),

@@ -7,10 +7,11 @@ import logging
 import os
 
 from auditmesh import cache
-from auditmesh.cache import PageCache
-from auditmesh.metrics import StatsPublisher
+from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
+from auditmesh.telemetry import collectors, prometheus
+from auditmesh.telemetry.instruments import ReadWatch, TimedPageCache
 from services.query.app import create
 from services.query.config import QueryConfig
 
@@ -21,9 +22,18 @@ async def main(stop: asyncio.Event) -> None:
     cfg = QueryConfig.from_env(os.environ)
     store = EventStore.connect(cfg.store)
     redis_client = cache.connect(cfg.redis_url) if cfg.redis_url else None
-    server, port, servicer, health_servicer = create(cfg, store, PageCache(redis_client, cfg.cache_ttl_s))
+    reads, page_cache = ReadWatch(store), TimedPageCache(redis_client, cfg.cache_ttl_s)
+    server, port, servicer, health_servicer = create(cfg, reads, page_cache)
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), lambda: {"cache": servicer.cache.stats()})
     publishing = asyncio.create_task(publisher.run())
+    runtime = RuntimeStats()
+    runtime.start()
+    metrics = prometheus.serve(
+        "query",
+        [lambda: collectors.query_metrics(page_cache, reads), lambda: prometheus.runtime_metrics(runtime)],
+        host=cfg.host,
+        port=cfg.metrics_port,
+    )
     freeze_startup_objects()
     await server.start()
     log.info("query serving on %s:%d", cfg.host, port)
@@ -32,6 +42,8 @@ async def main(stop: asyncio.Event) -> None:
     await server.stop(grace=5)
     publishing.cancel()
     publisher.publish()
+    runtime.stop()
+    metrics.stop()
     if redis_client is not None:
         await redis_client.aclose()
     store.close()

@@ -17,6 +17,8 @@ class QueryConfig:
     """Interface to listen on (AUDITMESH_QUERY_HOST)."""
     port: int = 50071
     """Port to listen on; 0 picks a free one (AUDITMESH_QUERY_PORT)."""
+    metrics_port: int = 0
+    """Port of the Prometheus metrics endpoint (GET /metrics); 0 turns it off (AUDITMESH_QUERY_METRICS_PORT)."""
     token_key: str = ""
     """Secret that signs page tokens; every query replica needs the same one. Empty means a
     random key per process: tokens then work only against the process that made them
@@ -41,6 +43,7 @@ class QueryConfig:
         return cls(
             host=e.text("AUDITMESH_QUERY_HOST", cls.host),
             port=e.integer("AUDITMESH_QUERY_PORT", cls.port),
+            metrics_port=e.integer("AUDITMESH_QUERY_METRICS_PORT", cls.metrics_port),
             token_key=e.text("AUDITMESH_TOKEN_KEY", cls.token_key),
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
             cache_ttl_s=e.integer("AUDITMESH_CACHE_TTL_S", cls.cache_ttl_s, minimum=1),

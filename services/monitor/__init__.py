@@ -1,0 +1,1 @@
+"""monitor: checks the mesh's live metrics against the performance thresholds every second."""

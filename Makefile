@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test lint bench bench-smoke faults-report demo install
+.PHONY: up down status test lint bench bench-smoke faults-report demo install sdk-matrix
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -52,3 +52,8 @@ bench-smoke: $(STAMP)
 
 faults-report: $(STAMP)
 	$(BIN)/python -m bench.report faults
+
+# The SDK alone (no server extra) in a fresh venv per Python 3.10-3.13, tested against a mesh
+# that the project's venv runs (scripts/sdk_matrix.sh).
+sdk-matrix: $(STAMP)
+	scripts/sdk_matrix.sh

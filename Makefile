@@ -8,12 +8,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test lint bench bench-smoke faults-report demo install
+.PHONY: up down status test lint bench bench-smoke faults-report demo install sdk-matrix
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,3 +52,8 @@ bench-smoke: $(STAMP)
 
 faults-report: $(STAMP)
 	$(BIN)/python -m bench.report faults
+
+# The SDK alone (no server extra) in a fresh venv per Python 3.10-3.13, tested against a mesh
+# that the project's venv runs (scripts/sdk_matrix.sh).
+sdk-matrix: $(STAMP)
+	scripts/sdk_matrix.sh

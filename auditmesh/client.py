@@ -20,17 +20,35 @@ interval); P0_CRITICAL events are never dropped.
 
 The client is safe to use from any number of threads and from asyncio code (``log`` never
 blocks; use ``aflush``/``aclose`` in coroutines).
+
+Processes (docs/sdk.md says the same for users):
+
+- fork: before ``os.fork()`` the SDK thread closes its streams (their unacknowledged batches
+  stay queued), so that no gRPC call is under way while the process is copied; the parent then
+  opens new ones and resends. A child starts with an empty buffer, its own id prefix and
+  counters, and a new thread and channel on its first use, on gRPC's synchronous stack
+  (:class:`_ThreadedStream`: grpc.aio does not survive a fork): whatever was pending at the
+  fork is the parent's to deliver, so nothing is sent twice from two processes.
+- exit: every client still open is closed at interpreter exit (``atexit``, and also when a
+  ``multiprocessing`` child ends, which skips ``atexit``), waiting at most ``exit_timeout``
+  seconds for acknowledgements over the streams it has (a lost one is not reopened then);
+  what is still unacknowledged is lost, and a warning says how many events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import itertools
 import logging
+import os
+import queue
 import random
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +66,15 @@ __all__ = ["AuditClient", "ClientStats"]
 log = logging.getLogger("auditmesh.client")
 _P0 = pb.P0_CRITICAL
 _DROP_WARN_INTERVAL_S = 10.0
+_FORK_QUIESCE_S = 5.0  # how long a fork waits for the SDK thread to close its streams
+_JOIN_S = 2.0  # how long close() waits for the SDK thread to end once its work is settled
 _Item = tuple[Any, ...]
+
+# Every client of this process, for the fork and exit hooks at the end of this module.
+_clients: weakref.WeakSet[AuditClient] = weakref.WeakSet()
+# What a forked child inherited from its parent's clients (threads, loops, channels, batches):
+# kept referenced and never touched, so that no destructor acts on the parent's connections.
+_inherited: list[object] = []
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,7 @@ class AuditClient:
         batches_in_flight: int = 32,
         on_rejected: Callable[[pb.Rejection], None] | None = None,
         record_ack_latency: bool = False,
+        exit_timeout: float = 5.0,
         tracer_provider: Any = None,
     ) -> None:
         self.target = target
@@ -107,29 +134,50 @@ class AuditClient:
         self._max_batch_bytes = max_batch_bytes
         self._window = batches_in_flight
         self._on_rejected = on_rejected
+        self._record_ack_latency = record_ack_latency
+        self._exit_timeout = exit_timeout
+        # With a tracer provider (given, or the application's global one), each batch gets an
+        # ``sdk.batch`` span whose traceparent travels with it, and log() is timed for it.
+        self._batch_tracer = BatchTracer.create(tracer_provider)
+        self._closed = False
+        self._exiting = False  # set by the exit hook: no new stream from then on
+        self._reset()
+        _clients.add(self)
+        self._start()
+
+    def _reset(self) -> None:
+        """The state of a client that has logged nothing: at construction, and in a forked child."""
         self._prefix = new_client_prefix()
         self._seq = itertools.count(1)
         self._normal: deque[_Item] = deque()
         self._critical: deque[_Item] = deque()
         self._woken = False
         self._held: _Item | None = None  # the first event of a partial batch held back a tick
-        self._closing = False
         self._unsettled_events = 0
         self._unsettled_bytes = 0
         self._open: set[_Batch] = set()
         self._batch_ids = itertools.count(1)
-        self.ack_latency_ns: list[int] | None = [] if record_ack_latency else None
+        self.ack_latency_ns: list[int] | None = [] if self._record_ack_latency else None
         self._acked = self._rejected = self._resent = self._dropped = self._reconnects = 0
         self._last_drop_warning = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        # With a tracer provider (given, or the application's global one), each batch gets an
-        # ``sdk.batch`` span whose traceparent travels with it, and log() is timed for it.
-        self._batch_tracer = BatchTracer.create(tracer_provider)
         self._log_max_ns = 0
-        self._thread = threading.Thread(target=self._thread_main, name="auditmesh-client", daemon=True)
-        self._thread.start()
-        self._ready.wait()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._workers: list[asyncio.Task[None]] = []
+
+    def _start(self) -> None:
+        """Start the SDK thread and its event loop (once; in a forked child, on first use)."""
+        with self._start_lock:
+            if self._thread is not None or self._closed:
+                return
+            ready = threading.Event()
+            self._thread = threading.Thread(
+                target=self._thread_main, args=(ready,), name="auditmesh-client", daemon=True
+            )
+            self._thread.start()
+            ready.wait()
+        _watch_exit()
 
     # ---- the caller's side -------------------------------------------------------------------
 
@@ -150,6 +198,8 @@ class AuditClient:
         occurred_at_ns: int | None = None,
     ) -> str:
         """Queue one event and return its id; never blocks, never raises for load."""
+        if self._thread is None:
+            self._start()
         timed = self._batch_tracer is not None  # the slowest call per batch goes on its span
         started = time.perf_counter_ns() if timed else 0
         seq = next(self._seq)
@@ -169,11 +219,13 @@ class AuditClient:
             source_ip,
             dict(attributes) if attributes else None,  # a copy: the caller may reuse its dict
         )
-        if severity == _P0:
+        if self._closed:
+            self._drop(closed=True)
+        elif severity == _P0:
             self._critical.append(item)
             self._wake()
         elif len(self._normal) + self._unsettled_events >= self._max_events:
-            self._drop()
+            self._drop(closed=False)
         else:
             self._normal.append(item)
             if len(self._normal) >= self._batch_size and not self._woken:
@@ -203,8 +255,15 @@ class AuditClient:
         )
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every event logged before this call is acknowledged or rejected."""
-        future = self._submit(self._flush())
+        """Wait until every event logged before this call is acknowledged or rejected; False if
+        some were still unsettled after ``timeout`` seconds (they stay queued)."""
+        loop = self._loop
+        if loop is None or self._thread is None or not self._thread.is_alive():
+            return self.stats.pending == 0  # not started in this process, or closed
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._flush(), loop)
+        except RuntimeError:  # the loop closed meanwhile
+            return self.stats.pending == 0
         try:
             future.result(timeout)
             return True
@@ -214,17 +273,33 @@ class AuditClient:
 
     async def aflush(self) -> None:
         """``flush`` for coroutines; bound it with ``asyncio.timeout`` as needed."""
-        await asyncio.wrap_future(self._submit(self._flush()))
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            await asyncio.wrap_future(self._submit(self._flush()))
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Flush, then stop the background thread. Returns False if events were left unacked."""
-        if self._closing:
-            return True
+        """Flush (at most ``timeout`` seconds), then stop the SDK thread. Returns False, and warns,
+        if events were left unacknowledged: they are lost. Safe to call twice (the second call says
+        whether nothing is pending), and in a forked child that never used the client. Events
+        logged after close are dropped and counted in ``stats.dropped``."""
+        if self._closed:
+            return self.stats.pending == 0
         flushed = self.flush(timeout)
-        self._closing = True
-        if self._loop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        self._thread.join(10)
+        with self._start_lock:  # a log() in another thread cannot start the thread again
+            self._closed = True
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            try:
+                loop.call_soon_threadsafe(self._stop_event.set)
+            except RuntimeError:
+                pass  # the loop already ended
+            thread.join(_JOIN_S)
+        if not flushed:
+            log.warning(
+                "audit client to %s closed with %d events unacknowledged after %.1fs: they are lost",
+                self.target,
+                self.stats.pending,
+                timeout,
+            )
         return flushed
 
     async def aclose(self) -> bool:
@@ -256,16 +331,19 @@ class AuditClient:
         if loop is not None:
             loop.call_soon_threadsafe(self._wakeup.set)
 
-    def _drop(self) -> None:
+    def _drop(self, *, closed: bool) -> None:
         self._dropped += 1
         now = time.monotonic()
         if now - self._last_drop_warning >= _DROP_WARN_INTERVAL_S:
             self._last_drop_warning = now
-            log.warning(
-                "audit buffer full (%d events pending): %d non-critical events dropped so far",
-                self._max_events,
-                self._dropped,
-            )
+            if closed:
+                log.warning("audit client closed: %d events logged after close() dropped so far", self._dropped)
+            else:
+                log.warning(
+                    "audit buffer full (%d events pending): %d non-critical events dropped so far",
+                    self._max_events,
+                    self._dropped,
+                )
 
     def _submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         assert self._loop is not None
@@ -273,30 +351,79 @@ class AuditClient:
 
     # ---- the SDK thread ----------------------------------------------------------------------
 
-    def _thread_main(self) -> None:
-        import uvloop
+    def _thread_main(self, ready: threading.Event) -> None:
+        try:
+            import uvloop
+        except ImportError:  # the SDK alone (no server extra): plain asyncio
+            asyncio.run(self._main(ready))
+        else:
+            uvloop.run(self._main(ready))
+        finally:
+            ready.set()  # also when the loop failed to start: _start() must not wait forever
 
-        uvloop.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def _main(self, ready: threading.Event) -> None:
         self._wakeup = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._outbox: asyncio.PriorityQueue[tuple[int, int, _Batch]] = asyncio.PriorityQueue()
-        self._ready.set()
-        workers = [asyncio.create_task(self._stream_worker()) for _ in range(self._streams)]
+        self._loop = asyncio.get_running_loop()  # last: from here on log() may wake the loop
+        self._resume_streams()
         batcher = asyncio.create_task(self._batcher())
+        # Let the workers open their first streams before the constructor returns: a process
+        # that exits at once must not start gRPC's threads at exit (see _stream_worker).
+        await asyncio.sleep(0)
+        ready.set()
         await self._stop_event.wait()
+        workers, self._workers = self._workers, []
         for task in [batcher, *workers]:
             task.cancel()
         await asyncio.gather(batcher, *workers, return_exceptions=True)
+
+    def _resume_streams(self) -> None:
+        if not self._workers and not self._stop_event.is_set():
+            self._workers = [asyncio.create_task(self._stream_worker()) for _ in range(self._streams)]
+
+    async def _pause_streams(self) -> None:
+        """End every stream and close its channel; their unacknowledged batches are queued again."""
+        workers, self._workers = self._workers, []
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    # ---- fork ----------------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        """In the forking thread: have the SDK thread close its streams and channels, so that no
+        gRPC call or channel of the SDK is live while the process is copied."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or thread is threading.current_thread() or self._closed:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._pause_streams(), loop).result(_FORK_QUIESCE_S)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            log.warning("audit client: streams not closed within %.0fs of a fork", _FORK_QUIESCE_S)
+
+    def _after_fork_in_parent(self) -> None:
+        loop = self._loop
+        if loop is not None and not self._closed:
+            try:
+                loop.call_soon_threadsafe(self._resume_streams)
+            except RuntimeError:
+                pass  # the loop ended meanwhile (closed)
+
+    def _after_fork_in_child(self) -> None:
+        """Start over empty: what was pending at the fork is the parent's to deliver. The parent's
+        thread does not exist here; its loop and batches stay referenced but are never used."""
+        _inherited.append((self._loop, self._thread, self._workers, self._open, getattr(self, "_outbox", None)))
+        closed = self._closed
+        self._reset()
+        self._closed = closed
 
     async def _batcher(self) -> None:
         while True:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._linger_s)
                 tick = False
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 tick = True
             self._wakeup.clear()
             self._woken = False
@@ -457,18 +584,16 @@ class AuditClient:
     async def _stream_worker(self) -> None:
         """Own one bidi stream at a time; on any failure resend its unacked batches elsewhere."""
         backoff = [0.05]
+        first = True
         while True:
+            if self._exiting and not first:
+                # At interpreter exit a lost stream stays lost: from Python 3.12 on no thread can
+                # start then, and a new gRPC channel may need one (grpc.aio crashes without it).
+                return
+            first = False
             in_flight: dict[str, _Batch] = {}
             window = asyncio.Semaphore(self._window)
-            channel = grpc.aio.insecure_channel(
-                self.target,
-                options=[
-                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                    ("grpc.keepalive_time_ms", 10_000),
-                ],
-            )
-            call = pb_grpc.IngestServiceStub(channel).Stream()
+            channel, call = _open_stream(self.target)
             reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff))
             writer = asyncio.create_task(self._write_batches(call, in_flight, window))
             try:
@@ -508,7 +633,133 @@ class AuditClient:
             await call.write(batch.msg)
 
 
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+]
+
+
+def _open_stream(target: str) -> tuple[Any, Any]:
+    """(channel, call) of a new IngestService.Stream: on grpc.aio, except in a forked child."""
+    if _forked:
+        stream = _ThreadedStream(target)
+        return stream, stream
+    channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    return channel, pb_grpc.IngestServiceStub(channel).Stream()
+
+
+class _ThreadedStream:
+    """One IngestService.Stream over gRPC's synchronous stack, with the parts of grpc.aio's
+    channel and call the client uses (write, async iteration, cancel, close).
+
+    A forked child uses it: grpc.aio's process-wide completion-queue poller (a thread) does
+    not exist in the child, and a child that uses grpc.aio hangs or crashes, while the
+    synchronous stack works there once the parent has no stream open during the fork (which
+    ``AuditClient._before_fork`` sees to). Batches go through a queue that gRPC's own thread
+    consumes; acks are read by a daemon thread of ours (not an executor's: the interpreter
+    joins executor threads at exit before it runs the exit hooks that would end the stream).
+    """
+
+    def __init__(self, target: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._requests: queue.SimpleQueue[pb.EventBatch | None] = queue.SimpleQueue()
+        self._call = pb_grpc.IngestServiceStub(self._channel).Stream(iter(self._requests.get, None))
+        self._acks: asyncio.Queue[pb.BatchAck | Exception | None] = asyncio.Queue()
+        threading.Thread(target=self._read, name="auditmesh-client-acks", daemon=True).start()
+
+    def _read(self) -> None:
+        end: Exception | None = None
+        try:
+            for ack in self._call:
+                self._deliver(ack)
+        except Exception as exc:  # the stream failed (grpc.RpcError) or was cancelled
+            end = exc
+        self._deliver(end)
+
+    def _deliver(self, item: pb.BatchAck | Exception | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._acks.put_nowait, item)
+        except RuntimeError:
+            pass  # the client's loop has ended
+
+    async def write(self, batch: pb.EventBatch) -> None:
+        self._requests.put(batch)
+
+    def __aiter__(self) -> _ThreadedStream:
+        return self
+
+    async def __anext__(self) -> pb.BatchAck:
+        item = await self._acks.get()
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+
+    async def close(self) -> None:
+        self.cancel()
+        self._channel.close()
+
+
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):  # grpc.aio's and the synchronous stack's
         return f"{exc.code().name}: {exc.details()}"
     return f"{type(exc).__name__}: {exc}"
+
+
+# ---- the process's life: fork and exit -------------------------------------------------------
+
+_exit_watched_by = 0  # the pid that registered _close_all_at_exit with multiprocessing
+_forked = False  # this process is a fork of one that had the SDK loaded: no grpc.aio here
+
+
+def _before_fork() -> None:
+    for client in list(_clients):
+        client._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for client in list(_clients):
+        client._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+    for client in list(_clients):
+        client._after_fork_in_child()
+
+
+def _close_all_at_exit() -> None:
+    """Close every client this process started, each waiting at most its ``exit_timeout`` from
+    now: they deliver at the same time, so the whole wait is the longest of them."""
+    start = time.monotonic()
+    clients = [client for client in list(_clients) if client._thread is not None and not client._closed]
+    for client in clients:
+        client._exiting = True
+    for client in clients:
+        client.close(max(0.0, client._exit_timeout - (time.monotonic() - start)))
+
+
+def _watch_exit() -> None:
+    """Close the clients when this process ends: ``atexit`` (registered below) covers a normal
+    exit; a ``multiprocessing`` child ends with ``os._exit`` after running multiprocessing's own
+    exit finalizers, which it clears when it starts, so they get ours once a client is used."""
+    global _exit_watched_by
+    pid = os.getpid()
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None or _exit_watched_by == pid:
+        return
+    _exit_watched_by = pid
+    mp_util.Finalize(None, _close_all_at_exit, exitpriority=0)
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

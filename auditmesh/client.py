@@ -218,6 +218,7 @@ class AuditClient:
             resource_id,
             source_ip,
             dict(attributes) if attributes else None,  # a copy: the caller may reuse its dict
+            self._batch_tracer.caller_trace_id() if timed else "",  # type: ignore[union-attr]
         )
         if self._closed:
             self._drop(closed=True)
@@ -473,6 +474,7 @@ class AuditClient:
                 resource_id,
                 source_ip,
                 attributes,
+                caller_trace_id,
             ) = item
             ev = add(
                 event_id=event_id,
@@ -490,6 +492,8 @@ class AuditClient:
             ev.occurred_at.seconds, ev.occurred_at.nanos = divmod(ns, 1_000_000_000)
             if attributes:
                 ev.attributes.update(attributes)
+            if caller_trace_id:
+                ev.caller_trace_id = caller_trace_id
             event_size = ev.ByteSize()
             if event_size > self._max_batch_bytes:
                 # It can never be sent (and ingest refuses any event near this size): resending

@@ -40,6 +40,11 @@ class BatchTracer:
             return None
         return cls(provider.get_tracer("auditmesh.sdk"))
 
+    def caller_trace_id(self) -> str:
+        """The trace id of the calling thread's active span, or "" when it has none."""
+        context = self._trace.get_current_span().get_span_context()
+        return f"{context.trace_id:032x}" if context.is_valid else ""
+
     def start(self, *, critical: bool, events: int, log_max_us: int) -> tuple[Any, str]:
         """A span for a batch being sent, and its traceparent ("" when it is not sampled)."""
         trace = self._trace

@@ -146,6 +146,7 @@ class Event(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_US_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    CALLER_TRACE_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Client-made unique id (UUID, ULID or producer id + sequence); the idempotency key end to end."""
     wedding_id: _builtins.str
@@ -169,6 +170,10 @@ class Event(_message.Message):
     trace_id: _builtins.str
     """Set by ingest when the event's batch was traced: the trace id (32 hex digits), so that
     `auditmesh trace EVENT_ID` finds the trace of one event.
+    """
+    caller_trace_id: _builtins.str
+    """Set by the SDK when the application was tracing as it logged the event: the trace id of its
+    active span (the request that did what is audited), 32 hex digits.
     """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
@@ -195,10 +200,11 @@ class Event(_message.Message):
         priority: _builtins.int = ...,
         received_at_us: _builtins.int = ...,
         trace_id: _builtins.str = ...,
+        caller_trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "organization_id", b"organization_id", "outcome", b"outcome", "priority", b"priority", "received_at_us", b"received_at_us", "resource_id", b"resource_id", "resource_type", b"resource_type", "severity", b"severity", "source_ip", b"source_ip", "source_service", b"source_service", "trace_id", b"trace_id", "user_id", b"user_id", "wedding_id", b"wedding_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "caller_trace_id", b"caller_trace_id", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "organization_id", b"organization_id", "outcome", b"outcome", "priority", b"priority", "received_at_us", b"received_at_us", "resource_id", b"resource_id", "resource_type", b"resource_type", "severity", b"severity", "source_ip", b"source_ip", "source_service", b"source_service", "trace_id", b"trace_id", "user_id", b"user_id", "wedding_id", b"wedding_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -90,17 +90,22 @@ def test_a_p0_event_has_one_connected_trace_from_the_sdk_to_the_write(
     """A P0 event's batch is traced (always), its events carry the trace id, and Jaeger holds one
     connected trace: the SDK's batch span is the only root, and ingest's handling, the forward to
     the processor, the processor's request, the Cassandra write and the cache bump hang under it.
-    A normal event at ratio 0 is not traced. `auditmesh trace EVENT_ID` prints that waterfall."""
+    A normal event at ratio 0 is not traced, but carries the trace id of the application's span
+    it was logged in. `auditmesh trace EVENT_ID` prints that waterfall."""
     run = uuid.uuid4().hex[:8]
     with AuditClient(traced_mesh.ingest_target, source_service="tracing", tracer_provider=provider) as client:
         p0 = client.log("auth.privilege.escalated", user_id=f"u-{run}", wedding_id=f"w-{run}", severity=pb.P0_CRITICAL)
-        normal = client.log("guestlist.viewed", user_id=f"u-{run}", wedding_id=f"w-{run}")
+        with provider.get_tracer("app").start_as_current_span("app.request") as request:
+            normal = client.log("guestlist.viewed", user_id=f"u-{run}", wedding_id=f"w-{run}")
         assert client.flush(timeout=30)
     provider.force_flush()
     with grpc.insecure_channel(traced_mesh.query_target) as channel:
         get = pb_grpc.QueryServiceStub(channel).GetEvent
         trace_id = get(pb.GetEventRequest(event_id=p0), timeout=10).trace_id
-        assert get(pb.GetEventRequest(event_id=normal), timeout=10).trace_id == ""
+        logged_in_request = get(pb.GetEventRequest(event_id=normal), timeout=10)
+        assert logged_in_request.trace_id == ""
+        # The application's request that did the audited thing is named on the event.
+        assert logged_in_request.caller_trace_id == f"{request.get_span_context().trace_id:032x}"
     assert len(trace_id) == 32
     spans = _trace_of(jaeger, trace_id, WRITE_PATH | {"cache.bump"})
     ids = {span.span_id for span in spans}

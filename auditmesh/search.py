@@ -207,7 +207,7 @@ class TokenSigner:
             body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         except (ValueError, TypeError):
             raise InvalidRequest("page_token", "malformed") from None
-        if not hmac.compare_digest(self._sig(body), sig):
+        if not hmac.compare_digest(self._sig(body).encode(), sig.encode()):
             raise InvalidRequest("page_token", "bad signature")
         fingerprint, start_ms, end_ms, bucket, occurred, event_id = json.loads(body)
         if fingerprint != spec.fingerprint():

@@ -237,9 +237,13 @@ async def respond_concurrently(
     async def one(request: Req, size: int) -> None:
         try:
             answer = await handle(request)
-        except BaseException:
+        except BaseException as exc:
             give(size)
             slots.release()
+            if not isinstance(exc, asyncio.CancelledError):
+                # A handler must answer every request; one that raised leaves its peer waiting
+                # for its own timeout, so say so.
+                log.exception("a request of a stream got no answer")
             raise
         if answer is not None and answer_size is not None:
             extra = answer_size(answer)

@@ -256,9 +256,17 @@ class EventStore:
 
         for index, item in enumerate(statements):
             if slots is not None:
-                await slots.acquire()
+                # Yield first, then take a slot with no await between taking it and sending: a
+                # task cancelled here must not leave with a slot (only settle gives it back).
                 await asyncio.sleep(0)
-            send(index, item if build is None else build(item))
+                await slots.acquire()
+            try:
+                statement = item if build is None else build(item)
+            except BaseException:
+                if slots is not None:
+                    slots.release()
+                raise
+            send(index, statement)
         try:
             await done
         except Exception as exc:
@@ -396,7 +404,9 @@ class EventStore:
 
     async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:
         """Time buckets holding data for a wedding ("w") or user ("u"), newest first."""
-        (rows,) = await self._run([self._sel_buckets.bind((scope, key, newest, oldest))], fetch=True)
+        stmt = self._sel_buckets.bind((scope, key, newest, oldest))
+        stmt.fetch_size = None  # every bucket of the range (up to 9,600), not the driver's first page
+        (rows,) = await self._run([stmt], fetch=True)
         return [r.bucket for r in rows]
 
     async def rows(
@@ -444,7 +454,9 @@ class EventStore:
         return bytes(found[0].payload) if found else None
 
     async def calendar(self) -> list[CalendarEntry]:
-        (rows,) = await self._run([self._sel_calendar.bind(())], fetch=True)
+        stmt = self._sel_calendar.bind(())
+        stmt.fetch_size = None  # the whole calendar (5,000+ weddings), not the driver's first page of 5,000
+        (rows,) = await self._run([stmt], fetch=True)
         return [CalendarEntry(r.wedding_id, r.wedding_date.date(), r.timezone or "UTC") for r in rows]
 
     async def put_calendar(self, entries: Sequence[CalendarEntry]) -> None:

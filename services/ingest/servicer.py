@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, set_span_in_context, use_span
+from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context, use_span
 
 from auditmesh.errors import InvalidRequest, Overloaded, RetryableError, StoreUnavailable
 from auditmesh.memory import trim_soon
@@ -253,12 +253,15 @@ class IngestServicer:
             span.set_attribute("auditmesh.lanes", [lane_name(r.lane) for r in ordered])
             handle = _tracer.start_span("ingest.handle", context=set_span_in_context(span), start_time=received_ns)
             handle.end()
-        with use_span(span, end_on_exit=True):
+        with use_span(span, end_on_exit=False):
             answers = await asyncio.gather(
                 *(self._send(r, size * len(r.events) // len(valid)) for r in ordered), return_exceptions=True
             )
         failed = next((a for a in answers if isinstance(a, BaseException) or not a.ok), None)
         del answers
+        if failed is not None:
+            span.set_status(StatusCode.ERROR, str(failed if isinstance(failed, BaseException) else failed.error)[:200])
+        span.end()
         if failed is not None:
             # Raising an exception held in this frame's locals would make a reference cycle
             # (exception -> traceback -> this frame -> exception) that keeps the whole batch

@@ -72,14 +72,23 @@ class GroupCommitter:
         self._slots = asyncio.Semaphore(slots)
         self._max_events = max_events
         self._queues: dict[int, deque[_Entry]] = {}  # by lane, highest lane written first
+        self._writers: set[asyncio.Task[None]] = set()
 
     async def submit(self, req: pb.ProcessRequest) -> Outcome:
         entry = _Entry(req)
         self._queues.setdefault(req.lane, deque()).append(entry)
+        # The writing runs in a task of its own: a group carries other callers' requests, so a
+        # caller that is cancelled (its stream ended) stops waiting, not the group's write.
+        writer = asyncio.ensure_future(self._write_until_taken(entry))
+        self._writers.add(writer)
+        writer.add_done_callback(self._writers.discard)
+        await asyncio.shield(writer)
+        return await entry.done  # written by this task, or in a group another task is writing
+
+    async def _write_until_taken(self, entry: _Entry) -> None:
         async with self._slots:
             while not entry.taken:  # write the oldest queued requests, until this one is written
                 await self._write_group(self._take())
-        return await entry.done  # written by this task, or in a group another task is writing
 
     def _take(self) -> list[_Entry]:
         group: list[_Entry] = []

@@ -84,3 +84,12 @@ def test_a_token_is_bound_to_an_explicit_time_range() -> None:
             signer.decode(wider, token, **both)
     # A bound the request leaves open continues the token's: an open end moves with the clock.
     assert signer.decode(ranged(1000, 9000), token, explicit_start=True)[0].end_ms == 5000
+
+
+def test_a_token_with_a_non_ascii_signature_is_malformed_not_an_error() -> None:
+    """A page token edited to carry non-ASCII text is INVALID_ARGUMENT, not an internal error."""
+    signer = TokenSigner(b"k")
+    spec = SearchSpec.from_request(pb.SearchRequest(wedding_id="w1"), now_ms=10**12)
+    token = signer.encode(spec, Cursor(0, 3000, "e1"))
+    with pytest.raises(InvalidRequest, match="bad signature"):
+        signer.decode(spec, token.split(".")[0] + ".é" + token.split(".")[1][1:])

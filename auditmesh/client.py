@@ -27,7 +27,7 @@ Processes (docs/sdk.md says the same for users):
   stay queued), so that no gRPC call is under way while the process is copied; the parent then
   opens new ones and resends. A child starts with an empty buffer, its own id prefix and
   counters, and a new thread and channel on its first use, on gRPC's synchronous stack
-  (:class:`_ThreadedStream`: grpc.aio does not survive a fork): whatever was pending at the
+  (:class:`~auditmesh.sdk_transport.ThreadedStream`: grpc.aio does not survive a fork): whatever was pending at the
   fork is the parent's to deliver, so nothing is sent twice from two processes.
 - exit: every client still open is closed at interpreter exit (``atexit``, and also when a
   ``multiprocessing`` child ends, which skips ``atexit``), waiting at most ``exit_timeout``
@@ -43,7 +43,6 @@ import concurrent.futures
 import itertools
 import logging
 import os
-import queue
 import random
 import sys
 import threading
@@ -58,8 +57,8 @@ import grpc
 
 from auditmesh.event_ids import new_client_prefix
 from auditmesh.sdk_trace import BatchTracer
+from auditmesh.sdk_transport import open_stream
 from auditpb.v1 import audit_pb2 as pb
-from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
 __all__ = ["AuditClient", "ClientStats"]
 
@@ -597,7 +596,7 @@ class AuditClient:
             first = False
             in_flight: dict[str, _Batch] = {}
             window = asyncio.Semaphore(self._window)
-            channel, call = _open_stream(self.target)
+            channel, call = open_stream(self.target, threaded=_forked)
             reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff))
             writer = asyncio.create_task(self._write_batches(call, in_flight, window))
             try:
@@ -635,80 +634,6 @@ class AuditClient:
             in_flight[batch.msg.batch_id] = batch  # from here a lost stream resends it
             batch.attempts += 1
             await call.write(batch.msg)
-
-
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10_000),
-]
-
-
-def _open_stream(target: str) -> tuple[Any, Any]:
-    """(channel, call) of a new IngestService.Stream: on grpc.aio, except in a forked child."""
-    if _forked:
-        stream = _ThreadedStream(target)
-        return stream, stream
-    channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-    return channel, pb_grpc.IngestServiceStub(channel).Stream()
-
-
-class _ThreadedStream:
-    """One IngestService.Stream over gRPC's synchronous stack, with the parts of grpc.aio's
-    channel and call the client uses (write, async iteration, cancel, close).
-
-    A forked child uses it: grpc.aio's process-wide completion-queue poller (a thread) does
-    not exist in the child, and a child that uses grpc.aio hangs or crashes, while the
-    synchronous stack works there once the parent has no stream open during the fork (which
-    ``AuditClient._before_fork`` sees to). Batches go through a queue that gRPC's own thread
-    consumes; acks are read by a daemon thread of ours (not an executor's: the interpreter
-    joins executor threads at exit before it runs the exit hooks that would end the stream).
-    """
-
-    def __init__(self, target: str) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        self._requests: queue.SimpleQueue[pb.EventBatch | None] = queue.SimpleQueue()
-        self._call = pb_grpc.IngestServiceStub(self._channel).Stream(iter(self._requests.get, None))
-        self._acks: asyncio.Queue[pb.BatchAck | Exception | None] = asyncio.Queue()
-        threading.Thread(target=self._read, name="auditmesh-client-acks", daemon=True).start()
-
-    def _read(self) -> None:
-        end: Exception | None = None
-        try:
-            for ack in self._call:
-                self._deliver(ack)
-        except Exception as exc:  # the stream failed (grpc.RpcError) or was cancelled
-            end = exc
-        self._deliver(end)
-
-    def _deliver(self, item: pb.BatchAck | Exception | None) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._acks.put_nowait, item)
-        except RuntimeError:
-            pass  # the client's loop has ended
-
-    async def write(self, batch: pb.EventBatch) -> None:
-        self._requests.put(batch)
-
-    def __aiter__(self) -> _ThreadedStream:
-        return self
-
-    async def __anext__(self) -> pb.BatchAck:
-        item = await self._acks.get()
-        if item is None:
-            raise StopAsyncIteration
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def cancel(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
-
-    async def close(self) -> None:
-        self.cancel()
-        self._channel.close()
 
 
 def _describe(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ long, shown in rows of their own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from auditmesh.telemetry.spans import SpanRecord
@@ -48,6 +48,14 @@ STAGES = [
     Stage("query", 10_000),
     Stage("alert delivery", 100_000),
 ]
+_DURATION_STAGES = {
+    "ingest.handle": "ingest handling",
+    "store.write": "storage write",
+    "query.search": "query",
+    "query.get_event": "query",
+    "alert.deliver": "alert delivery",
+}
+"""Stages measured as the duration of one kind of span."""
 _SPAN_BUDGETS = {"store.write": 5_000, "query.search": 10_000, "query.get_event": 10_000, "alert.deliver": 100_000}
 
 
@@ -92,25 +100,9 @@ def _measurements(spans: list[SpanRecord]) -> Iterable[tuple[str, bool, int]]:
     def wedding_day(span: SpanRecord) -> bool:
         return span.attributes.get(_LANE) == "wedding_day"
 
-    simple: dict[str, Callable[[SpanRecord], int | None]] = {
-        "ingest.handle": lambda s: s.duration_us,
-        "store.write": lambda s: s.duration_us,
-        "query.search": lambda s: s.duration_us,
-        "query.get_event": lambda s: s.duration_us,
-        "alert.deliver": lambda s: s.duration_us,
-    }
-    stage_of = {
-        "ingest.handle": "ingest handling",
-        "store.write": "storage write",
-        "query.search": "query",
-        "query.get_event": "query",
-        "alert.deliver": "alert delivery",
-    }
     for span in spans:
-        if span.name in simple:
-            value = simple[span.name](span)
-            if value is not None:
-                yield stage_of[span.name], wedding_day(span), value
+        if span.name in _DURATION_STAGES:
+            yield _DURATION_STAGES[span.name], wedding_day(span), span.duration_us
         elif span.name == "sdk.batch" and "auditmesh.log_max_us" in span.attributes:
             yield "caller overhead", wedding_day(span), int(span.attributes["auditmesh.log_max_us"])
         elif span.name == "ingest.forward" and span.attributes.get(_LANE) == "critical":

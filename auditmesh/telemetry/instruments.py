@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
 from auditmesh.cache import PageCache
 from auditmesh.metrics import Reservoir
+from auditmesh.search import RowSource
 from auditmesh.store import Row, WriteStats
 from auditpb.v1 import audit_pb2 as pb
 
@@ -122,8 +123,10 @@ class WriteWatch:
     async def write(self, events: Iterable[pb.Event], *, urgent: bool = False) -> WriteStats:
         counts = self.lanes["critical" if urgent else "bulk"]
         token = counts.in_flight.enter()
+        batch = list(events)  # counted per write, not per event
+        counts.events += len(batch)
         try:
-            return await self._store.write(self._counted(events, counts), urgent=urgent)
+            return await self._store.write(batch, urgent=urgent)
         except BaseException:
             counts.errors += 1
             raise
@@ -131,28 +134,8 @@ class WriteWatch:
             counts.writes += 1
             counts.in_flight.leave(token)
 
-    @staticmethod
-    def _counted(events: Iterable[pb.Event], counts: _WriteCounts) -> Iterator[pb.Event]:
-        for ev in events:
-            counts.events += 1
-            yield ev
 
-
-class StoreReader(Protocol):
-    async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]: ...
-
-    async def rows(
-        self,
-        scope: str,
-        key: str,
-        bucket: int,
-        *,
-        end_ms: int,
-        start_ms: int,
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> list[Row]: ...
-
+class StoreReader(RowSource, Protocol):
     async def get(self, event_id: str) -> bytes | None: ...
 
 

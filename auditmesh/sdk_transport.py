@@ -1,0 +1,89 @@
+"""The SDK's stream to ingest: grpc.aio, or gRPC's synchronous stack in a forked child."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any
+
+import grpc
+
+from auditpb.v1 import audit_pb2 as pb
+from auditpb.v1 import audit_pb2_grpc as pb_grpc
+
+__all__ = ["CHANNEL_OPTIONS", "ThreadedStream", "open_stream"]
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+]
+
+
+def open_stream(target: str, *, threaded: bool) -> tuple[Any, Any]:
+    """(channel, call) of a new IngestService.Stream: on grpc.aio, or, ``threaded`` (in a forked
+    child), on the synchronous stack."""
+    if threaded:
+        stream = ThreadedStream(target)
+        return stream, stream
+    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return channel, pb_grpc.IngestServiceStub(channel).Stream()
+
+
+class ThreadedStream:
+    """One IngestService.Stream over gRPC's synchronous stack, with the parts of grpc.aio's
+    channel and call the client uses (write, async iteration, cancel, close).
+
+    A forked child uses it: grpc.aio's process-wide completion-queue poller (a thread) does
+    not exist in the child, and a child that uses grpc.aio hangs or crashes, while the
+    synchronous stack works there once the parent has no stream open during the fork (which
+    ``AuditClient._before_fork`` sees to). Batches go through a queue that gRPC's own thread
+    consumes; acks are read by a daemon thread of ours (not an executor's: the interpreter
+    joins executor threads at exit before it runs the exit hooks that would end the stream).
+    """
+
+    def __init__(self, target: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._requests: queue.SimpleQueue[pb.EventBatch | None] = queue.SimpleQueue()
+        self._call = pb_grpc.IngestServiceStub(self._channel).Stream(iter(self._requests.get, None))
+        self._acks: asyncio.Queue[pb.BatchAck | Exception | None] = asyncio.Queue()
+        threading.Thread(target=self._read, name="auditmesh-client-acks", daemon=True).start()
+
+    def _read(self) -> None:
+        end: Exception | None = None
+        try:
+            for ack in self._call:
+                self._deliver(ack)
+        except Exception as exc:  # the stream failed (grpc.RpcError) or was cancelled
+            end = exc
+        self._deliver(end)
+
+    def _deliver(self, item: pb.BatchAck | Exception | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._acks.put_nowait, item)
+        except RuntimeError:
+            pass  # the client's loop has ended
+
+    async def write(self, batch: pb.EventBatch) -> None:
+        self._requests.put(batch)
+
+    def __aiter__(self) -> ThreadedStream:
+        return self
+
+    async def __anext__(self) -> pb.BatchAck:
+        item = await self._acks.get()
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+
+    async def close(self) -> None:
+        self.cancel()
+        self._channel.close()

@@ -30,8 +30,9 @@ def slot_port(port: int) -> int:
 
 
 def slot_redis_url(db: int) -> str:
-    """A Redis database of this run's slot (databases 12-15 for slot 0, 8-11 for slot 1, ...)."""
-    return f"redis://127.0.0.1:6379/{db - 4 * TEST_SLOT}"
+    """A Redis database of this run's slot: databases 12-15 for slot 0, 8-11 for slot 1, ... 0-3 for
+    slot 3, then 16-19 for slot 4, 20-23 for slot 5 (infra.sh starts Redis with 64 databases)."""
+    return f"redis://127.0.0.1:6379/{db - 4 * TEST_SLOT if TEST_SLOT <= 3 else db + 4 * (TEST_SLOT - 3)}"
 
 
 def assert_eventually(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> None:

@@ -124,7 +124,7 @@ start_redis() {
   mkdir -p "$R_DIR"
   "$(redis_bin)" --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --pidfile "$R_PID" \
     --logfile "$R_LOG" --dir "$R_DIR" --save "" --appendonly no --maxmemory 512mb \
-    --maxmemory-policy allkeys-lru
+    --maxmemory-policy allkeys-lru --databases 64
   local deadline=$((SECONDS + 30))
   until port_open "$REDIS_PORT"; do
     if [ $SECONDS -ge $deadline ]; then log "redis not ready on :$REDIS_PORT; see $R_LOG"; exit 1; fi

@@ -56,6 +56,7 @@ from auditmesh.synthetic import Synthetic
 from auditmesh.telemetry import budget
 from auditmesh.telemetry.spans import read_jsonl
 from auditmesh.telemetry.tracing import DEFAULT_RATIO
+from bench.cost import cpu_us_per_event
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
 from bench.report import (
@@ -585,6 +586,8 @@ def main() -> int:
             "critical_sdk_events_fixed_rate": fixed["critical_sdk_events"],
             "write_p99_ms_fixed_rate": _scaled(_worst(fixed_write, "p99"), 1e3),
             "throughput_eps": full["eps"],
+            "cpu_us_per_event": cpu_us_per_event(full["resources"], full["eps"]),
+            "cpu_us_per_event_fixed_rate": cpu_us_per_event(fixed["resources"], fixed["eps"]),
             "direct_loader_eps": best_direct["eps"],
             "direct_loader_best": {k: best_direct[k] for k in ("processes", "grouping", "concurrency")},
             "ratio_to_direct": round(full["eps"] / best_direct["eps"], 3) if best_direct["eps"] else None,

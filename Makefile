@@ -45,10 +45,12 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.query
 	$(BIN)/python -m bench.write_path
+	$(BIN)/python -m bench.cost
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench.pipeline --smoke
 	$(BIN)/python -m bench.query --smoke
+	$(BIN)/python -m bench.cost --smoke
 
 faults-report: $(STAMP)
 	$(BIN)/python -m bench.report faults

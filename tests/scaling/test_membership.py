@@ -3,11 +3,15 @@ couple of seconds, and one that is stopped drains without losing or duplicating 
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
+from auditmesh.cli import main
 from auditmesh.config import StoreConfig
+from auditmesh.mesh import MeshLayout
+from auditmesh.supervisor import Supervisor
 from tests.conftest import assert_eventually
 from tests.scaling.conftest import scaler_status, scaling_mesh
 from tests.scaling.load import StepLoad, stored_counts
@@ -23,16 +27,42 @@ QUIET_SCALER = {
 }
 
 
-def written_by(layout, address: str) -> int:  # type: ignore[no-untyped-def]
+def written_by(layout: MeshLayout, address: str) -> int:
     members = {m.address: m for m in scaler_status(layout).members if m.service == "processor"}
     return members[address].events_total if address in members else 0
 
 
-def test_a_processor_that_registers_gets_events_and_one_that_drains_loses_none(
-    store_config: StoreConfig, tmp_path_factory: pytest.TempPathFactory
+def check_cli(
+    layout: MeshLayout, supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A processor started beside a running mesh is written to within 2 s of registering, and
-    stopping it under load (deregister, drain) leaves every acknowledged event stored exactly once."""
+    """``auditmesh status`` lists the scaler as up; ``auditmesh scaler status`` shows two processors."""
+    for name, value in {
+        "AUDITMESH_INGEST_PORT": layout.ingest_port,
+        "AUDITMESH_QUERY_PORT": layout.query_port,
+        "AUDITMESH_PROCESSOR_BASE_PORT": layout.processor_base_port,
+        "AUDITMESH_PROCESSOR_COUNT": 1,
+        "AUDITMESH_MONITOR": 0,
+        "AUDITMESH_RUN_DIR": supervisor.run_dir,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    assert re.search(rf"^scaler +up +{re.escape(layout.scaler_target)} +SERVING$", capsys.readouterr().out, re.M)
+    assert main(["scaler", "status"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^processors +2 running, target 2 \(min 1, max 2", out, re.M), out
+    assert "forecast" in out and "decisions" in out and layout.processor(1).target in out
+
+
+def test_a_processor_that_registers_gets_events_and_one_that_drains_loses_none(
+    store_config: StoreConfig,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A processor started beside a running mesh is written to soon after it registers, the CLI
+    shows the scaler and both processors, and stopping it under load (deregister, drain) leaves
+    every acknowledged event stored exactly once."""
     with scaling_mesh(tmp_path_factory, "membership", 27551, env=QUIET_SCALER) as (layout, supervisor):
         load = StepLoad(layout.ingest_target, rate=200).start()
         try:
@@ -44,6 +74,7 @@ def test_a_processor_that_registers_gets_events_and_one_that_drains_loses_none(
             # Start-up of the process (imports, Cassandra session) comes before registration;
             # the membership part is bounded by the 0.5 s poll and a report interval.
             assert joined_s < 20, joined_s
+            check_cli(layout, supervisor, monkeypatch, capsys)
             time.sleep(2)
             supervisor.stop(second.name)
             assert supervisor.pid(second.name) is None
@@ -53,8 +84,11 @@ def test_a_processor_that_registers_gets_events_and_one_that_drains_loses_none(
         counts = stored_counts(layout, load.wedding_ids)
         assert set(counts) == set(load.logged)
         assert max(counts.values()) == 1
-        log = supervisor.log_file(second.name).read_text()
-        assert "deregistered" in log and "streams closed" in log, log[-2000:]
         ingest_log = supervisor.log_file("ingest").read_text()
         assert f"processor {second.target} joined" in ingest_log
         assert f"processor {second.target} left" in ingest_log
+        # Ingest retired its links before the processor stopped: no stream broke under it.
+        assert f"processor {second.target} closed the stream" not in ingest_log
+        assert f"processor {second.target} unreachable" not in ingest_log
+        log = supervisor.log_file(second.name).read_text()
+        assert "deregistered" in log and "streams closed" in log, log[-2000:]

@@ -90,10 +90,9 @@ class _Process:
 class IngestReports:
     """Builds ingest's reports from its lane counters and in-flight budgets."""
 
-    def __init__(self, instance: str, lanes: LaneWatch, in_flight: Callable[[], int], accepted: Callable[[], int]):
+    def __init__(self, instance: str, lanes: LaneWatch, accepted: Callable[[], int]):
         self.instance = instance
         self._lanes = lanes
-        self._in_flight = in_flight
         self._accepted = accepted
         self._counts = {lane: (c.events_in, c.events_out, c.events_failed) for lane, c in lanes.lanes.items()}
         self._handling = {lane: _Window(c.handling_us) for lane, c in lanes.lanes.items()}
@@ -199,10 +198,13 @@ class Reporter:
         backoff = 0.5
         down = False
         while True:
+            sent = self.sent
             async with grpc.aio.insecure_channel(self.target) as channel:
                 try:
                     await spb_grpc.ScalerServiceStub(channel).Report(self._reports())
                 except grpc.RpcError as exc:
+                    if self.sent > sent:  # it was up: a new outage
+                        down, backoff = False, 0.5
                     if not down:
                         log.info("scaler %s not reachable, reports paused: %s", self.target, exc.code().name)
                     down = True

@@ -103,10 +103,7 @@ async def main(stop: asyncio.Event) -> None:
     where = f"membership {cfg.membership_prefix}" if cfg.membership_prefix else ",".join(cfg.processors)
     log.info("ingest serving on %s:%d, processors %s", cfg.host, port, where)
     if cfg.scaler_target:
-        budgets = (router.budget, router.critical_budget)
-        reports = IngestReports(
-            f"{cfg.host}:{port}", router.lanes, lambda: sum(b.events for b in budgets), lambda: servicer.stats.accepted
-        )
+        reports = IngestReports(f"{cfg.host}:{port}", router.lanes, lambda: servicer.stats.accepted)
         scaling.append(asyncio.create_task(Reporter(cfg.scaler_target, reports.build).run()))
     await stop.wait()
     health_servicer.enter_graceful_shutdown()

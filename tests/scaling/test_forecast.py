@@ -12,6 +12,7 @@ from auditmesh.scaling.engine import Engine, EngineConfig
 from auditmesh.scaling.forecast import ForecastConfig, predictive_floor, required_at
 from auditmesh.scaling.policy import PolicyConfig
 from auditmesh.scaling.reports import ReportWindow
+from auditpb.v1 import scaler_pb2 as spb
 
 LONDON = "Europe/London"
 
@@ -79,3 +80,30 @@ def test_the_generator_peaks_on_season_saturdays() -> None:
     assert all(w.guests and w.vendors and w.ceremony_time for w in weddings)
     peak_saturday = max(sum(1 for w in weddings if w.wedding_date == day) for day in {w.wedding_date for w in weddings})
     assert 40 <= peak_saturday <= 100
+
+
+def test_a_live_wedding_with_a_missed_latency_target_turns_emergency_mode_on_automatically() -> None:
+    """With a calendar wedding live and processing p99 over its target, the engine enters
+    automatic emergency mode and raises the floor; once no wedding is live it leaves it."""
+    now = dt.datetime.now(dt.UTC)
+    ceremony = (now - dt.timedelta(minutes=30)).replace(microsecond=0)
+    live = [Wedding("live-1", ceremony.date(), "UTC", ceremony.time())]
+    clock = [now.timestamp()]
+    weddings: list[Wedding] = list(live)
+    cfg = EngineConfig(policy=PolicyConfig(min_replicas=1, max_replicas=12, emergency_replicas=5, up_after=99))
+    window = ReportWindow()
+    engine = Engine(cfg, window, KedaActuator(lambda: 1), weddings=lambda: weddings, clock=lambda: clock[0])
+    slow = spb.LoadReport(
+        service="ingest",
+        instance="ingest-a",
+        latencies=[spb.StageLatency(stage="transit:normal", p99_us=120_000, count=50)],
+    )
+    window.add(slow, clock[0])
+    decision = asyncio.run(engine.tick())
+    assert engine.emergency and engine.emergency_source == "automatic"
+    assert (decision.rule, decision.target) == ("floor", 5) and "emergency" in decision.reason
+    assert engine.status().emergency_source == "automatic"
+    weddings.clear()
+    clock[0] += 1
+    asyncio.run(engine.tick())
+    assert not engine.emergency and engine.status().emergency_source == ""

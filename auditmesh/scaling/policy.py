@@ -42,7 +42,10 @@ class PolicyConfig:
     events_per_processor: float = 2000.0
     """Events per second one processor is planned to carry (its capacity for target tracking)."""
     processing_p99_ms: float = 50.0
-    """Processing latency target: ingest's round trip to a processor and back, p99."""
+    """Processing latency target: p99 of ingest's handling of a batch (stamp to routing, the
+    waits for in-flight room included), as the performance monitor measures event processing.
+    Not the round trip to a processor: that includes the store's write, which more processors
+    do not make faster (write latency has its own rule)."""
     write_p99_ms: float = 10.0
     """Write latency target; over it the scaler recommends storage capacity."""
     queue_min_events: int = 1000

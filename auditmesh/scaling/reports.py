@@ -263,7 +263,9 @@ class ReportWindow:
                 continue
             if key.startswith("ingest/"):
                 events_in += sum(sum(lane.events_in_per_s for lane in r.lanes) for r in recent) / len(recent)
-                processing += [lat.p99_us for r in recent for lat in r.latencies if lat.stage.startswith("transit:")]
+                processing += [
+                    lat.p99_us for r in recent for lat in r.latencies if lat.stage.startswith("ingest_handling:")
+                ]
                 depths = [sum(lane.in_flight_events for lane in r.lanes) for r in recent]
                 depth += depths[-1]
                 rising = len(depths) >= 3 and all(b > a for a, b in zip(depths, depths[1:], strict=False))

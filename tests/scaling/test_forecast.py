@@ -96,7 +96,7 @@ def test_a_live_wedding_with_a_missed_latency_target_turns_emergency_mode_on_aut
     slow = spb.LoadReport(
         service="ingest",
         instance="ingest-a",
-        latencies=[spb.StageLatency(stage="transit:normal", p99_us=120_000, count=50)],
+        latencies=[spb.StageLatency(stage="ingest_handling:normal", p99_us=120_000, count=50)],
     )
     window.add(slow, clock[0])
     decision = asyncio.run(engine.tick())

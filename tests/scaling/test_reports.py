@@ -25,19 +25,23 @@ def test_window_quantile_counts_only_what_came_between_two_histograms() -> None:
     assert window_quantile(reservoir.bounds, before, after, 1.0) == 10_000
 
 
-def ingest_report(events_in: float, in_flight: int, transit_p99_us: float) -> spb.LoadReport:
+def ingest_report(events_in: float, in_flight: int, handling_p99_us: float) -> spb.LoadReport:
     return spb.LoadReport(
         service="ingest",
         instance="ingest-a",
         lanes=[spb.LaneLoad(lane="normal", events_in_per_s=events_in, in_flight_events=in_flight)],
-        latencies=[spb.StageLatency(stage="transit:normal", p99_us=transit_p99_us, count=10)],
+        latencies=[
+            spb.StageLatency(stage="ingest_handling:normal", p99_us=handling_p99_us, count=10),
+            spb.StageLatency(stage="transit:normal", p99_us=900_000, count=10),  # includes the write: not used
+        ],
     )
 
 
 def test_window_signals_sum_ingest_load_and_see_a_growing_queue() -> None:
     """Events/s are averaged over the recent reports of each ingest and summed over ingests; a
     queue counts as growing when in flight rose over three reports past the minimum; write p99
-    comes from the processors; reports older than the window are dropped."""
+    comes from the processors and processing p99 from ingest's handling (not the round trip,
+    which includes the write); reports older than the window are dropped."""
     window = ReportWindow(window_s=10, recent_s=3)
     for t, depth in enumerate((500, 1500, 2500)):
         window.add(ingest_report(300, depth, 20_000), float(t))

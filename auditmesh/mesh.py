@@ -46,6 +46,12 @@ class MeshLayout:
     """Run the performance monitor (AUDITMESH_MONITOR; 0 leaves it out)."""
     monitor_port: int = 0
     """The monitor's port (health checks); 0 means the query port + 10 (AUDITMESH_MONITOR_PORT)."""
+    scaler: bool = False
+    """Run the scaler (AUDITMESH_SCALER; ``auditmesh up`` runs it unless 0). With it, processors
+    register in Redis and ingest links to whoever is registered instead of a static list, and the
+    scaler starts and stops processors from ``processors`` (the initial count) up to its maximum."""
+    scaler_port: int = 0
+    """The scaler's port; 0 means the query port + 15 (50086; its metrics 50046) (AUDITMESH_SCALER_PORT)."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Settings passed to every service (store, limits, cache)."""
 
@@ -62,6 +68,8 @@ class MeshLayout:
             metrics_port_offset=e.integer("AUDITMESH_METRICS_PORT_OFFSET", cls.metrics_port_offset, minimum=-65535),
             monitor=e.text("AUDITMESH_MONITOR", "1") != "0",
             monitor_port=e.integer("AUDITMESH_MONITOR_PORT", cls.monitor_port),
+            scaler=e.text("AUDITMESH_SCALER", "1") != "0",
+            scaler_port=e.integer("AUDITMESH_SCALER_PORT", cls.scaler_port),
             extra_env=passed,
         )
 
@@ -95,11 +103,15 @@ class MeshLayout:
                 "AUDITMESH_KEYSPACE": self.keyspace,
                 "AUDITMESH_PROCESSOR_PORT": str(port),
                 "AUDITMESH_PROCESSOR_METRICS_PORT": str(self.metrics_port(port)),
+                **self._scaling_env(),
             },
         )
 
     def ingest(self) -> ServiceProcess:
         targets = ",".join(f"127.0.0.1:{self.processor_base_port + i}" for i in range(self.processors))
+        # With the scaler, ingest follows membership; AUDITMESH_PROCESSORS given by the caller
+        # (extra_env) stays a static override.
+        routing = self._scaling_env() if self.scaler else {"AUDITMESH_PROCESSORS": targets}
         return ServiceProcess(
             "ingest",
             "services.ingest",
@@ -109,7 +121,43 @@ class MeshLayout:
                 "AUDITMESH_KEYSPACE": self.keyspace,
                 "AUDITMESH_INGEST_PORT": str(self.ingest_port),
                 "AUDITMESH_INGEST_METRICS_PORT": str(self.metrics_port(self.ingest_port)),
-                "AUDITMESH_PROCESSORS": targets,
+                **routing,
+            },
+        )
+
+    @property
+    def membership_prefix(self) -> str:
+        """Prefix of the Redis keys where this mesh's processors register."""
+        return f"am:members:{self.ingest_port}"
+
+    @property
+    def scaler_target(self) -> str:
+        return f"127.0.0.1:{self.scaler_port or self.query_port + 15}"
+
+    def _scaling_env(self) -> dict[str, str]:
+        if not self.scaler:
+            return {}
+        return {"AUDITMESH_MEMBERSHIP_PREFIX": self.membership_prefix, "AUDITMESH_SCALER_TARGET": self.scaler_target}
+
+    def scaling(self) -> ServiceProcess:
+        """The scaler, with what it needs to start processors like this layout's."""
+        port = self.scaler_port or self.query_port + 15
+        return ServiceProcess(
+            "scaler",
+            "services.scaler",
+            port,
+            {
+                **self.extra_env,
+                "AUDITMESH_SCALER": "1",
+                "AUDITMESH_KEYSPACE": self.keyspace,
+                "AUDITMESH_INGEST_PORT": str(self.ingest_port),
+                "AUDITMESH_QUERY_PORT": str(self.query_port),
+                "AUDITMESH_PROCESSOR_BASE_PORT": str(self.processor_base_port),
+                "AUDITMESH_PROCESSOR_COUNT": str(self.processors),
+                "AUDITMESH_METRICS_PORT_OFFSET": str(self.metrics_port_offset),
+                "AUDITMESH_MEMBERSHIP_PREFIX": self.membership_prefix,
+                "AUDITMESH_SCALER_PORT": str(port),
+                "AUDITMESH_SCALER_METRICS_PORT": str(self.metrics_port(port)),
             },
         )
 
@@ -152,7 +200,8 @@ class MeshLayout:
         return [*(self.processor(i) for i in range(self.processors)), self.ingest(), self.query()]
 
     def services(self) -> list[ServiceProcess]:
-        return [*self._core(), self.performance_monitor()] if self.monitor else self._core()
+        extra = [self.performance_monitor()] if self.monitor else []
+        return [*self._core(), *extra, *([self.scaling()] if self.scaler else [])]
 
     def start(self, supervisor: Supervisor, timeout: float = 60.0) -> None:
         """Start every service that is not running and wait until all report SERVING."""
@@ -162,12 +211,16 @@ class MeshLayout:
             wait_healthy(proc.target, timeout, supervisor.log_file(proc.name))
 
     def stop(self, supervisor: Supervisor) -> None:
-        """Stop the monitor first (so it sees no service go), then ingest (it drains into the
-        processors), then query and the processors."""
+        """Stop the scaler first (so it starts nothing more), the monitor (so it sees no service
+        go), then ingest (it drains into the processors), then query and the processors."""
         processors = [self.processor(i) for i in range(self.processors)]
-        order = [self.performance_monitor(), self.ingest(), self.query(), *processors]
+        order = [self.scaling(), self.performance_monitor(), self.ingest(), self.query(), *processors]
         for proc in order:
             supervisor.stop(proc.name)
+        # Processors the scaler started beyond the initial ones.
+        for name in supervisor.names():
+            if name.startswith("processor-"):
+                supervisor.stop(name)
 
     def health(self) -> dict[str, str]:
         return {proc.name: health_of(proc.target) for proc in self.services()}

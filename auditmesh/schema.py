@@ -13,7 +13,9 @@ Why this shape:
   stored before.
 - ``partitions``: which hour buckets hold data for a wedding or user, so a search visits only
   non-empty partitions, newest first, and stops when its page is full.
-- ``wedding_calendar``: wedding dates and time zones, for priority and forecasts.
+- ``wedding_calendar``: wedding dates and time zones, for priority and forecasts; expected
+  guests, vendors and the local ceremony time feed the scaler's forecast (added by ALTER for
+  keyspaces created before them, so ``auditmesh schema`` stays idempotent).
 The event itself is stored once per row as serialized protobuf (``payload``); the columns beside
 it are those that queries filter on. Time-window compaction and a TTL fit append-only audit data.
 """
@@ -25,7 +27,11 @@ from cassandra.policies import RoundRobinPolicy
 
 from auditmesh.config import StoreConfig
 
-__all__ = ["create_schema", "drop_keyspace", "statements"]
+__all__ = ["CALENDAR_FORECAST_COLUMNS", "create_schema", "drop_keyspace", "statements"]
+
+CALENDAR_FORECAST_COLUMNS = ("guests int", "vendors int", "ceremony_time time")
+"""Columns of ``wedding_calendar`` the scaler's forecast reads (the ceremony in the wedding's
+own time zone); added to existing keyspaces by ALTER ... IF NOT EXISTS."""
 
 _EVENT_COLUMNS = """
     occurred_at timestamp,
@@ -64,6 +70,7 @@ def statements(cfg: StoreConfig) -> list[str]:
     WITH CLUSTERING ORDER BY (bucket DESC) AND default_time_to_live = {ttl}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.wedding_calendar (
     wedding_id text PRIMARY KEY, wedding_date date, timezone text)""",
+        *(f"ALTER TABLE {ks}.wedding_calendar ADD IF NOT EXISTS {column}" for column in CALENDAR_FORECAST_COLUMNS),
     ]
 
 

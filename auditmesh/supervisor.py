@@ -98,7 +98,13 @@ class Supervisor:
         if running is not None:
             return running
         self.stats_file(proc.name).unlink(missing_ok=True)  # counters of an earlier process are not this one's
-        env = {**os.environ, "AUDITMESH_STATS_FILE": str(self.stats_file(proc.name)), **proc.env}
+        env = {
+            **os.environ,
+            "AUDITMESH_STATS_FILE": str(self.stats_file(proc.name)),
+            # The scaler's local actuator starts processors with the supervisor that started it.
+            "AUDITMESH_SUPERVISOR_DIR": str(self.run_dir),
+            **proc.env,
+        }
         with open(self.log_file(proc.name), "ab") as out:
             child = subprocess.Popen(
                 [sys.executable, "-m", proc.module],

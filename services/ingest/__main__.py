@@ -10,7 +10,10 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
+from auditmesh import cache
 from auditmesh.metrics import Reservoir, RuntimeStats, StatsPublisher
+from auditmesh.scaling.membership import Membership, watch
+from auditmesh.scaling.reports import IngestReports, Reporter
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from auditmesh.telemetry import collectors, prometheus
@@ -53,14 +56,16 @@ async def main(stop: asyncio.Event) -> None:
         runtime.reset()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, reset_latencies)
-    links = [link(t) for t in cfg.processors]
+    static = () if cfg.membership_prefix else cfg.processors
     router = _WatchedRouter(
-        links,
+        [link(t) for t in static],
         Budget(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
-        critical_links=[link(t, critical_handoff_us) for t in cfg.processors],
+        critical_links=[link(t, critical_handoff_us) for t in static],
         critical_budget=Budget(cfg.critical_in_flight_events, cfg.critical_in_flight_bytes),
+        link_factory=lambda target, critical: link(target, critical_handoff_us if critical else None),
     )
     router.start()
+    scaling = _scaling(cfg, router)
     server, port, servicer, health_servicer = create(
         cfg, router, calendar.snapshot, reuse_port=os.environ.get("AUDITMESH_INGEST_REUSE_PORT") == "1"
     )
@@ -75,7 +80,7 @@ async def main(stop: asyncio.Event) -> None:
             "in_flight_events": sum(b.events for b in budgets),
             "in_flight_bytes": sum(b.bytes for b in budgets),
             "read_bytes": servicer.read_budget.used,
-            "processors_connected": sum(link.connected.is_set() for link in links),
+            "processors_connected": sum(link.connected.is_set() for link in router.links),
             "critical_handoff_us": critical_handoff_us.summary(),
             **runtime.summary(),
         }
@@ -95,7 +100,11 @@ async def main(stop: asyncio.Event) -> None:
     )
     freeze_startup_objects()
     await server.start()
-    log.info("ingest serving on %s:%d, processors %s", cfg.host, port, ",".join(cfg.processors))
+    where = f"membership {cfg.membership_prefix}" if cfg.membership_prefix else ",".join(cfg.processors)
+    log.info("ingest serving on %s:%d, processors %s", cfg.host, port, where)
+    if cfg.scaler_target:
+        reports = IngestReports(f"{cfg.host}:{port}", router.lanes, lambda: servicer.stats.accepted)
+        scaling.append(asyncio.create_task(Reporter(cfg.scaler_target, reports.build).run()))
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
     servicer.draining.set()
@@ -103,6 +112,8 @@ async def main(stop: asyncio.Event) -> None:
     await server.stop(grace=10)
     refresher.cancel()
     readiness.cancel()
+    for task in scaling:
+        task.cancel()
     runtime.stop()
     publishing.cancel()
     publisher.publish()
@@ -111,6 +122,14 @@ async def main(stop: asyncio.Event) -> None:
     store.close()
     s = servicer.stats
     log.info("ingest stopped: %d accepted, %d rejected, %d retried", s.accepted, s.rejected, s.retried)
+
+
+def _scaling(cfg: IngestConfig, router: Router) -> list[asyncio.Task[None]]:
+    """With membership, a task that links the router to every registered processor."""
+    if not cfg.membership_prefix:
+        return []
+    membership = Membership(cache.connect(cfg.redis_url, 1.0), cfg.membership_prefix)
+    return [asyncio.create_task(watch(membership, router.set_targets, cfg.membership_interval_s))]
 
 
 async def _track_readiness(router: Router, health_servicer: health.HealthServicer) -> None:

@@ -20,7 +20,18 @@ class IngestConfig:
     metrics_port: int = 0
     """Port of the Prometheus metrics endpoint (GET /metrics); 0 turns it off (AUDITMESH_INGEST_METRICS_PORT)."""
     processors: tuple[str, ...] = ("127.0.0.1:50061",)
-    """Processor addresses, comma separated (AUDITMESH_PROCESSORS)."""
+    """Processor addresses, comma separated (AUDITMESH_PROCESSORS). When set, a static list that
+    overrides membership."""
+    membership_prefix: str = ""
+    """Without AUDITMESH_PROCESSORS: prefix of the Redis keys where processors register; ingest
+    links to every registered processor and follows joins and leaves (AUDITMESH_MEMBERSHIP_PREFIX)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding membership (AUDITMESH_REDIS_URL)."""
+    membership_interval_s: float = 0.5
+    """How often membership is read (AUDITMESH_MEMBERSHIP_INTERVAL_S)."""
+    scaler_target: str = ""
+    """host:port of the scaler, which gets a load report every second; empty: none
+    (AUDITMESH_SCALER_TARGET). Best effort: ingest works without it."""
     max_in_flight_events: int = 200_000
     """Events accepted but not yet acknowledged by a processor; past it callers wait, then get
     RESOURCE_EXHAUSTED with retry info (AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS)."""
@@ -56,6 +67,10 @@ class IngestConfig:
             port=e.integer("AUDITMESH_INGEST_PORT", cls.port),
             metrics_port=e.integer("AUDITMESH_INGEST_METRICS_PORT", cls.metrics_port),
             processors=tuple(e.items("AUDITMESH_PROCESSORS", list(cls.processors))),
+            membership_prefix="" if env.get("AUDITMESH_PROCESSORS") else e.text("AUDITMESH_MEMBERSHIP_PREFIX", ""),
+            redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
+            membership_interval_s=e.number("AUDITMESH_MEMBERSHIP_INTERVAL_S", cls.membership_interval_s, minimum=0.05),
+            scaler_target=e.text("AUDITMESH_SCALER_TARGET", cls.scaler_target),
             max_in_flight_events=e.integer(
                 "AUDITMESH_INGEST_MAX_IN_FLIGHT_EVENTS", cls.max_in_flight_events, minimum=1
             ),

@@ -15,7 +15,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -184,18 +184,46 @@ class Router:
         budget: Budget,
         critical_links: list[ProcessorLink] | None = None,
         critical_budget: Budget | None = None,
+        link_factory: Callable[[str, bool], ProcessorLink] | None = None,
     ) -> None:
+        """``link_factory(target, critical)`` makes the links of processors added by
+        :meth:`set_targets` (membership)."""
         self.links = links
         self.budget = budget
         self.critical_links = critical_links or []
         self.critical_budget = critical_budget or budget
+        self._link_factory = link_factory
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def set_targets(self, targets: list[str], retire_timeout_s: float = 30.0) -> None:
+        """Link to exactly these processors: new ones get a bulk and a critical link; a link to
+        one that left takes no new request and is closed once its requests are answered (or
+        after ``retire_timeout_s``; what is still waiting then fails as retryable)."""
+        if self._link_factory is None:
+            raise RuntimeError("the router has no link factory: its processors are a static list")
+        wanted = set(targets)
+        have = {link.target for link in self.links}
+        for target in sorted(wanted - have):
+            for links, critical in ((self.links, False), (self.critical_links, True)):
+                link = self._link_factory(target, critical)
+                links.append(link)
+                link.start()
+            log.info("processor %s joined", target)
+        for target in sorted(have - wanted):
+            for links in (self.links, self.critical_links):
+                for link in [link for link in links if link.target == target]:
+                    links.remove(link)
+                    task = asyncio.create_task(_retire(link, retire_timeout_s), name=f"retire {target}")
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
+            log.info("processor %s left", target)
 
     def start(self) -> None:
         for link in self.links + self.critical_links:
             link.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(link.stop() for link in self.links + self.critical_links))
+        await asyncio.gather(*(link.stop() for link in self.links + self.critical_links), *self._retiring)
 
     def healthy(self) -> bool:
         return any(link.connected.is_set() for link in self.links)
@@ -213,6 +241,18 @@ class Router:
             raise StoreUnavailable("no processor is connected", 500)
         link = min(live, key=lambda candidate: candidate.in_flight_events)
         return await link.send(req)
+
+
+async def _retire(link: ProcessorLink, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while link.in_flight_events > 0:
+        if time.monotonic() > deadline:
+            log.warning(
+                "processor %s left with %d events unanswered: they are resent", link.target, link.in_flight_events
+            )
+            break
+        await asyncio.sleep(0.05)
+    await link.stop()
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,12 +10,15 @@ import signal
 from auditmesh import cache
 from auditmesh.cache import VersionBumper
 from auditmesh.metrics import RuntimeStats, StatsPublisher
+from auditmesh.scaling.membership import Membership
+from auditmesh.scaling.reports import ProcessorReports, Reporter
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from auditmesh.telemetry import collectors, prometheus
 from auditmesh.telemetry.instruments import WriteWatch
 from services.processor.app import create
 from services.processor.config import ProcessorConfig
+from services.processor.drain import wait_streams_closed
 
 log = logging.getLogger("auditmesh.processor")
 
@@ -51,8 +54,27 @@ async def main(stop: asyncio.Event) -> None:
     freeze_startup_objects()
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
+    address = cfg.advertise or f"{cfg.host}:{port}"
+    scaling: list[asyncio.Task[None]] = []
+    if cfg.scaler_target:
+        scaling.append(
+            asyncio.create_task(Reporter(cfg.scaler_target, ProcessorReports(address, servicer, writes).build).run())
+        )
+    leave = asyncio.Event()
+    if cfg.membership_prefix and redis_client is not None:
+        membership = Membership(redis_client, cfg.membership_prefix)
+        scaling.append(asyncio.create_task(membership.heartbeat(address, leave)))
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
+    if cfg.membership_prefix and redis_client is not None:
+        # Drain: deregister, let ingest retire its links (each once its requests are answered)
+        # and close its streams, then stop.
+        leave.set()
+        await asyncio.gather(*scaling[-1:], return_exceptions=True)
+        closed = await wait_streams_closed(servicer, cfg.drain_wait_s)
+        log.info("deregistered %s; streams %s", address, "closed" if closed else "still open, stopping anyway")
+    for task in scaling:
+        task.cancel()
     servicer.draining.set()
     # In-flight writes finish and are answered; ingest resends anything it sees no answer for.
     await server.stop(grace=10)

@@ -9,7 +9,8 @@ from auditmesh.cache import VersionBumper
 from auditmesh.serving import create_server
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.config import ProcessorConfig
-from services.processor.servicer import EventWriter, ProcessorServicer
+from services.processor.drain import CountedProcessorServicer
+from services.processor.servicer import EventWriter
 
 __all__ = ["SERVICE", "create"]
 
@@ -18,8 +19,8 @@ SERVICE = "auditpb.v1.ProcessorService"
 
 def create(
     cfg: ProcessorConfig, store: EventWriter, versions: VersionBumper
-) -> tuple[grpc.aio.Server, int, ProcessorServicer, health.HealthServicer]:
-    servicer = ProcessorServicer(
+) -> tuple[grpc.aio.Server, int, CountedProcessorServicer, health.HealthServicer]:
+    servicer = CountedProcessorServicer(
         store,
         versions,
         max_writes=cfg.max_writes,

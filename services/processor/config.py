@@ -37,6 +37,18 @@ class ProcessorConfig:
     """How long a version bump may take before it counts as failed (AUDITMESH_PROCESSOR_REDIS_TIMEOUT_S).
     A failed bump retires every cached page, so this is longer than the query service's read
     timeout: on a saturated host a bump can take a few hundred milliseconds without Redis failing."""
+    membership_prefix: str = ""
+    """Prefix of the Redis keys where the processor registers while it serves (in the Redis of
+    AUDITMESH_REDIS_URL); empty: no membership, ingest has a static list (AUDITMESH_MEMBERSHIP_PREFIX)."""
+    advertise: str = ""
+    """host:port ingest reaches this processor on; by default host:port, or on Kubernetes the
+    pod's address (AUDITMESH_PROCESSOR_ADVERTISE)."""
+    scaler_target: str = ""
+    """host:port of the scaler, which gets a load report every second; empty: none
+    (AUDITMESH_SCALER_TARGET). Best effort: the processor works without it."""
+    drain_wait_s: float = 10.0
+    """On SIGTERM with membership: how long to wait for ingest to close its streams after the
+    processor deregistered, before it stops reading them anyway (AUDITMESH_PROCESSOR_DRAIN_WAIT_S)."""
     store: StoreConfig = field(default_factory=StoreConfig)
 
     @classmethod
@@ -52,5 +64,9 @@ class ProcessorConfig:
             max_message_bytes=e.integer("AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
             redis_timeout_s=e.number("AUDITMESH_PROCESSOR_REDIS_TIMEOUT_S", cls.redis_timeout_s, minimum=0.01),
+            membership_prefix=e.text("AUDITMESH_MEMBERSHIP_PREFIX", cls.membership_prefix),
+            advertise=e.text("AUDITMESH_PROCESSOR_ADVERTISE", cls.advertise),
+            scaler_target=e.text("AUDITMESH_SCALER_TARGET", cls.scaler_target),
+            drain_wait_s=e.number("AUDITMESH_PROCESSOR_DRAIN_WAIT_S", cls.drain_wait_s),
             store=StoreConfig.from_env(env),
         )

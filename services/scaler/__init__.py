@@ -1,0 +1,1 @@
+"""scaler: grows and shrinks the processors from load reports and the wedding calendar."""

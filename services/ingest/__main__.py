@@ -59,6 +59,8 @@ async def main(stop: asyncio.Event) -> None:
         Budget(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
         critical_links=[link(t, critical_handoff_us) for t in cfg.processors],
         critical_budget=Budget(cfg.critical_in_flight_events, cfg.critical_in_flight_bytes),
+        wedding_day_links=[link(t) for t in cfg.processors],
+        wedding_day_budget=Budget(cfg.wedding_day_in_flight_events, cfg.wedding_day_in_flight_bytes),
     )
     router.start()
     server, port, servicer, health_servicer = create(
@@ -69,7 +71,7 @@ async def main(stop: asyncio.Event) -> None:
     runtime.start()
 
     def stats() -> dict[str, object]:
-        budgets = (router.budget, router.critical_budget)
+        budgets = (router.budget, router.critical_budget, router.wedding_day_budget)
         return {
             **servicer.stats.as_dict(),
             "in_flight_events": sum(b.events for b in budgets),

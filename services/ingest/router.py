@@ -5,7 +5,7 @@ Each :class:`ProcessorLink` owns one stream to one processor: requests are queue
 waiting on it fails as retryable (the caller resends; writes are idempotent) and the link
 reconnects with jittered exponential backoff. The :class:`Router` sends to the connected link
 with the fewest events in flight, and bounds what is in flight in events and bytes; critical
-requests travel on links of their own.
+and wedding-day requests travel on links of their own, within budgets of their own.
 """
 
 from __future__ import annotations
@@ -176,6 +176,14 @@ class Router:
     behind bulk batches, neither in ingest's budget nor in a stream's buffers on the way to
     a processor (HTTP/2 delivers a stream's messages in order, so a critical request on the
     bulk stream would wait for every bulk request sent before it).
+
+    The wedding-day lane is reserved the same way, with links and a budget of its own (not
+    the critical lane's: a wedding day can send far more than P0 events, and P0 must not wait
+    behind it in a stream). Its budget is its bounded share: the normal lane's budget and
+    links are never used by wedding-day requests while their own links are up, so neither
+    lane can take room the other needs. Without lane links (or while none is connected) a
+    request falls back to the bulk links, where each link's queue serves it ahead of normal
+    requests.
     """
 
     def __init__(
@@ -184,29 +192,42 @@ class Router:
         budget: Budget,
         critical_links: list[ProcessorLink] | None = None,
         critical_budget: Budget | None = None,
+        wedding_day_links: list[ProcessorLink] | None = None,
+        wedding_day_budget: Budget | None = None,
     ) -> None:
         self.links = links
         self.budget = budget
         self.critical_links = critical_links or []
         self.critical_budget = critical_budget or budget
+        self.wedding_day_links = wedding_day_links or []
+        self.wedding_day_budget = wedding_day_budget or budget
+
+    def _all_links(self) -> list[ProcessorLink]:
+        return self.links + self.critical_links + self.wedding_day_links
 
     def start(self) -> None:
-        for link in self.links + self.critical_links:
+        for link in self._all_links():
             link.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(link.stop() for link in self.links + self.critical_links))
+        await asyncio.gather(*(link.stop() for link in self._all_links()))
 
     def healthy(self) -> bool:
         return any(link.connected.is_set() for link in self.links)
 
     def budget_for(self, lane: int) -> Budget:
-        return self.critical_budget if lane == pb.LANE_CRITICAL else self.budget
+        if lane == pb.LANE_CRITICAL:
+            return self.critical_budget
+        if lane == pb.LANE_WEDDING_DAY:
+            return self.wedding_day_budget
+        return self.budget
 
     async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
         live: list[ProcessorLink] = []
         if req.lane == pb.LANE_CRITICAL:
             live = [link for link in self.critical_links if link.connected.is_set()]
+        elif req.lane == pb.LANE_WEDDING_DAY:
+            live = [link for link in self.wedding_day_links if link.connected.is_set()]
         if not live:
             live = [link for link in self.links if link.connected.is_set()]
         if not live:

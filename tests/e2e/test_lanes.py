@@ -163,7 +163,8 @@ def test_wedding_day_events_are_acknowledged_ahead_of_bulk_events_logged_with_th
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
 
     def store(b: pb.EventBatch) -> float:
-        """Send ``b``, resending while ingest is at its bound; the moment of its ack."""
+        """Send ``b``, resending while ingest is at its bound; the moment of its ack, which
+        names the batch's wedding when the calendar says it is today."""
         while True:
             try:
                 ack = submit(b, timeout=60)
@@ -171,6 +172,8 @@ def test_wedding_day_events_are_acknowledged_ahead_of_bulk_events_logged_with_th
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
                 continue
             assert ack.status == pb.ACK_STATUS_OK and ack.accepted == len(b.events), ack
+            today = b.events[0].wedding_id == WEDDING_TODAY
+            assert list(ack.wedding_day) == ([WEDDING_TODAY] if today else []), ack.wedding_day
             return time.monotonic()
 
     def ordinary(tag: str, start: threading.Barrier) -> float:

@@ -97,6 +97,7 @@ REQUIRED_KEYS = (
     "write_p99_ms",
     "ghz_submit_eps",
     "ghz_stream_eps",
+    "lane_ack_ms",
     "machine",
     "git_commit",
 )

@@ -67,6 +67,9 @@ _P0 = pb.P0_CRITICAL
 _DROP_WARN_INTERVAL_S = 10.0
 _FORK_QUIESCE_S = 5.0  # how long a fork waits for the SDK thread to close its streams
 _JOIN_S = 2.0  # how long close() waits for the SDK thread to end once its work is settled
+_WEDDING_DAY_S = 600.0
+"""How long a wedding that ingest named as today's (``BatchAck.wedding_day``) has its events
+batched apart, unless a later ack names it again."""
 _Item = tuple[Any, ...]
 
 # Every client of this process, for the fork and exit hooks at the end of this module.
@@ -90,13 +93,16 @@ class ClientStats:
 
 
 class _Batch:
-    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "size", "span")
+    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "rank", "size", "span")
 
-    def __init__(self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None]) -> None:
+    def __init__(
+        self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None], rank: int = 0
+    ) -> None:
         self.msg = msg
         self.count = len(msg.events)
         self.size = msg.ByteSize()
         self.critical = critical
+        self.rank = rank  # place in the outbox: critical, wedding day, the rest
         self.first_ns = first_ns
         self.done = done
         self.attempts = 0
@@ -150,6 +156,10 @@ class AuditClient:
         self._seq = itertools.count(1)
         self._normal: deque[_Item] = deque()
         self._critical: deque[_Item] = deque()
+        # Events of weddings that ingest said are today, batched apart from the rest so that
+        # their acks never wait for bulk events' writes (ingest writes each lane on its own).
+        self._wedding_day: deque[_Item] = deque()
+        self._today: dict[str, float] = {}  # wedding id -> until when (monotonic)
         self._woken = False
         self._held: _Item | None = None  # the first event of a partial batch held back a tick
         self._unsettled_events = 0
@@ -224,8 +234,10 @@ class AuditClient:
         elif severity == _P0:
             self._critical.append(item)
             self._wake()
-        elif len(self._normal) + self._unsettled_events >= self._max_events:
+        elif len(self._normal) + len(self._wedding_day) + self._unsettled_events >= self._max_events:
             self._drop(closed=False)
+        elif wedding_id and wedding_id in self._today:
+            self._wedding_day.append(item)
         else:
             self._normal.append(item)
             if len(self._normal) >= self._batch_size and not self._woken:
@@ -321,7 +333,7 @@ class AuditClient:
             rejected=self._rejected,
             resent=self._resent,
             dropped=self._dropped,
-            pending=len(self._normal) + len(self._critical) + self._unsettled_events,
+            pending=len(self._normal) + len(self._wedding_day) + len(self._critical) + self._unsettled_events,
             reconnects=self._reconnects,
         )
 
@@ -439,6 +451,9 @@ class AuditClient:
         """
         while self._critical:
             self._enqueue(self._build(self._critical, critical=True))
+        wedding_day = self._wedding_day
+        while wedding_day and (force or tick or len(wedding_day) >= self._batch_size):
+            self._enqueue(self._build(wedding_day, critical=False, rank=1))  # within one linger period
         normal = self._normal
         while normal and (force or self._unsettled_bytes < self._max_bytes):
             if not force and len(normal) < self._batch_size:
@@ -447,11 +462,11 @@ class AuditClient:
                 if normal[0] is not self._held:
                     self._held = normal[0]
                     break
-            self._enqueue(self._build(normal, critical=False))
+            self._enqueue(self._build(normal, critical=False, rank=2))
         if not normal:
             self._held = None
 
-    def _build(self, source: deque[_Item], *, critical: bool) -> _Batch:
+    def _build(self, source: deque[_Item], *, critical: bool, rank: int = 0) -> _Batch:
         msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}", client_dropped=self._dropped)
         add = msg.events.add
         size = 0
@@ -515,7 +530,7 @@ class AuditClient:
         if too_large:
             self._report_rejected(too_large)
         assert self._loop is not None
-        batch = _Batch(msg, critical, first_ns, self._loop.create_future())
+        batch = _Batch(msg, critical, first_ns, self._loop.create_future(), rank)
         if self._batch_tracer is not None and msg.events:
             log_max_us, self._log_max_ns = self._log_max_ns // 1000, 0
             batch.span, msg.traceparent = self._batch_tracer.start(
@@ -529,12 +544,12 @@ class AuditClient:
         self._open.add(batch)
         self._unsettled_events += batch.count
         self._unsettled_bytes += batch.size
-        self._outbox.put_nowait((0 if batch.critical else 1, next(self._batch_ids), batch))
+        self._outbox.put_nowait((batch.rank, next(self._batch_ids), batch))
 
     def _requeue(self, batch: _Batch) -> None:
         if batch in self._open:
             self._resent += batch.count
-            self._outbox.put_nowait((0 if batch.critical else 1, next(self._batch_ids), batch))
+            self._outbox.put_nowait((batch.rank, next(self._batch_ids), batch))
 
     def _settle(self, batch: _Batch) -> None:
         if batch not in self._open:
@@ -572,8 +587,20 @@ class AuditClient:
         else:
             rejections = list(ack.rejected)
             self._acked += ack.accepted
+            if ack.wedding_day:
+                self._learn_wedding_day(ack.wedding_day)
         self._report_rejected(rejections)
         self._settle(batch)
+
+    def _learn_wedding_day(self, weddings: Any) -> None:
+        """Batch these weddings' events apart for a while; forget weddings not named again.
+        The dict is replaced, never changed in place: ``log()`` reads it from other threads."""
+        now = time.monotonic()
+        if all(self._today.get(w, 0.0) > now + _WEDDING_DAY_S / 2 for w in weddings):
+            return  # known and fresh: no copy per ack
+        today = {w: until for w, until in self._today.items() if until > now}
+        today.update(dict.fromkeys(weddings, now + _WEDDING_DAY_S))
+        self._today = today
 
     def _report_rejected(self, rejections: list[pb.Rejection]) -> None:
         self._rejected += len(rejections)

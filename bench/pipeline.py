@@ -5,8 +5,9 @@
 
 Phases, one after another on the same machine: (1) the mesh (Cassandra, Redis, ingest, N
 processors, query as separate processes) driven by SDK clients in several processes at full
-speed, then at a fixed rate; (2) ghz against ingest's Submit and Stream; (3) the direct
-cassandra-driver loader into the same tables, each of its configurations on its own.
+speed, then at a fixed rate, then the Saturday rush (bench/saturday.py: full speed again, with
+probe clients timing each lane's ack latency); (2) ghz against ingest's Submit and Stream; (3)
+the direct cassandra-driver loader into the same tables, each of its configurations on its own.
 
 Both sides start the same way: from an empty keyspace (``auditmesh_bench``, dropped and
 recreated before the mesh and before each direct-loader configuration), after Cassandra has
@@ -56,6 +57,7 @@ from auditmesh.synthetic import Synthetic
 from auditmesh.telemetry import budget
 from auditmesh.telemetry.spans import read_jsonl
 from auditmesh.telemetry.tracing import DEFAULT_RATIO
+from bench import saturday
 from bench.cost import cpu_us_per_event
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
@@ -68,12 +70,22 @@ from bench.report import (
     machine,
     redis_pid,
     render_runs,
+    render_saturday,
     render_table,
     update_readme,
     wait_for_quiet_store,
 )
 
-KEYSPACE = "auditmesh_bench"
+BENCH_SLOT = int(os.environ.get("AUDITMESH_BENCH_SLOT", "0"))
+"""On a host shared with test runs, a test slot to run in: a keyspace, ports and a Redis
+database of its own (the slot's first), so that the run drops and loads nothing of another's."""
+KEYSPACE = "auditmesh_bench" + (f"_{BENCH_SLOT}" if BENCH_SLOT else "")
+_PORTS = 12_000 + 200 * BENCH_SLOT if BENCH_SLOT else 0
+_REDIS_URL = (
+    f"redis://127.0.0.1:6379/{12 - 4 * BENCH_SLOT if BENCH_SLOT <= 3 else 12 + 4 * (BENCH_SLOT - 3)}"
+    if BENCH_SLOT
+    else BENCH_REDIS_URL
+)
 REQUIRED_KEYS = (
     "throughput_eps",
     "direct_loader_eps",
@@ -86,6 +98,7 @@ REQUIRED_KEYS = (
     "write_p99_ms",
     "ghz_submit_eps",
     "ghz_stream_eps",
+    "lane_ack_ms",
     "machine",
     "git_commit",
 )
@@ -452,6 +465,7 @@ def main() -> int:
     parser.add_argument(
         "--direct-processes", default="1,2,3", help="direct-loader process counts to measure, for each grouping"
     )
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="events/s of each Saturday-rush probe")
     parser.add_argument("--no-ghz", action="store_true")
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs and stats after the run")
     parser.add_argument("--no-readme", action="store_true")
@@ -465,16 +479,16 @@ def main() -> int:
     infra("up")
     run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-bench-"))
     layout = MeshLayout(
-        ingest_port=23051,
-        processor_base_port=23061,
+        ingest_port=23051 + _PORTS,
+        processor_base_port=23061 + _PORTS,
         processors=args.processors,
-        query_port=23071,
+        query_port=23071 + _PORTS,
         keyspace=KEYSPACE,
         # Traced as in production (critical batches always, the rest at the default ratio), into
         # a span file that `auditmesh budget` reads at the end of the run.
         extra_env={
             "AUDITMESH_TOKEN_KEY": "bench",
-            "AUDITMESH_REDIS_URL": BENCH_REDIS_URL,
+            "AUDITMESH_REDIS_URL": _REDIS_URL,
             "AUDITMESH_SPANS_FILE": str(run_dir / "spans.jsonl"),
         },
     )
@@ -493,6 +507,7 @@ def main() -> int:
     # compactions (and so its numbers) depend on what ran before.
     drop_keyspace(StoreConfig(keyspace=KEYSPACE))
     create_schema(StoreConfig(keyspace=KEYSPACE))
+    saturday.prepare(KEYSPACE)  # before ingest starts: it reads the calendar then
     waits: list[float] = []
     counters: IngestCounters | None = None
     try:
@@ -526,6 +541,27 @@ def main() -> int:
             linger_ms=args.linger_ms,
             nice=args.load_nice,
         )
+        waits.append(wait_for_quiet_store(quiet_s))
+        result["saturday"] = saturday.run_phase(
+            layout.ingest_target,
+            lambda: run_pipeline_phase(
+                layout,
+                supervisor,
+                clients=args.clients,
+                streams=args.streams,
+                warmup_s=args.warmup,
+                duration_s=args.duration,
+                rate=0,
+                log_dir=str(run_dir),
+                linger_ms=args.linger_ms,
+                nice=args.load_nice,
+            ),
+            rate=args.probe_rate,
+            warmup_s=args.warmup,
+            duration_s=args.duration,
+            full_speed_eps=full["eps"],
+        )
+        result["lane_ack_ms"] = result["saturday"]["lane_ack_ms"]
         if not args.no_ghz:
             counters = IngestCounters(supervisor, layout.ingest().name)
             target = layout.ingest_target
@@ -631,6 +667,9 @@ def main() -> int:
             update_readme(result)
             update_readme(result, "<!-- bench:runs:start -->", "<!-- bench:runs:end -->", render_runs(_read_runs()))
             update_readme(
+                result, "<!-- bench:saturday:start -->", "<!-- bench:saturday:end -->", render_saturday(result)
+            )
+            update_readme(
                 result,
                 "<!-- bench:budget:start -->",
                 "<!-- bench:budget:end -->",
@@ -655,6 +694,15 @@ def check(result: dict[str, Any], *, ghz: bool) -> list[str]:
             failures.append(f"{name}: {phase['critical_sdk_unacked']} P0 events never acknowledged")
         if not phase["critical_sdk_events"]:
             failures.append(f"{name}: no P0 event acknowledged in the window")
+    rush = (result.get("saturday") or {}).get("bulk")
+    if rush and (rush["acked"] != rush["sent"] or rush["rejected"] or rush["dropped"]):
+        failures.append(f"saturday bulk: {rush['sent']} events logged, {rush['acked']} acknowledged")
+    for lane, s in (result.get("lane_ack_ms") or {}).items():
+        if not s["events"] or s["unacked"] or s["rejected"] or s["dropped"]:
+            failures.append(
+                f"saturday {lane} probe: {s['events']} events acknowledged in the window, {s['unacked']} not, "
+                f"{s['rejected']} rejected, {s['dropped']} dropped"
+            )
     for kind in ("submit", "stream") if ghz else ():
         g = result.get(f"ghz_{kind}") or {}
         if not g.get("acked_events"):

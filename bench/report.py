@@ -20,6 +20,7 @@ __all__ = [
     "machine",
     "render_faults",
     "render_runs",
+    "render_saturday",
     "render_table",
     "render_write_path",
     "update_readme",
@@ -257,6 +258,41 @@ def render_runs(runs: list[dict[str, Any]]) -> str:
         )
     lines += ["", "From `bench/results/pipeline-runs.jsonl`; written by `python -m bench.report runs`."]
     return "\n".join(lines)
+
+
+def render_saturday(r: dict[str, Any]) -> str:
+    """The Saturday-rush table: ack latency per lane (``lane_ack_ms``) against issue 22's
+    targets, from a pipeline run."""
+    sat = r["saturday"]
+    lanes = sat["lane_ack_ms"]
+    rows = [
+        "| lane | ack p50 | p90 | p99 | events |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for lane in ("wedding_day", "normal", "critical"):
+        s = lanes[lane]
+        cells = " | ".join(_fmt(s[q], " ms") for q in ("p50", "p90", "p99"))
+        rows.append(f"| {lane.replace('_', ' ')} | {cells} | {s['events']:,} |")
+    wd_normal = sat["wedding_day_p99_over_normal_p99"]
+    wd_critical = sat["wedding_day_p99_over_critical_p99"]
+    bulk = sat["bulk_eps_vs_full_speed"]
+    rows += [
+        "",
+        "| measure | target | measured | |",
+        "| --- | --- | --- | --- |",
+        f"| wedding-day ack p99 / normal ack p99 | <= 0.2 | {_fmt(wd_normal)} |"
+        f" {_verdict(None if wd_normal is None else wd_normal <= 0.2)} |",
+        f"| wedding-day ack p99 / P0 lane's p99 | <= 2 | {_fmt(wd_critical)} |"
+        f" {_verdict(None if wd_critical is None else wd_critical <= 2)} |",
+        f"| bulk throughput in the rush / the full-speed phase's | >= 0.9 | {_fmt(bulk)}"
+        f" ({_fmt(sat['bulk_eps'], ' ev/s')}) | {_verdict(None if bulk is None else bulk >= 0.9)} |",
+        "",
+        f"Bulk SDK clients at full speed plus three probe clients (linger 5 ms, each"
+        f" {sat['probe_rate']:g} events/s: {sat['today_weddings']} weddings in today's calendar, other"
+        " weddings, P0), each event timed from `log()` to its ack. Run"
+        f" {r['started']} at commit `{r['git_commit'][:10]}` with `{r['command']}`.",
+    ]
+    return "\n".join(rows)
 
 
 def render_write_path(w: dict[str, Any]) -> str:

@@ -53,6 +53,12 @@ class Routes(Protocol):
     @property
     def critical_links(self) -> Sequence[Link]: ...
 
+    @property
+    def wedding_day_budget(self) -> InFlightBudget: ...
+
+    @property
+    def wedding_day_links(self) -> Sequence[Link]: ...
+
 
 class ReadBytes(Protocol):
     used: int
@@ -124,10 +130,14 @@ def ingest_metrics(
         "Critical lane: from ingest receiving an event to handing its request to gRPC.",
         critical_handoff_us,
     )
-    budgets = {("bulk",): routes.budget, ("critical",): routes.critical_budget}
+    budgets = {
+        ("bulk",): routes.budget,
+        ("critical",): routes.critical_budget,
+        ("wedding_day",): routes.wedding_day_budget,
+    }
     yield gauge(
         "auditmesh_ingest_budget_events",
-        "Events held by an in-flight budget (bulk: normal and wedding-day lanes).",
+        "Events held by an in-flight budget (bulk is the normal lane's; each other lane has its own).",
         {k: b.events for k, b in budgets.items()},
         ["budget"],
     )
@@ -146,7 +156,11 @@ def ingest_metrics(
     yield gauge(
         "auditmesh_ingest_read_bytes", "Bytes of batches read and not yet answered, all calls.", read_budget.used
     )
-    links = [("bulk", link) for link in routes.links] + [("critical", link) for link in routes.critical_links]
+    links = [
+        *(("bulk", link) for link in routes.links),
+        *(("critical", link) for link in routes.critical_links),
+        *(("wedding_day", link) for link in routes.wedding_day_links),
+    ]
     yield gauge(
         "auditmesh_ingest_processors_connected",
         "Processors with a live bulk stream.",

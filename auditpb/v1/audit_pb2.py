@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61uditpb/v1/audit.proto\x12\nauditpb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x04\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nwedding_id\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12&\n\x08severity\x18\x06 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12$\n\x07outcome\x18\x07 \x01(\x0e\x32\x13.auditpb.v1.Outcome\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esource_service\x18\t \x01(\t\x12\x11\n\tsource_ip\x18\n \x01(\t\x12\x15\n\rresource_type\x18\x0b \x01(\t\x12\x13\n\x0bresource_id\x18\x0c \x01(\t\x12\x35\n\nattributes\x18\r \x03(\x0b\x32!.auditpb.v1.Event.AttributesEntry\x12\x10\n\x08priority\x18\x0e \x01(\x05\x12\x16\n\x0ereceived_at_us\x18\x0f \x01(\x03\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x12\x17\n\x0f\x63\x61ller_trace_id\x18\x11 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"n\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12!\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x11.auditpb.v1.Event\x12\x16\n\x0e\x63lient_dropped\x18\x03 \x01(\x04\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"K\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xa7\x01\n\x08\x42\x61tchAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.auditpb.v1.AckStatus\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\'\n\x08rejected\x18\x04 \x03(\x0b\x32\x15.auditpb.v1.Rejection\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"u\n\x0eProcessRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1e\n\x04lane\x18\x02 \x01(\x0e\x32\x10.auditpb.v1.Lane\x12!\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x11.auditpb.v1.Event\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"v\n\x0fProcessResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\x12\x10\n\x08write_us\x18\x06 \x01(\r\"\xc2\x02\n\rSearchRequest\x12\x12\n\nwedding_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_types\x18\x05 \x03(\t\x12*\n\x0cmin_severity\x18\x06 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12$\n\x07outcome\x18\x07 \x01(\x0e\x32\x13.auditpb.v1.Outcome\x12\x17\n\x0forganization_id\x18\x08 \x01(\t\x12\x11\n\tpage_size\x18\t \x01(\r\x12\x12\n\npage_token\x18\n \x01(\t\x12\x11\n\tmax_pages\x18\x0b \x01(\r\"H\n\nSearchPage\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.auditpb.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*]\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bP0_CRITICAL\x10\x01\x12\x0b\n\x07P1_HIGH\x10\x02\x12\r\n\tP2_MEDIUM\x10\x03\x12\n\n\x06P3_LOW\x10\x04*`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02\x12\x12\n\x0eOUTCOME_DENIED\x10\x03*@\n\x04Lane\x12\x0f\n\x0bLANE_NORMAL\x10\x00\x12\x14\n\x10LANE_WEDDING_DAY\x10\x01\x12\x11\n\rLANE_CRITICAL\x10\x02*L\n\tAckStatus\x12\x11\n\rACK_STATUS_OK\x10\x00\x12\x14\n\x10\x41\x43K_STATUS_RETRY\x10\x01\x12\x16\n\x12\x41\x43K_STATUS_REFUSED\x10\x02\x32\x83\x01\n\rIngestService\x12:\n\x06Stream\x12\x16.auditpb.v1.EventBatch\x1a\x14.auditpb.v1.BatchAck(\x01\x30\x01\x12\x36\n\x06Submit\x12\x16.auditpb.v1.EventBatch\x1a\x14.auditpb.v1.BatchAck2Z\n\x10ProcessorService\x12\x46\n\x07Process\x12\x1a.auditpb.v1.ProcessRequest\x1a\x1b.auditpb.v1.ProcessResponse(\x01\x30\x01\x32\x89\x01\n\x0cQueryService\x12=\n\x06Search\x12\x19.auditpb.v1.SearchRequest\x1a\x16.auditpb.v1.SearchPage0\x01\x12:\n\x08GetEvent\x12\x1b.auditpb.v1.GetEventRequest\x1a\x11.auditpb.v1.Eventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61uditpb/v1/audit.proto\x12\nauditpb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x04\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nwedding_id\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12&\n\x08severity\x18\x06 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12$\n\x07outcome\x18\x07 \x01(\x0e\x32\x13.auditpb.v1.Outcome\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esource_service\x18\t \x01(\t\x12\x11\n\tsource_ip\x18\n \x01(\t\x12\x15\n\rresource_type\x18\x0b \x01(\t\x12\x13\n\x0bresource_id\x18\x0c \x01(\t\x12\x35\n\nattributes\x18\r \x03(\x0b\x32!.auditpb.v1.Event.AttributesEntry\x12\x10\n\x08priority\x18\x0e \x01(\x05\x12\x16\n\x0ereceived_at_us\x18\x0f \x01(\x03\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x12\x17\n\x0f\x63\x61ller_trace_id\x18\x11 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"n\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12!\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x11.auditpb.v1.Event\x12\x16\n\x0e\x63lient_dropped\x18\x03 \x01(\x04\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"K\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xbc\x01\n\x08\x42\x61tchAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.auditpb.v1.AckStatus\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\'\n\x08rejected\x18\x04 \x03(\x0b\x32\x15.auditpb.v1.Rejection\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\x12\x13\n\x0bwedding_day\x18\x07 \x03(\t\"u\n\x0eProcessRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1e\n\x04lane\x18\x02 \x01(\x0e\x32\x10.auditpb.v1.Lane\x12!\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x11.auditpb.v1.Event\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"v\n\x0fProcessResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\x12\x10\n\x08write_us\x18\x06 \x01(\r\"\xc2\x02\n\rSearchRequest\x12\x12\n\nwedding_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_types\x18\x05 \x03(\t\x12*\n\x0cmin_severity\x18\x06 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12$\n\x07outcome\x18\x07 \x01(\x0e\x32\x13.auditpb.v1.Outcome\x12\x17\n\x0forganization_id\x18\x08 \x01(\t\x12\x11\n\tpage_size\x18\t \x01(\r\x12\x12\n\npage_token\x18\n \x01(\t\x12\x11\n\tmax_pages\x18\x0b \x01(\r\"H\n\nSearchPage\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.auditpb.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*]\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bP0_CRITICAL\x10\x01\x12\x0b\n\x07P1_HIGH\x10\x02\x12\r\n\tP2_MEDIUM\x10\x03\x12\n\n\x06P3_LOW\x10\x04*`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02\x12\x12\n\x0eOUTCOME_DENIED\x10\x03*@\n\x04Lane\x12\x0f\n\x0bLANE_NORMAL\x10\x00\x12\x14\n\x10LANE_WEDDING_DAY\x10\x01\x12\x11\n\rLANE_CRITICAL\x10\x02*L\n\tAckStatus\x12\x11\n\rACK_STATUS_OK\x10\x00\x12\x14\n\x10\x41\x43K_STATUS_RETRY\x10\x01\x12\x16\n\x12\x41\x43K_STATUS_REFUSED\x10\x02\x32\x83\x01\n\rIngestService\x12:\n\x06Stream\x12\x16.auditpb.v1.EventBatch\x1a\x14.auditpb.v1.BatchAck(\x01\x30\x01\x12\x36\n\x06Submit\x12\x16.auditpb.v1.EventBatch\x1a\x14.auditpb.v1.BatchAck2Z\n\x10ProcessorService\x12\x46\n\x07Process\x12\x1a.auditpb.v1.ProcessRequest\x1a\x1b.auditpb.v1.ProcessResponse(\x01\x30\x01\x32\x89\x01\n\x0cQueryService\x12=\n\x06Search\x12\x19.auditpb.v1.SearchRequest\x1a\x16.auditpb.v1.SearchPage0\x01\x12:\n\x08GetEvent\x12\x1b.auditpb.v1.GetEventRequest\x1a\x11.auditpb.v1.Eventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_SEVERITY']._serialized_start=1620
-  _globals['_SEVERITY']._serialized_end=1713
-  _globals['_OUTCOME']._serialized_start=1715
-  _globals['_OUTCOME']._serialized_end=1811
-  _globals['_LANE']._serialized_start=1813
-  _globals['_LANE']._serialized_end=1877
-  _globals['_ACKSTATUS']._serialized_start=1879
-  _globals['_ACKSTATUS']._serialized_end=1955
+  _globals['_SEVERITY']._serialized_start=1641
+  _globals['_SEVERITY']._serialized_end=1734
+  _globals['_OUTCOME']._serialized_start=1736
+  _globals['_OUTCOME']._serialized_end=1832
+  _globals['_LANE']._serialized_start=1834
+  _globals['_LANE']._serialized_end=1898
+  _globals['_ACKSTATUS']._serialized_start=1900
+  _globals['_ACKSTATUS']._serialized_end=1976
   _globals['_EVENT']._serialized_start=72
   _globals['_EVENT']._serialized_end=584
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=535
@@ -51,21 +51,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REJECTION']._serialized_start=698
   _globals['_REJECTION']._serialized_end=773
   _globals['_BATCHACK']._serialized_start=776
-  _globals['_BATCHACK']._serialized_end=943
-  _globals['_PROCESSREQUEST']._serialized_start=945
-  _globals['_PROCESSREQUEST']._serialized_end=1062
-  _globals['_PROCESSRESPONSE']._serialized_start=1064
-  _globals['_PROCESSRESPONSE']._serialized_end=1182
-  _globals['_SEARCHREQUEST']._serialized_start=1185
-  _globals['_SEARCHREQUEST']._serialized_end=1507
-  _globals['_SEARCHPAGE']._serialized_start=1509
-  _globals['_SEARCHPAGE']._serialized_end=1581
-  _globals['_GETEVENTREQUEST']._serialized_start=1583
-  _globals['_GETEVENTREQUEST']._serialized_end=1618
-  _globals['_INGESTSERVICE']._serialized_start=1958
-  _globals['_INGESTSERVICE']._serialized_end=2089
-  _globals['_PROCESSORSERVICE']._serialized_start=2091
-  _globals['_PROCESSORSERVICE']._serialized_end=2181
-  _globals['_QUERYSERVICE']._serialized_start=2184
-  _globals['_QUERYSERVICE']._serialized_end=2321
+  _globals['_BATCHACK']._serialized_end=964
+  _globals['_PROCESSREQUEST']._serialized_start=966
+  _globals['_PROCESSREQUEST']._serialized_end=1083
+  _globals['_PROCESSRESPONSE']._serialized_start=1085
+  _globals['_PROCESSRESPONSE']._serialized_end=1203
+  _globals['_SEARCHREQUEST']._serialized_start=1206
+  _globals['_SEARCHREQUEST']._serialized_end=1528
+  _globals['_SEARCHPAGE']._serialized_start=1530
+  _globals['_SEARCHPAGE']._serialized_end=1602
+  _globals['_GETEVENTREQUEST']._serialized_start=1604
+  _globals['_GETEVENTREQUEST']._serialized_end=1639
+  _globals['_INGESTSERVICE']._serialized_start=1979
+  _globals['_INGESTSERVICE']._serialized_end=2110
+  _globals['_PROCESSORSERVICE']._serialized_start=2112
+  _globals['_PROCESSORSERVICE']._serialized_end=2202
+  _globals['_QUERYSERVICE']._serialized_start=2205
+  _globals['_QUERYSERVICE']._serialized_end=2342
 # @@protoc_insertion_point(module_scope)

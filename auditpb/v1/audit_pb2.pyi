@@ -290,6 +290,7 @@ class BatchAck(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    WEDDING_DAY_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     status: Global___AckStatus.ValueType
     accepted: _builtins.int
@@ -301,6 +302,13 @@ class BatchAck(_message.Message):
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]:
         """Events refused individually, each with the field and the reason. Valid neighbours are stored."""
 
+    @_builtins.property
+    def wedding_day(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Weddings of this batch's stored events that the wedding calendar says are today (the
+        wedding-day lane). A client may send their later events in batches of their own, so that
+        they are not acknowledged only when the bulk events batched with them are.
+        """
+
     def __init__(
         self,
         *,
@@ -310,10 +318,11 @@ class BatchAck(_message.Message):
         rejected: _abc.Iterable[Global___Rejection] | None = ...,
         message: _builtins.str = ...,
         retry_after_ms: _builtins.int = ...,
+        wedding_day: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "message", b"message", "rejected", b"rejected", "retry_after_ms", b"retry_after_ms", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "message", b"message", "rejected", b"rejected", "retry_after_ms", b"retry_after_ms", "status", b"status", "wedding_day", b"wedding_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -62,6 +62,8 @@ async def main(stop: asyncio.Event) -> None:
         Budget(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
         critical_links=[link(t, critical_handoff_us) for t in static],
         critical_budget=Budget(cfg.critical_in_flight_events, cfg.critical_in_flight_bytes),
+        wedding_day_links=[link(t) for t in static],
+        wedding_day_budget=Budget(cfg.wedding_day_in_flight_events, cfg.wedding_day_in_flight_bytes),
         link_factory=lambda target, critical: link(target, critical_handoff_us if critical else None),
     )
     router.start()
@@ -74,7 +76,7 @@ async def main(stop: asyncio.Event) -> None:
     runtime.start()
 
     def stats() -> dict[str, object]:
-        budgets = (router.budget, router.critical_budget)
+        budgets = (router.budget, router.critical_budget, router.wedding_day_budget)
         return {
             **servicer.stats.as_dict(),
             "in_flight_events": sum(b.events for b in budgets),

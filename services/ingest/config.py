@@ -42,6 +42,12 @@ class IngestConfig:
     (AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_EVENTS)."""
     critical_in_flight_bytes: int = 32 * 1024 * 1024
     """Bytes of those events (AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_BYTES)."""
+    wedding_day_in_flight_events: int = 40_000
+    """The wedding-day lane's own bound (events of a wedding the calendar says is today), on
+    its own links to the processors: such events never wait behind bulk batches for room, and
+    never take more than this from the processors (AUDITMESH_INGEST_WEDDING_DAY_IN_FLIGHT_EVENTS)."""
+    wedding_day_in_flight_bytes: int = 64 * 1024 * 1024
+    """Bytes of those events (AUDITMESH_INGEST_WEDDING_DAY_IN_FLIGHT_BYTES)."""
     stream_read_ahead_bytes: int = 16 * 1024 * 1024
     """Bytes of one stream's batches read and not yet answered, with their acks; past it ingest
     stops reading that stream (HTTP/2 flow control pushes back on the caller), also when the
@@ -80,6 +86,12 @@ class IngestConfig:
             ),
             critical_in_flight_bytes=e.integer(
                 "AUDITMESH_INGEST_CRITICAL_IN_FLIGHT_BYTES", cls.critical_in_flight_bytes, minimum=1
+            ),
+            wedding_day_in_flight_events=e.integer(
+                "AUDITMESH_INGEST_WEDDING_DAY_IN_FLIGHT_EVENTS", cls.wedding_day_in_flight_events, minimum=1
+            ),
+            wedding_day_in_flight_bytes=e.integer(
+                "AUDITMESH_INGEST_WEDDING_DAY_IN_FLIGHT_BYTES", cls.wedding_day_in_flight_bytes, minimum=1
             ),
             stream_read_ahead_bytes=e.integer(
                 "AUDITMESH_INGEST_STREAM_READ_AHEAD_BYTES", cls.stream_read_ahead_bytes, minimum=1

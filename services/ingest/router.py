@@ -5,7 +5,7 @@ Each :class:`ProcessorLink` owns one stream to one processor: requests are queue
 waiting on it fails as retryable (the caller resends; writes are idempotent) and the link
 reconnects with jittered exponential backoff. The :class:`Router` sends to the connected link
 with the fewest events in flight, and bounds what is in flight in events and bytes; critical
-requests travel on links of their own.
+and wedding-day requests travel on links of their own, within budgets of their own.
 """
 
 from __future__ import annotations
@@ -176,6 +176,14 @@ class Router:
     behind bulk batches, neither in ingest's budget nor in a stream's buffers on the way to
     a processor (HTTP/2 delivers a stream's messages in order, so a critical request on the
     bulk stream would wait for every bulk request sent before it).
+
+    The wedding-day lane is reserved the same way, with links and a budget of its own (not
+    the critical lane's: a wedding day can send far more than P0 events, and P0 must not wait
+    behind it in a stream). Its budget is its bounded share: the normal lane's budget and
+    links are never used by wedding-day requests while their own links are up, so neither
+    lane can take room the other needs. Without lane links (or while none is connected) a
+    request falls back to the bulk links, where each link's queue serves it ahead of normal
+    requests.
     """
 
     def __init__(
@@ -184,6 +192,8 @@ class Router:
         budget: Budget,
         critical_links: list[ProcessorLink] | None = None,
         critical_budget: Budget | None = None,
+        wedding_day_links: list[ProcessorLink] | None = None,
+        wedding_day_budget: Budget | None = None,
         link_factory: Callable[[str, bool], ProcessorLink] | None = None,
     ) -> None:
         """``link_factory(target, critical)`` makes the links of processors added by
@@ -192,25 +202,31 @@ class Router:
         self.budget = budget
         self.critical_links = critical_links or []
         self.critical_budget = critical_budget or budget
+        self.wedding_day_links = wedding_day_links or []
+        self.wedding_day_budget = wedding_day_budget or budget
         self._link_factory = link_factory
         self._retiring: set[asyncio.Task[None]] = set()
 
+    def _all_links(self) -> list[ProcessorLink]:
+        return self.links + self.critical_links + self.wedding_day_links
+
     def set_targets(self, targets: list[str], retire_timeout_s: float = 30.0) -> None:
-        """Link to exactly these processors: new ones get a bulk and a critical link; a link to
-        one that left takes no new request and is closed once its requests are answered (or
-        after ``retire_timeout_s``; what is still waiting then fails as retryable)."""
+        """Link to exactly these processors: new ones get a bulk, a critical and a wedding-day
+        link; a link to one that left takes no new request and is closed once its requests are
+        answered (or after ``retire_timeout_s``; what is still waiting then fails as retryable)."""
         if self._link_factory is None:
             raise RuntimeError("the router has no link factory: its processors are a static list")
         wanted = set(targets)
         have = {link.target for link in self.links}
+        lanes = ((self.links, False), (self.critical_links, True), (self.wedding_day_links, False))
         for target in sorted(wanted - have):
-            for links, critical in ((self.links, False), (self.critical_links, True)):
+            for links, critical in lanes:
                 link = self._link_factory(target, critical)
                 links.append(link)
                 link.start()
             log.info("processor %s joined", target)
         for target in sorted(have - wanted):
-            for links in (self.links, self.critical_links):
+            for links, _ in lanes:
                 for link in [link for link in links if link.target == target]:
                     links.remove(link)
                     task = asyncio.create_task(_retire(link, retire_timeout_s), name=f"retire {target}")
@@ -219,22 +235,28 @@ class Router:
             log.info("processor %s left", target)
 
     def start(self) -> None:
-        for link in self.links + self.critical_links:
+        for link in self._all_links():
             link.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(link.stop() for link in self.links + self.critical_links), *self._retiring)
+        await asyncio.gather(*(link.stop() for link in self._all_links()), *self._retiring)
 
     def healthy(self) -> bool:
         return any(link.connected.is_set() for link in self.links)
 
     def budget_for(self, lane: int) -> Budget:
-        return self.critical_budget if lane == pb.LANE_CRITICAL else self.budget
+        if lane == pb.LANE_CRITICAL:
+            return self.critical_budget
+        if lane == pb.LANE_WEDDING_DAY:
+            return self.wedding_day_budget
+        return self.budget
 
     async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
         live: list[ProcessorLink] = []
         if req.lane == pb.LANE_CRITICAL:
             live = [link for link in self.critical_links if link.connected.is_set()]
+        elif req.lane == pb.LANE_WEDDING_DAY:
+            live = [link for link in self.wedding_day_links if link.connected.is_set()]
         if not live:
             live = [link for link in self.links if link.connected.is_set()]
         if not live:

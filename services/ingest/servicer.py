@@ -284,4 +284,8 @@ class IngestServicer:
                 del failure
         accepted = len(valid)
         self.stats.accepted += accepted
-        return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, accepted=accepted, rejected=rejected)
+        ack = pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, accepted=accepted, rejected=rejected)
+        wedding_day = requests.get(pb.LANE_WEDDING_DAY)
+        if wedding_day is not None:  # the caller may batch these weddings' events apart from now on
+            ack.wedding_day.extend(sorted({ev.wedding_id for ev in wedding_day.events}))
+        return ack

@@ -25,6 +25,7 @@ def create(
         versions,
         max_writes=cfg.max_writes,
         critical_writes=cfg.critical_writes,
+        wedding_day_writes=cfg.wedding_day_writes,
         max_group_events=cfg.max_group_events,
     )
     server, port, health_servicer = create_server(

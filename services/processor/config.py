@@ -19,12 +19,16 @@ class ProcessorConfig:
     metrics_port: int = 0
     """Port of the Prometheus metrics endpoint (GET /metrics); 0 turns it off (AUDITMESH_PROCESSOR_METRICS_PORT)."""
     max_writes: int = 2
-    """Concurrent batch writes of the normal and wedding-day lanes (AUDITMESH_PROCESSOR_MAX_WRITES).
+    """Concurrent batch writes of the normal lane (AUDITMESH_PROCESSOR_MAX_WRITES).
     Small on purpose: more only queues work inside the driver and Cassandra, where a critical
     write would wait behind it; the backlog waits in ingest and the SDK instead."""
     critical_writes: int = 4
     """Concurrent writes reserved for the critical lane, on top of max_writes
     (AUDITMESH_PROCESSOR_CRITICAL_WRITES)."""
+    wedding_day_writes: int = 2
+    """Concurrent writes reserved for the wedding-day lane (events of a wedding the calendar
+    says is today), on top of max_writes and on the store's own connections for urgent writes
+    (AUDITMESH_PROCESSOR_WEDDING_DAY_WRITES)."""
     max_group_events: int = 500
     """Most events written together when requests wait for a write slot (group commit)
     (AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS)."""
@@ -60,6 +64,7 @@ class ProcessorConfig:
             metrics_port=e.integer("AUDITMESH_PROCESSOR_METRICS_PORT", cls.metrics_port),
             max_writes=e.integer("AUDITMESH_PROCESSOR_MAX_WRITES", cls.max_writes, minimum=1),
             critical_writes=e.integer("AUDITMESH_PROCESSOR_CRITICAL_WRITES", cls.critical_writes, minimum=1),
+            wedding_day_writes=e.integer("AUDITMESH_PROCESSOR_WEDDING_DAY_WRITES", cls.wedding_day_writes, minimum=1),
             max_group_events=e.integer("AUDITMESH_PROCESSOR_MAX_GROUP_EVENTS", cls.max_group_events, minimum=1),
             max_message_bytes=e.integer("AUDITMESH_PROCESSOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),

@@ -2,8 +2,10 @@
 store and answered with ok only after the write succeeded.
 
 Requests are written through group commits (:mod:`services.processor.group_commit`); the
-critical lane has a committer and write slots of its own, so a backlog of bulk writes never
-delays it.
+critical and wedding-day lanes each have a committer and write slots of their own, and write
+on the store's connections for urgent writes, so a backlog of bulk writes never delays them.
+The wedding-day lane's slots are a separate, bounded set: it cannot take the critical lane's
+slots nor the normal lane's, so neither of those is ever starved by a busy wedding day.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         *,
         max_writes: int,
         critical_writes: int,
+        wedding_day_writes: int = 2,
         max_group_events: int = 500,
     ) -> None:
         self.written = 0
@@ -69,6 +72,9 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
 
         self._normal = committer(False, max_writes, self.write_us)
         self._critical = committer(True, critical_writes, self.critical_write_us)
+        self.wedding_day_write_us = Reservoir()
+        self._wedding_day = committer(True, wedding_day_writes, self.wedding_day_write_us)
+        self._committers = {pb.LANE_CRITICAL: self._critical, pb.LANE_WEDDING_DAY: self._wedding_day}
 
     def stats(self) -> dict[str, Any]:
         """Counters and latency summaries: bulk and critical writes per group commit, and for
@@ -81,10 +87,17 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             "critical_us": self.critical_us.summary(),
             "critical_transit_us": self.critical_transit_us.summary(),
             "critical_write_us": self.critical_write_us.summary(),
+            "wedding_day_write_us": self.wedding_day_write_us.summary(),
         }
 
     def reset_latencies(self) -> None:
-        for reservoir in (self.write_us, self.critical_us, self.critical_transit_us, self.critical_write_us):
+        for reservoir in (
+            self.write_us,
+            self.critical_us,
+            self.critical_transit_us,
+            self.critical_write_us,
+            self.wedding_day_write_us,
+        ):
             reservoir.reset()
 
     async def Process(  # type: ignore[override]  # noqa: N802 - gRPC method name; answers go out through context.write
@@ -117,7 +130,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             self.critical_transit_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
         # The committer bumps cache versions before answering: a query that follows the ack
         # must not be served a page cached earlier.
-        outcome = await (self._critical if critical else self._normal).submit(req)
+        outcome = await self._committers.get(req.lane, self._normal).submit(req)
         if outcome.error is not None:
             self.failed += len(req.events)
             error = outcome.error

@@ -6,6 +6,7 @@ import grpc
 from grpc_health.v1 import health
 
 from auditmesh.cache import VersionBumper
+from auditmesh.security.serving import server_security
 from auditmesh.serving import create_server
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.config import ProcessorConfig
@@ -27,7 +28,12 @@ def create(
         max_group_events=cfg.max_group_events,
     )
     server, port, health_servicer = create_server(
-        [], [SERVICE], port=cfg.port, host=cfg.host, max_message_bytes=cfg.max_message_bytes
+        [],
+        [SERVICE],
+        port=cfg.port,
+        host=cfg.host,
+        max_message_bytes=cfg.max_message_bytes,
+        **server_security(cfg.security, "processor"),
     )
     pb_grpc.add_ProcessorServiceServicer_to_server(servicer, server)
     return server, port, servicer, health_servicer

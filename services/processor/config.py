@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditmesh.config import Env, StoreConfig
+from auditmesh.security.config import SecurityConfig
 
 __all__ = ["ProcessorConfig"]
 
@@ -38,6 +39,8 @@ class ProcessorConfig:
     A failed bump retires every cached page, so this is longer than the query service's read
     timeout: on a saturated host a bump can take a few hundred milliseconds without Redis failing."""
     store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """TLS, tokens, rate limits, redaction, digests (AUDITMESH_SECURITY_DIR and others)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProcessorConfig:
@@ -53,4 +56,5 @@ class ProcessorConfig:
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
             redis_timeout_s=e.number("AUDITMESH_PROCESSOR_REDIS_TIMEOUT_S", cls.redis_timeout_s, minimum=0.01),
             store=StoreConfig.from_env(env),
+            security=SecurityConfig.from_env(env),
         )

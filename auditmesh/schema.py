@@ -14,6 +14,8 @@ Why this shape:
 - ``partitions``: which hour buckets hold data for a wedding or user, so a search visits only
   non-empty partitions, newest first, and stops when its page is full.
 - ``wedding_calendar``: wedding dates and time zones, for priority and forecasts.
+- ``chains``, ``chain_digests``, ``chain_checkpoints``: the tamper-evident digest chains of the
+  processors (:mod:`auditmesh.security.digests`), one partition per chain and day.
 The event itself is stored once per row as serialized protobuf (``payload``); the columns beside
 it are those that queries filter on. Time-window compaction and a TTL fit append-only audit data.
 """
@@ -64,6 +66,16 @@ def statements(cfg: StoreConfig) -> list[str]:
     WITH CLUSTERING ORDER BY (bucket DESC) AND default_time_to_live = {ttl}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.wedding_calendar (
     wedding_id text PRIMARY KEY, wedding_date date, timezone text)""",
+        # Tamper evidence (auditmesh.security.digests), apart from the events it covers.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.chains (
+    chain_id text PRIMARY KEY, started_at timestamp, public_key blob) WITH default_time_to_live = {ttl}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.chain_digests (
+    chain_id text, day int, seq bigint, written_at timestamp, prev_hash blob, hash blob, root blob,
+    event_ids list<text>, weddings list<text>, users list<text>, occurred list<bigint>, leaves list<blob>,
+    PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.chain_checkpoints (
+    chain_id text, day int, seq bigint, digest_seq bigint, digest_hash blob, at timestamp, signature blob,
+    PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",
     ]
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
+import time
 from pathlib import Path
 
+from cassandra.cluster import Cluster
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from auditmesh.config import StoreConfig
 from auditmesh.security.certs import create_material, new_signing_key
-from auditmesh.security.client import DEFAULT_DIR
+from auditmesh.security.client import DEFAULT_DIR, security_dir
 from auditmesh.security.tokens import SCOPES, issue_token
+from auditmesh.security.verify import verify
 
 __all__ = ["add_parsers"]
 
@@ -53,6 +61,58 @@ def cmd_token_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_ms(text: str) -> int:
+    """Epoch seconds, or an ISO 8601 time (UTC when it names no zone)."""
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        pass
+    when = dt.datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _public_key(directory: Path | None) -> ed25519.Ed25519PublicKey | None:
+    if directory is None or not (directory / "checkpoint.key").exists():
+        return None
+    key = serialization.load_pem_private_key((directory / "checkpoint.key").read_bytes(), None)
+    return key.public_key() if isinstance(key, ed25519.Ed25519PrivateKey) else None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    cfg = StoreConfig.from_env(os.environ)
+    now_ms = int(time.time() * 1000)
+    end_ms = _time_ms(args.to) if args.to else now_ms + 60_000
+    start_ms = _time_ms(args.since) if args.since else end_ms - 86_400_000
+    directory = Path(args.dir) if args.dir else security_dir()
+    key = _public_key(directory)
+    cluster = Cluster(list(cfg.hosts), port=cfg.port, protocol_version=4)
+    try:
+        session = cluster.connect()
+        report = verify(session, cfg.keyspace, start_ms=start_ms, end_ms=end_ms, wedding=args.wedding, public_key=key)
+    finally:
+        cluster.shutdown()
+    what = f"wedding {args.wedding}" if args.wedding else "all events"
+    trust = "the checkpoint key of " + str(directory) if key else "the keys the chains recorded (insecure mode)"
+    print(
+        f"verified {what}: {report.events} events, {report.digests} digests of {report.chains} chains,"
+        f" {report.checkpoints} checkpoints, signatures checked with {trust}"
+    )
+    if report.foreign_chains:
+        print(f"  {report.foreign_chains} chains signed by other keys were not taken into account")
+    for chain, count in sorted(report.unsigned_tail.items()):
+        print(f"  chain {chain}: {count} digests after its newest checkpoint (not yet sealed)")
+    first = report.first()
+    if first is None:
+        print("intact")
+        return 0
+    print(f"BROKEN: first broken link: {first}")
+    for problem in sorted(report.problems, key=lambda p: p.order)[1:20]:
+        print(f"  also: {problem}")
+    return 1
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dir_help = f"security directory (default $AUDITMESH_SECURITY_DIR or {DEFAULT_DIR})"
     certs = sub.add_parser("certs", help="create a local CA, service and operator certificates and signing keys")
@@ -74,3 +134,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     rotate = token_sub.add_parser("rotate", help="add a new signing key; new tokens use it")
     rotate.add_argument("--dir", help=dir_help)
     rotate.set_defaults(fn=cmd_token_rotate)
+    check = sub.add_parser("verify", help="prove stored events intact against the digest chains; exit 1 if not")
+    which = check.add_mutually_exclusive_group(required=True)
+    which.add_argument("--wedding", help="the events of one wedding")
+    which.add_argument("--all", action="store_true", help="every event of the range")
+    check.add_argument("--from", dest="since", help="start (epoch seconds or ISO 8601; default: a day before --to)")
+    check.add_argument("--to", help="end, exclusive (default: now)")
+    check.add_argument(
+        "--dir", help="security directory whose checkpoint key to trust (default AUDITMESH_SECURITY_DIR)"
+    )
+    check.set_defaults(fn=cmd_verify)

@@ -10,6 +10,7 @@ from auditmesh.security.serving import server_security
 from auditmesh.serving import create_server
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.config import ProcessorConfig
+from services.processor.group_commit import Digest
 from services.processor.servicer import EventWriter, ProcessorServicer
 
 __all__ = ["SERVICE", "create"]
@@ -18,7 +19,7 @@ SERVICE = "auditpb.v1.ProcessorService"
 
 
 def create(
-    cfg: ProcessorConfig, store: EventWriter, versions: VersionBumper
+    cfg: ProcessorConfig, store: EventWriter, versions: VersionBumper, digests: tuple[Digest, Digest] | None = None
 ) -> tuple[grpc.aio.Server, int, ProcessorServicer, health.HealthServicer]:
     servicer = ProcessorServicer(
         store,
@@ -26,6 +27,7 @@ def create(
         max_writes=cfg.max_writes,
         critical_writes=cfg.critical_writes,
         max_group_events=cfg.max_group_events,
+        digests=digests,
     )
     server, port, health_servicer = create_server(
         [],

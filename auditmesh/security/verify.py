@@ -95,8 +95,10 @@ def _ms(value: Any) -> int:
 
 
 class _Reader:
-    def __init__(self, session: Session, keyspace: str) -> None:
+    def __init__(self, session: Session, keyspace: str, start_ms: int, end_ms: int) -> None:
         self.session = session
+        self.start_ms, self.end_ms = start_ms, end_ms
+        self._partitions: dict[tuple[str, str, int], dict[tuple[int, str], _Stored]] = {}
         ks = keyspace
         cols = "event_id, occurred_at, severity, outcome, event_type, organization_id, payload"
         p = session.prepare
@@ -104,12 +106,6 @@ class _Reader:
             scope: p(
                 f"SELECT {cols} FROM {ks}.{table} WHERE {key} = ? AND bucket = ? AND occurred_at < ?"
                 " AND occurred_at >= ?"
-            )
-            for scope, (table, key) in _TABLES.items()
-        }
-        self.row = {
-            scope: p(
-                f"SELECT {cols} FROM {ks}.{table} WHERE {key} = ? AND bucket = ? AND occurred_at = ? AND event_id = ?"
             )
             for scope, (table, key) in _TABLES.items()
         }
@@ -125,9 +121,18 @@ class _Reader:
         table = _TABLES[scope][0]
         return [_row(table, r) for r in self.session.execute(self.rows[scope], (key, bucket, end_ms, start_ms))]
 
+    def prime(self, scope: str, key: str, bucket: int, rows: list[_Stored]) -> None:
+        """Rows of a partition already read (over the verified range), so ``one`` need not read them."""
+        self._partitions.setdefault((scope, key, bucket), {}).update({(r.occurred_ms, r.event_id): r for r in rows})
+
     def one(self, scope: str, key: str, occurred: int, event_id: str) -> _Stored | None:
-        found = list(self.session.execute(self.row[scope], (key, occurred // BUCKET_MS, occurred, event_id)))
-        return _row(_TABLES[scope][0], found[0]) if found else None
+        """The row of one event, from its partition's rows over the range (read once)."""
+        bucket = occurred // BUCKET_MS
+        rows = self._partitions.get((scope, key, bucket))
+        if rows is None:
+            read = self.stored(scope, key, bucket, self.start_ms, self.end_ms)
+            rows = self._partitions[(scope, key, bucket)] = {(r.occurred_ms, r.event_id): r for r in read}
+        return rows.get((occurred, event_id))
 
 
 def _row(table: str, r: Any) -> _Stored:
@@ -155,7 +160,7 @@ def verify(
     """Verify the events that occurred in [start_ms, end_ms) (of ``wedding``, or all) against
     the digest chains. ``public_key`` is the checkpoint key to trust; None trusts the key each
     chain recorded when it started (which proves only consistency: see docs/security.md)."""
-    reader = _Reader(session, keyspace)
+    reader = _Reader(session, keyspace, start_ms, end_ms)
     report = Report()
     stored = _stored_events(reader, start_ms, end_ms, wedding)
     received = [pb.Event.FromString(s.payload).received_at_us // 1000 for s in stored if s.payload]
@@ -205,7 +210,9 @@ def _stored_events(reader: _Reader, start_ms: int, end_ms: int, wedding: str | N
         ]
     out: list[_Stored] = []
     for scope, key, bucket in partitions:
-        out.extend(reader.stored(scope, key, bucket, start_ms, end_ms))
+        rows = reader.stored(scope, key, bucket, start_ms, end_ms)
+        reader.prime(scope, key, bucket, rows)
+        out.extend(rows)
     return out
 
 

@@ -292,16 +292,20 @@ def test_a_range_verifies_clean_after_kill_9_of_a_processor_mid_run(
     with own_mesh(
         tmp_path_factory, "kill9", 23551, processors=2, redis_db=13, env={"AUDITMESH_CHECKPOINT_INTERVAL_S": "0.5"}
     ) as (layout, supervisor):
-        client = AuditClient(layout.ingest_target, source_service="kill9", batch_size=50, linger_ms=5)
+        client = AuditClient(layout.ingest_target, source_service="kill9", batch_size=100)
         stop = threading.Event()
         logged = [0]
 
         def produce() -> None:
-            while not stop.is_set():
+            # As fast as the mesh takes them (a backlog of at most 5,000 in the SDK): the
+            # processors always have batches in flight when one is killed.
+            while not stop.is_set() and logged[0] < 30_000:
+                if client.stats.pending > 5000:
+                    time.sleep(0.005)
+                    continue
                 for wedding in weddings:
                     client.log("payment.refund.issued", user_id=f"u-{logged[0] % 7}", wedding_id=wedding)
                     logged[0] += 1
-                time.sleep(0.002)
 
         producer = threading.Thread(target=produce)
         producer.start()

@@ -25,14 +25,18 @@ def checkpoint_key(cfg: SecurityConfig) -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
-async def digest_chains(cfg: SecurityConfig, session: Session, store: StoreConfig) -> list[DigestChain]:
-    """The bulk and critical chains of a processor, started; none when digests are off."""
+async def digest_chains(
+    cfg: SecurityConfig, session: Session, urgent: Session, store: StoreConfig
+) -> list[DigestChain]:
+    """The bulk and critical chains of a processor, started; none when digests are off. The
+    critical chain writes on ``urgent`` (the critical lane's own connections), so its digests
+    never queue behind bulk batches."""
     if not cfg.digests:
         return []
     key = checkpoint_key(cfg)
     chains = [
         DigestChain(
-            session,
+            chain_session,
             store.keyspace,
             key,
             lane=lane,
@@ -40,7 +44,7 @@ async def digest_chains(cfg: SecurityConfig, session: Session, store: StoreConfi
             interval_s=cfg.checkpoint_interval_s,
             consistency=store.consistency,
         )
-        for lane in ("bulk", "critical")
+        for lane, chain_session in (("bulk", session), ("critical", urgent))
     ]
     for chain in chains:
         await chain.start()

@@ -27,7 +27,7 @@ async def main(stop: asyncio.Event) -> None:
     redis_client = cache.connect(cfg.redis_url, cfg.redis_timeout_s) if cfg.redis_url else None
     versions = VersionBumper(redis_client)
     writes = WriteWatch(store)
-    chains = await digest_chains(cfg.security, store.session, cfg.store)
+    chains = await digest_chains(cfg.security, store.session, store.urgent_session, cfg.store)
     server, port, servicer, health_servicer = create(
         cfg, writes, versions, (chains[0].append, chains[1].append) if chains else None
     )

@@ -22,8 +22,9 @@ from tests.conftest import TEST_KEYSPACE, slot_port, slot_redis_url
 
 RATE_EVENTS_PER_S = 2
 RATE_EVENTS_BURST = 40
-"""Low on purpose: the rate-limit test passes it with a subject of its own; other tests send
-fewer events per subject than the burst."""
+RATE_CALLS_BURST = 100
+"""Low on purpose: the rate-limit tests pass them with subjects of their own; other tests send
+fewer events and make fewer query calls per subject than the bursts."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ def secure_mesh(
             "AUDITMESH_SECURITY_DIR": str(security_dir),
             "AUDITMESH_RATE_EVENTS_PER_S": str(RATE_EVENTS_PER_S),
             "AUDITMESH_RATE_EVENTS_BURST": str(RATE_EVENTS_BURST),
+            "AUDITMESH_RATE_CALLS_PER_S": "20",
+            "AUDITMESH_RATE_CALLS_BURST": str(RATE_CALLS_BURST),
             "AUDITMESH_CHECKPOINT_INTERVAL_S": "0.5",
         },
     )

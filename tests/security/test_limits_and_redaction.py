@@ -13,7 +13,7 @@ from auditmesh.security.redaction import MASK, REDACTED_ATTRIBUTE
 from auditmesh.serving import retry_after_ms
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
-from tests.security.conftest import RATE_EVENTS_BURST, SecureMesh, bearer, make_event, submit
+from tests.security.conftest import RATE_CALLS_BURST, RATE_EVENTS_BURST, SecureMesh, bearer, make_event, submit
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,31 @@ def test_a_caller_over_its_rate_is_limited_others_and_p0_are_not(secure_mesh: Se
     assert submit(ingest, quiet, *(make_event(wedding) for _ in range(10))).accepted == 10
     critical = [make_event(wedding, severity=pb.P0_CRITICAL) for _ in range(5)]
     assert submit(ingest, noisy, *critical).accepted == 5
+
+
+def test_a_query_caller_over_its_call_rate_is_limited_others_are_not(secure_mesh: SecureMesh) -> None:
+    """Query calls past a subject's burst get RESOURCE_EXHAUSTED with RetryInfo while another
+    subject's call goes through."""
+    run = uuid.uuid4().hex[:8]
+    busy = bearer(secure_mesh.token(f"busy-{run}", "query:read"))
+    calm = bearer(secure_mesh.token(f"calm-{run}", "query:read"))
+    request = pb.GetEventRequest(event_id=f"none-{run}")
+    with secure_mesh.channel(secure_mesh.layout.query_target) as channel:
+        stub = pb_grpc.QueryServiceStub(channel)
+        codes = []
+        for _ in range(RATE_CALLS_BURST + 50):
+            try:
+                stub.GetEvent(request, timeout=10, metadata=busy)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert retry_after_ms(exc) > 0
+                    break
+        assert codes[-1] == grpc.StatusCode.RESOURCE_EXHAUSTED, codes[-3:]
+        assert set(codes[:-1]) == {grpc.StatusCode.NOT_FOUND}
+        with pytest.raises(grpc.RpcError) as other:
+            stub.GetEvent(request, timeout=10, metadata=calm)
+        assert other.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_stream_batches_over_the_rate_get_a_retry_ack(secure_mesh: SecureMesh, ingest: grpc.Channel) -> None:

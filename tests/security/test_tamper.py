@@ -333,3 +333,48 @@ def test_a_range_verifies_clean_after_kill_9_of_a_processor_mid_run(
             assert report.ok, [str(p) for p in report.problems[:5]]
             total += report.events
         assert total == logged[0]
+
+
+def test_verify_all_covers_every_table_of_a_range(secure_mesh: SecureMesh, session: Session) -> None:
+    """``verify`` over all events of a time range finds a row forged straight into
+    events_by_user (for an event without a wedding), and the range is intact once it is gone."""
+    at_ms = int(time.time() * 1000) - 4 * 86_400_000 - int(uuid.uuid4().int % 86_400_000)
+    user = f"u-all-{uuid.uuid4().hex[:8]}"
+    events = [make_event("", user_id=user) for _ in range(5)]
+    for i, ev in enumerate(events):
+        ev.occurred_at.FromMilliseconds(at_ms + i)
+    token = secure_mesh.token(f"all-{user}", "ingest:write")
+    with secure_mesh.channel(secure_mesh.layout.ingest_target) as channel:
+        assert submit(channel, token, *events).accepted == 5
+
+    def check() -> Report:
+        return verify(session, KS, start_ms=at_ms, end_ms=at_ms + 1000, public_key=_key(secure_mesh))
+
+    def intact() -> None:
+        report = check()
+        assert report.ok and report.events == 5, [str(p) for p in report.problems]
+
+    assert_eventually(intact, timeout=20)
+    (row,) = session.execute(
+        f"SELECT * FROM {KS}.events_by_user WHERE user_id = %s AND bucket = %s AND occurred_at = %s AND event_id = %s",
+        (user, at_ms // BUCKET_MS, at_ms, events[0].event_id),
+    )
+    forged = pb.Event.FromString(row.payload)
+    forged.event_id = f"forged-{uuid.uuid4().hex[:8]}"
+    values = {name: getattr(row, name) for name in row._fields}
+    values.update(event_id=forged.event_id, payload=forged.SerializeToString())
+    session.execute(
+        f"INSERT INTO {KS}.events_by_user ({', '.join(values)}) VALUES ({', '.join(['%s'] * len(values))})",
+        list(values.values()),
+    )
+    try:
+        assert _broken(check()) == (
+            f"events_by_user {forged.event_id}: stored but named by no digest (an inserted or forged row)"
+        )
+    finally:
+        session.execute(
+            f"DELETE FROM {KS}.events_by_user WHERE user_id = %s AND bucket = %s AND occurred_at = %s"
+            " AND event_id = %s",
+            (user, row.bucket, row.occurred_at, forged.event_id),
+        )
+    intact()

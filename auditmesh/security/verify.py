@@ -156,6 +156,7 @@ def verify(
     end_ms: int,
     wedding: str | None = None,
     public_key: ed25519.Ed25519PublicKey | None = None,
+    late_ms: int = 7 * 86_400_000,
 ) -> Report:
     """Verify the events that occurred in [start_ms, end_ms) (of ``wedding``, or all) against
     the digest chains. ``public_key`` is the checkpoint key to trust; None trusts the key each
@@ -165,7 +166,9 @@ def verify(
     stored = _stored_events(reader, start_ms, end_ms, wedding)
     received = [pb.Event.FromString(s.payload).received_at_us // 1000 for s in stored if s.payload]
     low = min([start_ms, *received]) - _SLACK_MS
-    high = max([min(end_ms, _now_ms() + _SLACK_MS), *received]) + _SLACK_MS
+    # An event may be received up to ``late_ms`` after it occurred (ingest's AUDITMESH_MAX_PAST_S):
+    # digests written that much later can name events of the range, also ones no longer stored.
+    high = min(max([end_ms + late_ms, *received]), _now_ms()) + _SLACK_MS
     covered: set[tuple[str, str]] = set()
     for chain in session.execute(reader.chains):
         if _ms(chain.started_at) > high:

@@ -378,3 +378,27 @@ def test_verify_all_covers_every_table_of_a_range(secure_mesh: SecureMesh, sessi
             (user, row.bucket, row.occurred_at, forged.event_id),
         )
     intact()
+
+
+def test_deleting_every_row_of_a_backdated_range_is_named(secure_mesh: SecureMesh, session: Session) -> None:
+    """Events that occurred days before they were received, all deleted from a table, are still
+    named as missing: the digests written when they arrived are read."""
+    at_ms = int(time.time() * 1000) - 5 * 86_400_000 - int(uuid.uuid4().int % 86_400_000)
+    wedding = f"late-{uuid.uuid4().hex[:8]}"
+    events = [make_event(wedding) for _ in range(3)]
+    for i, ev in enumerate(events):
+        ev.occurred_at.FromMilliseconds(at_ms + i)
+    token = secure_mesh.token(f"late-{wedding}", "ingest:write")
+    with secure_mesh.channel(secure_mesh.layout.ingest_target) as channel:
+        assert submit(channel, token, *events).accepted == 3
+    w = Written(wedding, events, at_ms, at_ms + 1000)
+    assert_eventually(lambda: _verify(session, secure_mesh, w).ok, timeout=20)
+    rows = [_row(session, ev) for ev in events]
+    for row in rows:
+        _delete(session, wedding, row)
+    try:
+        assert _broken(_verify(session, secure_mesh, w)).endswith("is missing from events_by_wedding (deleted)")
+    finally:
+        for row in rows:
+            _put(session, wedding, row)
+    assert _verify(session, secure_mesh, w).ok

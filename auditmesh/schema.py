@@ -71,8 +71,7 @@ def statements(cfg: StoreConfig) -> list[str]:
     chain_id text PRIMARY KEY, started_at timestamp, public_key blob) WITH default_time_to_live = {ttl}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.chain_digests (
     chain_id text, day int, seq bigint, written_at timestamp, prev_hash blob, hash blob, root blob,
-    event_ids list<text>, weddings list<text>, users list<text>, occurred list<bigint>, leaves list<blob>,
-    PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",
+    events blob, leaves blob, PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.chain_checkpoints (
     chain_id text, day int, seq bigint, digest_seq bigint, digest_hash blob, at timestamp, signature blob,
     PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import socket
 import struct
@@ -42,6 +43,9 @@ from auditpb.v1 import audit_pb2 as pb
 __all__ = [
     "DAY_MS",
     "DigestChain",
+    "decode_index",
+    "encode_index",
+    "split_leaves",
     "canonical",
     "checkpoint_message",
     "digest_hash",
@@ -77,6 +81,26 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
         return leaves[0]
     split = 1 << ((len(leaves) - 1).bit_length() - 1)
     return hashlib.sha256(b"\x01" + merkle_root(leaves[:split]) + merkle_root(leaves[split:])).digest()
+
+
+def encode_index(events: Sequence[pb.Event]) -> bytes:
+    """Where each leaf's event is stored: (event_id, wedding_id, user_id, occurred ms), as JSON.
+    One value, not a collection: a collection costs Cassandra a cell per element."""
+    rows = [[ev.event_id, ev.wedding_id, ev.user_id, occurred_ms(ev)] for ev in events]
+    return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def decode_index(raw: bytes) -> list[tuple[str, str, str, int]]:
+    """The inverse of :func:`encode_index`; ValueError when it is not such a value."""
+    rows = json.loads(raw)
+    if not isinstance(rows, list):
+        raise ValueError("not a list")
+    return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+
+def split_leaves(raw: bytes) -> list[bytes]:
+    """The 32-byte leaf hashes of a digest's ``leaves`` value."""
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
 
 def genesis(chain_id: str) -> bytes:
@@ -153,8 +177,8 @@ class DigestChain:
             f"INSERT INTO {ks}.chains (chain_id, started_at, public_key) VALUES (?, ?, ?)"
         )
         self._ins_digest = session.prepare(
-            f"INSERT INTO {ks}.chain_digests (chain_id, day, seq, written_at, prev_hash, hash, root, event_ids,"
-            " weddings, users, occurred, leaves) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO {ks}.chain_digests (chain_id, day, seq, written_at, prev_hash, hash, root, events,"
+            " leaves) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self._ins_checkpoint = session.prepare(
             f"INSERT INTO {ks}.chain_checkpoints (chain_id, day, seq, digest_seq, digest_hash, at, signature)"
@@ -206,11 +230,8 @@ class DigestChain:
                 self._prev,
                 digest,
                 root,
-                [ev.event_id for ev in events],
-                [ev.wedding_id for ev in events],
-                [ev.user_id for ev in events],
-                [occurred_ms(ev) for ev in events],
-                leaves,
+                encode_index(events),
+                b"".join(leaves),
             )
             await _execute(self._session, self._ins_digest, values)
             self._seq, self._prev = seq, digest

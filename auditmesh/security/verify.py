@@ -27,10 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from auditmesh.security.digests import (
     DAY_MS,
     checkpoint_message,
+    decode_index,
     digest_hash,
     genesis,
     leaf_hash,
     merkle_root,
+    split_leaves,
 )
 from auditmesh.store import BUCKET_MS
 from auditpb.v1 import audit_pb2 as pb
@@ -259,16 +261,20 @@ def _verify_chain(
         )
         if expected_prev is not None and bytes(d.prev_hash) != bytes(expected_prev):
             problem(seq, "does not link to the digest before it (a replayed or forged digest)")
-        leaves = [bytes(x) for x in (d.leaves or [])]
+        raw_leaves = bytes(d.leaves or b"")
+        leaves = split_leaves(raw_leaves)
         if bytes(d.hash) != digest_hash(chain_id, seq, bytes(d.prev_hash), bytes(d.root), len(leaves), written):
             problem(seq, "its hash does not match its content (an edited digest)")
         if merkle_root(leaves) != bytes(d.root):
             problem(seq, "its leaves do not hash to its root (edited leaves)")
-        lists = (d.event_ids or [], d.weddings or [], d.users or [], d.occurred or [])
-        if any(len(x) != len(leaves) for x in lists):
-            problem(seq, "its event lists and leaves differ in length (an edited digest)")
+        try:
+            index = decode_index(bytes(d.events or b"[]"))
+        except (ValueError, TypeError, IndexError, KeyError):
+            index = None
+        if index is None or len(index) != len(leaves) or len(raw_leaves) % 32:
+            problem(seq, "its event index and leaves do not match (an edited digest)")
         else:
-            _verify_events(reader, d, leaves, start_ms, end_ms, wedding, covered, problem)
+            _verify_events(reader, seq, index, leaves, start_ms, end_ms, wedding, covered, problem)
         previous = d
     newest_signed = 0
     for c in sorted(checkpoints, key=lambda c: c.seq):
@@ -294,7 +300,8 @@ def _verify_chain(
 
 def _verify_events(
     reader: _Reader,
-    d: Any,
+    seq: int,
+    index: list[tuple[str, str, str, int]],
     leaves: list[bytes],
     start_ms: int,
     end_ms: int,
@@ -302,8 +309,7 @@ def _verify_events(
     covered: set[tuple[str, str]],
     problem: Any,
 ) -> None:
-    for i, event_id in enumerate(d.event_ids):
-        wedding_id, user_id, occurred = d.weddings[i], d.users[i], d.occurred[i]
+    for i, (event_id, wedding_id, user_id, occurred) in enumerate(index):
         if wedding is not None and wedding_id != wedding:
             continue
         if not start_ms <= occurred < end_ms:
@@ -313,20 +319,20 @@ def _verify_events(
             table = _TABLES[scope][0]
             row = reader.one(scope, key, occurred, event_id)
             if row is None:
-                problem(d.seq, f"event {event_id} is missing from {table} (deleted)")
+                problem(seq, f"event {event_id} is missing from {table} (deleted)")
                 continue
             covered.add((table, event_id))
             try:
                 event = pb.Event.FromString(row.payload)
             except Exception:  # noqa: BLE001 - any undecodable payload is an edit
-                problem(d.seq, f"event {event_id} in {table} has an undecodable payload (edited)")
+                problem(seq, f"event {event_id} in {table} has an undecodable payload (edited)")
                 continue
             if leaf_hash(event) != leaves[i]:
-                problem(d.seq, f"event {event_id} in {table} differs from its digest (edited)")
+                problem(seq, f"event {event_id} in {table} differs from its digest (edited)")
             elif (row.severity, row.outcome, row.event_type, row.organization_id) != (
                 event.severity,
                 event.outcome,
                 event.event_type,
                 event.organization_id,
             ):
-                problem(d.seq, f"event {event_id} in {table} has columns that differ from its payload (edited)")
+                problem(seq, f"event {event_id} in {table} has columns that differ from its payload (edited)")

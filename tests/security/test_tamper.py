@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
+from auditmesh.security.digests import decode_index
 from auditmesh.security.verify import Report, verify
 from auditmesh.store import BUCKET_MS
 from auditmesh.supervisor import wait_healthy
@@ -172,7 +173,7 @@ def _newest_digests(session: Session, written: Written) -> tuple[str, list[Any]]
         rows = list(
             session.execute(f"SELECT * FROM {KS}.chain_digests WHERE chain_id = %s AND day = %s", (chain.chain_id, day))
         )
-        if any(ids & set(r.event_ids or []) for r in rows):
+        if any(ids & {e[0] for e in decode_index(r.events)} for r in rows):
             return chain.chain_id, sorted(rows, key=lambda r: r.seq)
     raise AssertionError("no chain names the wedding's events")
 
@@ -190,7 +191,7 @@ def test_dropping_the_newest_rows_is_named(secure_mesh: SecureMesh, session: Ses
     reported: a signed checkpoint seals a digest that is gone."""
     chain, digests = _newest_digests(session, written)
     newest = digests[-2:]
-    assert {i for d in newest for i in d.event_ids} == {ev.event_id for ev in written.events}
+    assert {e[0] for d in newest for e in decode_index(d.events)} == {ev.event_id for ev in written.events}
     rows = [_row(session, ev) for ev in written.events]
     for d in newest:
         session.execute(

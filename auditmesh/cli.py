@@ -24,6 +24,8 @@ from auditmesh.config import StoreConfig
 from auditmesh.mesh import JAEGER_SCRIPT, MeshLayout, infra
 from auditmesh.scaling import cli as scaling_cli
 from auditmesh.schema import create_schema
+from auditmesh.security import cli as security_cli
+from auditmesh.security.client import call_metadata, client_options, operator_channel
 from auditmesh.store import EventStore
 from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
@@ -187,6 +189,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
         layout.ingest_target,
         source_service="auditmesh-emit",
         on_rejected=lambda r: rejected.update([f"{r.field}: {r.reason}"]),
+        **client_options(args.token),
     )
     started = time.monotonic()
     for i, kwargs in enumerate(synthetic.events(args.count), 1):
@@ -249,9 +252,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         req.min_severity = pb.Severity.Value(args.min_severity)
     if args.outcome:
         req.outcome = pb.Outcome.Value(f"OUTCOME_{args.outcome.upper()}")
-    with grpc.insecure_channel(layout.query_target) as channel:
+    with operator_channel(layout.query_target) as channel:
         try:
-            pages = list(pb_grpc.QueryServiceStub(channel).Search(req, timeout=10))
+            pages = list(pb_grpc.QueryServiceStub(channel).Search(req, timeout=10, metadata=call_metadata(args.token)))
         except grpc.RpcError as exc:
             print(f"query failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -295,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--org")
     query.add_argument("--limit", type=int, default=20)
     query.set_defaults(fn=cmd_query)
+    for command in (emit, query):
+        command.add_argument(
+            "--token", default=os.environ.get("AUDITMESH_TOKEN"), help="bearer token ($AUDITMESH_TOKEN)"
+        )
+    security_cli.add_parsers(sub)
     reports.add_parsers(sub)
     scaling_cli.add_parsers(sub)
     args = parser.parse_args(argv)

@@ -57,7 +57,7 @@ import grpc
 
 from auditmesh.event_ids import new_client_prefix
 from auditmesh.sdk_trace import BatchTracer
-from auditmesh.sdk_transport import open_stream
+from auditmesh.sdk_transport import Connection, open_stream
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = ["AuditClient", "ClientStats"]
@@ -128,8 +128,13 @@ class AuditClient:
         record_ack_latency: bool = False,
         exit_timeout: float = 5.0,
         tracer_provider: Any = None,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        # ``token`` goes to ingest as ``authorization: Bearer <token>`` metadata; ``credentials``
+        # (grpc.ssl_channel_credentials with the mesh's CA) make the stream TLS.
         self.target = target
+        self._auth = Connection(token, credentials)
         self._source = source_service
         self._batch_size = batch_size
         self._linger_s = linger_ms / 1000
@@ -623,7 +628,7 @@ class AuditClient:
             first = False
             in_flight: dict[str, _Batch] = {}
             window = asyncio.Semaphore(self._window)
-            channel, call = open_stream(self.target, threaded=_forked)
+            channel, call = open_stream(self.target, threaded=_forked, connection=self._auth)
             reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff))
             writer = asyncio.create_task(self._write_batches(call, in_flight, window))
             try:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from auditmesh.config import Env
 from auditmesh.supervisor import ServiceProcess, Supervisor, health_of, wait_healthy
 
@@ -207,8 +209,9 @@ class MeshLayout:
         """Start every service that is not running and wait until all report SERVING."""
         for proc in self.services():
             supervisor.start(proc)
+        credentials = self.operator_credentials()
         for proc in self.services():
-            wait_healthy(proc.target, timeout, supervisor.log_file(proc.name))
+            wait_healthy(proc.target, timeout, supervisor.log_file(proc.name), credentials)
 
     def stop(self, supervisor: Supervisor) -> None:
         """Stop the scaler first (so it starts nothing more), the monitor (so it sees no service
@@ -223,4 +226,14 @@ class MeshLayout:
                 supervisor.stop(name)
 
     def health(self) -> dict[str, str]:
-        return {proc.name: health_of(proc.target) for proc in self.services()}
+        credentials = self.operator_credentials()
+        return {proc.name: health_of(proc.target, credentials=credentials) for proc in self.services()}
+
+    def operator_credentials(self) -> grpc.ChannelCredentials | None:
+        """In secure mode (AUDITMESH_SECURITY_DIR), TLS with the operator's certificate; else None."""
+        directory = self.extra_env.get("AUDITMESH_SECURITY_DIR")
+        if not directory:
+            return None
+        from auditmesh.security.certs import channel_credentials  # the SDK-only install lacks cryptography
+
+        return channel_credentials(Path(directory), "operator")

@@ -16,6 +16,8 @@ Why this shape:
 - ``wedding_calendar``: wedding dates and time zones, for priority and forecasts; expected
   guests, vendors and the local ceremony time feed the scaler's forecast (added by ALTER for
   keyspaces created before them, so ``auditmesh schema`` stays idempotent).
+- ``chains``, ``chain_digests``, ``chain_checkpoints``: the tamper-evident digest chains of the
+  processors (:mod:`auditmesh.security.digests`), one partition per chain and day.
 The event itself is stored once per row as serialized protobuf (``payload``); the columns beside
 it are those that queries filter on. Time-window compaction and a TTL fit append-only audit data.
 """
@@ -71,6 +73,15 @@ def statements(cfg: StoreConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.wedding_calendar (
     wedding_id text PRIMARY KEY, wedding_date date, timezone text)""",
         *(f"ALTER TABLE {ks}.wedding_calendar ADD IF NOT EXISTS {column}" for column in CALENDAR_FORECAST_COLUMNS),
+        # Tamper evidence (auditmesh.security.digests), apart from the events it covers.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.chains (
+    chain_id text PRIMARY KEY, started_at timestamp, public_key blob) WITH default_time_to_live = {ttl}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.chain_digests (
+    chain_id text, day int, seq bigint, written_at timestamp, prev_hash blob, hash blob, root blob,
+    events blob, leaves blob, PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.chain_checkpoints (
+    chain_id text, day int, seq bigint, digest_seq bigint, digest_hash blob, at timestamp, signature blob,
+    PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",
     ]
 
 

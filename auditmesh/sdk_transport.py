@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
-__all__ = ["CHANNEL_OPTIONS", "ThreadedStream", "open_stream"]
+__all__ = ["CHANNEL_OPTIONS", "Connection", "ThreadedStream", "open_stream"]
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -21,14 +21,29 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def open_stream(target: str, *, threaded: bool) -> tuple[Any, Any]:
+class Connection(NamedTuple):
+    """How the SDK reaches ingest: a bearer token (sent as call metadata) and TLS credentials."""
+
+    token: str | None = None
+    credentials: grpc.ChannelCredentials | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+
+
+def open_stream(target: str, *, threaded: bool, connection: Connection | None = None) -> tuple[Any, Any]:
     """(channel, call) of a new IngestService.Stream: on grpc.aio, or, ``threaded`` (in a forked
     child), on the synchronous stack."""
+    connection = connection or Connection()
     if threaded:
-        stream = ThreadedStream(target)
+        stream = ThreadedStream(target, connection)
         return stream, stream
-    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return channel, pb_grpc.IngestServiceStub(channel).Stream()
+    if connection.credentials is None:
+        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.aio.secure_channel(target, connection.credentials, options=CHANNEL_OPTIONS)
+    return channel, pb_grpc.IngestServiceStub(channel).Stream(metadata=connection.metadata)
 
 
 class ThreadedStream:
@@ -43,11 +58,17 @@ class ThreadedStream:
     joins executor threads at exit before it runs the exit hooks that would end the stream).
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, connection: Connection | None = None) -> None:
+        connection = connection or Connection()
         self._loop = asyncio.get_running_loop()
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        if connection.credentials is None:
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.secure_channel(target, connection.credentials, options=CHANNEL_OPTIONS)
         self._requests: queue.SimpleQueue[pb.EventBatch | None] = queue.SimpleQueue()
-        self._call = pb_grpc.IngestServiceStub(self._channel).Stream(iter(self._requests.get, None))
+        self._call = pb_grpc.IngestServiceStub(self._channel).Stream(
+            iter(self._requests.get, None), metadata=connection.metadata
+        )
         self._acks: asyncio.Queue[pb.BatchAck | Exception | None] = asyncio.Queue()
         threading.Thread(target=self._read, name="auditmesh-client-acks", daemon=True).start()
 

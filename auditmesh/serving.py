@@ -53,16 +53,20 @@ def create_server(
     host: str = "127.0.0.1",
     max_message_bytes: int = 8 * 1024 * 1024,
     reuse_port: bool = False,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
-    """A server with the given handlers plus gRPC health checking and reflection, bound to port."""
+    """A server with the given handlers plus gRPC health checking and reflection, bound to port;
+    TLS with ``credentials`` (see :func:`auditmesh.security.serving.server_security`)."""
     server = grpc.aio.server(
+        interceptors=list(interceptors) or None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers(tuple(handlers))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -74,7 +78,8 @@ def create_server(
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         _MethodAwareReflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return server, bound, health_servicer

@@ -182,6 +182,11 @@ class EventStore:
     def session(self) -> Session:
         return self._session
 
+    @property
+    def urgent_session(self) -> Session:
+        """The critical lane's own connections."""
+        return self._urgent
+
     def close(self) -> None:
         self._cluster.shutdown()
 

@@ -35,19 +35,22 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
 
-def health_of(target: str, timeout: float = 1.0) -> str:
-    """SERVING, NOT_SERVING or DOWN for the gRPC health check of a process."""
+def health_of(target: str, timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """SERVING, NOT_SERVING or DOWN for the gRPC health check of a process (over TLS with ``credentials``)."""
     try:
-        with grpc.insecure_channel(target) as channel:
+        channel_cm = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+        with channel_cm as channel:
             resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
     except grpc.RpcError:
         return "DOWN"
 
 
-def wait_healthy(target: str, timeout: float, log_file: Path | None = None) -> None:
+def wait_healthy(
+    target: str, timeout: float, log_file: Path | None = None, credentials: grpc.ChannelCredentials | None = None
+) -> None:
     deadline = time.monotonic() + timeout
-    while health_of(target) != "SERVING":
+    while health_of(target, credentials=credentials) != "SERVING":
         if time.monotonic() > deadline:
             where = f"; see {log_file}" if log_file else ""
             raise TimeoutError(f"{target} not healthy after {timeout:.0f}s{where}")

@@ -57,7 +57,7 @@ from auditmesh.synthetic import Synthetic
 from auditmesh.telemetry import budget
 from auditmesh.telemetry.spans import read_jsonl
 from auditmesh.telemetry.tracing import DEFAULT_RATIO
-from bench import saturday
+from bench import saturday, secure
 from bench.cost import cpu_us_per_event
 from bench.direct_loader import run_loader
 from bench.loadgen import run_client
@@ -469,6 +469,7 @@ def main() -> int:
     parser.add_argument("--no-ghz", action="store_true")
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs and stats after the run")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--secure", action="store_true", help="then the security modes side by side (bench.secure)")
     args = parser.parse_args()
     direct_processes = [int(p) for p in args.direct_processes.split(",")]
     if args.smoke:
@@ -649,6 +650,9 @@ def main() -> int:
         }
     )
     print(render_table(result))
+    if args.secure:  # after the mesh is down: the modes run meshes of their own
+        result["secure"] = secure.run(smoke=args.smoke)
+        print(secure.render(result["secure"]))
     failures = check(result, ghz=not args.no_ghz)
     if args.keep_logs or failures:
         print(f"services' logs and stats: {run_dir}")

@@ -14,6 +14,7 @@ from auditmesh import cache
 from auditmesh.metrics import Reservoir, RuntimeStats, StatsPublisher
 from auditmesh.scaling.membership import Membership, watch
 from auditmesh.scaling.reports import IngestReports, Reporter
+from auditmesh.security.serving import mesh_channel_credentials
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from auditmesh.telemetry import collectors, prometheus
@@ -45,8 +46,10 @@ async def main(stop: asyncio.Event) -> None:
     calendar = CalendarView(store.calendar)
     await calendar.refresh()
 
+    credentials = mesh_channel_credentials(cfg.security, "ingest")
+
     def link(target: str, handoff_us: Reservoir | None = None) -> ProcessorLink:
-        return ProcessorLink(target, cfg.processor_timeout_s, cfg.limits.max_message_bytes * 2, handoff_us)
+        return ProcessorLink(target, cfg.processor_timeout_s, cfg.limits.max_message_bytes * 2, handoff_us, credentials)
 
     critical_handoff_us = Reservoir(5_000)
     runtime = RuntimeStats()

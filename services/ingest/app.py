@@ -8,6 +8,8 @@ import grpc
 from grpc_health.v1 import health
 
 from auditmesh.priority import CalendarSnapshot
+from auditmesh.security.policy import IngestPolicy
+from auditmesh.security.serving import server_security
 from auditmesh.serving import create_server
 from services.ingest.config import IngestConfig
 from services.ingest.router import Router
@@ -26,6 +28,7 @@ def create(
         admit_wait_s=cfg.admit_wait_s,
         stream_read_ahead_bytes=cfg.stream_read_ahead_bytes,
         max_read_bytes=cfg.max_read_bytes,
+        policy=IngestPolicy(cfg.security),
     )
     server, port, health_servicer = create_server(
         [servicer.handler()],
@@ -36,5 +39,6 @@ def create(
         # its own (REFUSED) instead of ending the caller's whole stream.
         max_message_bytes=2 * cfg.limits.max_message_bytes,
         reuse_port=reuse_port,
+        **server_security(cfg.security, "ingest"),
     )
     return server, port, servicer, health_servicer

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditmesh.config import Env, StoreConfig
+from auditmesh.security.config import SecurityConfig
 from auditmesh.validation import Limits
 
 __all__ = ["IngestConfig"]
@@ -64,6 +65,8 @@ class IngestConfig:
     """How often the wedding calendar is re-read (AUDITMESH_CALENDAR_REFRESH_S)."""
     limits: Limits = field(default_factory=Limits)
     store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """TLS, tokens, rate limits, redaction, digests (AUDITMESH_SECURITY_DIR and others)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IngestConfig:
@@ -102,4 +105,5 @@ class IngestConfig:
             calendar_refresh_s=e.number("AUDITMESH_CALENDAR_REFRESH_S", cls.calendar_refresh_s, minimum=1),
             limits=Limits.from_env(env),
             store=StoreConfig.from_env(env),
+            security=SecurityConfig.from_env(env),
         )

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -65,15 +66,29 @@ class Budget:
             self._changed.notify_all()
 
 
+def _channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
 class ProcessorLink:
     """One bidi stream to one processor, reconnected for as long as the link runs."""
 
     def __init__(
-        self, target: str, timeout_s: float, max_message_bytes: int, handoff_us: Reservoir | None = None
+        self,
+        target: str,
+        timeout_s: float,
+        max_message_bytes: int,
+        handoff_us: Reservoir | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         """``handoff_us``, when given, samples the time from ingest receiving a request's first
-        event to the request being handed to gRPC."""
+        event to the request being handed to gRPC; ``credentials`` make the link TLS (mTLS)."""
         self.target = target
+        self._credentials = credentials
         self._timeout_s = timeout_s
         self._max_message_bytes = max_message_bytes
         self._seq = itertools.count(1)
@@ -131,9 +146,10 @@ class ProcessorLink:
     async def _run(self) -> None:
         backoff = 0.05
         while True:
-            channel = grpc.aio.insecure_channel(
+            channel = _channel(
                 self.target,
-                options=[
+                self._credentials,
+                [
                     ("grpc.max_send_message_length", self._max_message_bytes),
                     ("grpc.max_receive_message_length", self._max_message_bytes),
                     ("grpc.keepalive_time_ms", 10_000),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -49,6 +49,16 @@ class IngestStats:
         return dict(vars(self))
 
 
+class BatchPolicy(Protocol):
+    def admit(self, batch: pb.EventBatch) -> dict[int, pb.Rejection]: ...
+
+    def redact(self, events: Iterable[pb.Event]) -> None: ...
+
+
+def _index(rejection: pb.Rejection) -> int:
+    return rejection.index
+
+
 def _wire_size(item: tuple[int, pb.EventBatch]) -> int:
     return item[0]
 
@@ -73,7 +83,10 @@ class IngestServicer:
         admit_wait_s: float,
         stream_read_ahead_bytes: int = 16 * 1024 * 1024,
         max_read_bytes: int = 96 * 1024 * 1024,
+        policy: BatchPolicy | None = None,
     ) -> None:
+        """``policy`` checks each batch against its caller's token and redacts what is stored."""
+        self._policy = policy
         self._router = router
         self._limits = limits
         self._calendar = calendar
@@ -217,10 +230,16 @@ class IngestServicer:
         received_ns = time.time_ns()
         self.stats.batches += 1
         events = batch.events
+        refused = self._policy.admit(batch) if self._policy is not None else {}
         valid, rejected = validate_batch(events, self._limits)
+        if refused:
+            valid = [i for i in valid if i not in refused]
+            rejected = sorted([*(r for r in rejected if r.index not in refused), *refused.values()], key=_index)
         self.stats.rejected += len(rejected)
         if not valid:
             return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, rejected=rejected)
+        if self._policy is not None:
+            self._policy.redact(events[i] for i in valid)
         cal = self._calendar()
         now_us = received_ns // 1000
         requests: dict[int, pb.ProcessRequest] = {}

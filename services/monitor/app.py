@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health
 
 from auditmesh.priority import CalendarEntry
+from auditmesh.security.serving import server_security
 from auditmesh.serving import create_server
 from auditmesh.telemetry.monitor import AlertBoard, Checks, PerformanceMonitor
 from services.monitor.config import MonitorConfig
@@ -29,5 +30,7 @@ def create(
         scrape_timeout_s=cfg.scrape_timeout_s,
         calendar_refresh_s=cfg.calendar_refresh_s,
     )
-    server, port, health_servicer = create_server([], [], port=cfg.port, host=cfg.host)
+    server, port, health_servicer = create_server(
+        [], [], port=cfg.port, host=cfg.host, **server_security(cfg.security, "monitor")
+    )
     return server, port, monitor, health_servicer

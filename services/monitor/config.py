@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditmesh.config import ConfigError, Env, StoreConfig
+from auditmesh.security.config import SecurityConfig
 from auditmesh.telemetry.monitor import Hysteresis, Thresholds
 
 __all__ = ["MonitorConfig"]
@@ -42,6 +43,8 @@ class MonitorConfig:
     alert_prefix: str = "am:perf"
     """Prefix of the Redis keys of the alerts, one per mesh (AUDITMESH_MONITOR_ALERT_PREFIX)."""
     store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """TLS, tokens, rate limits, redaction, digests (AUDITMESH_SECURITY_DIR and others)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MonitorConfig:
@@ -79,4 +82,5 @@ class MonitorConfig:
             redis_url=e.text("AUDITMESH_REDIS_URL", cls.redis_url),
             alert_prefix=e.text("AUDITMESH_MONITOR_ALERT_PREFIX", cls.alert_prefix),
             store=StoreConfig.from_env(env),
+            security=SecurityConfig.from_env(env),
         )

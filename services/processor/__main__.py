@@ -12,6 +12,7 @@ from auditmesh.cache import VersionBumper
 from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.scaling.membership import Membership
 from auditmesh.scaling.reports import ProcessorReports, Reporter
+from auditmesh.security.chains import digest_chains
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from auditmesh.telemetry import collectors, prometheus
@@ -29,7 +30,10 @@ async def main(stop: asyncio.Event) -> None:
     redis_client = cache.connect(cfg.redis_url, cfg.redis_timeout_s) if cfg.redis_url else None
     versions = VersionBumper(redis_client)
     writes = WriteWatch(store)
-    server, port, servicer, health_servicer = create(cfg, writes, versions)
+    chains = await digest_chains(cfg.security, store.session, store.urgent_session, cfg.store)
+    server, port, servicer, health_servicer = create(
+        cfg, writes, versions, (chains[0].append, chains[1].append) if chains else None
+    )
     runtime = RuntimeStats()
     publisher = StatsPublisher(
         os.environ.get("AUDITMESH_STATS_FILE"), lambda: {**servicer.stats(), **runtime.summary()}
@@ -82,6 +86,8 @@ async def main(stop: asyncio.Event) -> None:
     runtime.stop()
     publisher.publish()
     metrics.stop()
+    for chain in chains:
+        await chain.close()
     await versions.close()
     if redis_client is not None:
         await redis_client.aclose()

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditmesh.config import Env, StoreConfig
+from auditmesh.security.config import SecurityConfig
 
 __all__ = ["ProcessorConfig"]
 
@@ -54,6 +55,8 @@ class ProcessorConfig:
     """On SIGTERM with membership: how long to wait for ingest to close its streams after the
     processor deregistered, before it stops reading them anyway (AUDITMESH_PROCESSOR_DRAIN_WAIT_S)."""
     store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """TLS, tokens, rate limits, redaction, digests (AUDITMESH_SECURITY_DIR and others)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProcessorConfig:
@@ -74,4 +77,5 @@ class ProcessorConfig:
             scaler_target=e.text("AUDITMESH_SCALER_TARGET", cls.scaler_target),
             drain_wait_s=e.number("AUDITMESH_PROCESSOR_DRAIN_WAIT_S", cls.drain_wait_s),
             store=StoreConfig.from_env(env),
+            security=SecurityConfig.from_env(env),
         )

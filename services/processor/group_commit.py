@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +36,10 @@ class Writer(Protocol):
 
 class AfterWrite(Protocol):
     async def __call__(self, partitions: Iterable[tuple[str, str, int]]) -> None: ...
+
+
+class Digest(Protocol):
+    async def __call__(self, events: Sequence[pb.Event]) -> None: ...
 
 
 @dataclass
@@ -64,8 +68,18 @@ class GroupCommitter:
     ``after_write`` (the cache-version bump) once per group, before any request is answered."""
 
     def __init__(
-        self, write: Writer, after_write: AfterWrite, *, slots: int, max_events: int, write_us: Reservoir
+        self,
+        write: Writer,
+        after_write: AfterWrite,
+        *,
+        slots: int,
+        max_events: int,
+        write_us: Reservoir,
+        digest: Digest | None = None,
     ) -> None:
+        """``digest``, when given, chains a digest of each group's events after they are written;
+        when it fails the group fails as a write would (tamper evidence, auditmesh.security.digests)."""
+        self._digest = digest
         self._write = write
         self._after_write = after_write
         self.write_us = write_us
@@ -127,7 +141,10 @@ class GroupCommitter:
         }
         with _tracer.start_as_current_span("store.write", links=links, attributes=attributes) as span:
             try:
-                stats = await self._write(ev for entry in group for ev in entry.req.events)
+                written = [ev for entry in group for ev in entry.req.events]
+                stats = await self._write(written)
+                if self._digest is not None:
+                    await self._digest(written)
             except Exception as exc:
                 span.set_status(StatusCode.ERROR, str(exc)[:200])
                 if len(group) > 1 and not isinstance(exc, RetryableError):

@@ -29,7 +29,7 @@ from auditmesh.store import WriteStats
 from auditmesh.telemetry.tracing import LANE, context_of, lane_name, tracer
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
-from services.processor.group_commit import GroupCommitter
+from services.processor.group_commit import Digest, GroupCommitter
 
 __all__ = ["EventWriter", "ProcessorServicer"]
 
@@ -57,7 +57,10 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         critical_writes: int,
         wedding_day_writes: int = 2,
         max_group_events: int = 500,
+        digests: tuple[Digest, Digest] | None = None,
     ) -> None:
+        """``digests``: the tamper-evidence chains of the bulk lane and of the urgent lanes (critical
+        and wedding day share one: its appends are serialized), or None."""
         self.written = 0
         self.failed = 0
         self.draining = asyncio.Event()
@@ -68,7 +71,10 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
 
         def committer(urgent: bool, slots: int, write_us: Reservoir) -> GroupCommitter:
             write = functools.partial(store.write, urgent=urgent)
-            return GroupCommitter(write, versions.bump, slots=slots, max_events=max_group_events, write_us=write_us)
+            digest = digests[urgent] if digests is not None else None
+            return GroupCommitter(
+                write, versions.bump, slots=slots, max_events=max_group_events, write_us=write_us, digest=digest
+            )
 
         self._normal = committer(False, max_writes, self.write_us)
         self._critical = committer(True, critical_writes, self.critical_write_us)

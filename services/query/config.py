@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditmesh.config import Env, StoreConfig
+from auditmesh.security.config import SecurityConfig
 from auditmesh.validation import Limits
 
 __all__ = ["QueryConfig"]
@@ -36,6 +37,8 @@ class QueryConfig:
     limits: Limits = field(default_factory=Limits)
     """Id and text lengths, as ingest enforces them (AUDITMESH_MAX_ID_LEN, AUDITMESH_MAX_TEXT_LEN)."""
     store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """TLS, tokens, rate limits, redaction, digests (AUDITMESH_SECURITY_DIR and others)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> QueryConfig:
@@ -51,4 +54,5 @@ class QueryConfig:
             max_scan_rows=e.integer("AUDITMESH_QUERY_MAX_SCAN_ROWS", cls.max_scan_rows, minimum=100),
             limits=Limits.from_env(env),
             store=StoreConfig.from_env(env),
+            security=SecurityConfig.from_env(env),
         )

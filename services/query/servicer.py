@@ -29,6 +29,14 @@ class EventReader(RowSource, Protocol):
     async def get(self, event_id: str) -> bytes | None: ...
 
 
+class Scope(Protocol):
+    async def restrict_search(
+        self, request: pb.SearchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SearchRequest: ...
+
+    def visible(self, event: pb.Event) -> bool: ...
+
+
 class QueryServicer:
     def __init__(
         self,
@@ -38,7 +46,10 @@ class QueryServicer:
         *,
         bounds: PageBounds,
         limits: Limits,
+        scope: Scope | None = None,
     ) -> None:
+        """``scope`` narrows searches to what the caller's token may read and hides other events."""
+        self._scope = scope
         self._store = store
         self._signer = signer
         self.cache = cache
@@ -65,6 +76,8 @@ class QueryServicer:
     ) -> AsyncIterator[bytes]:
         try:
             request = parse_message(pb.SearchRequest, raw)
+            if self._scope is not None:
+                request = await self._scope.restrict_search(request, context)
             spec = SearchSpec.from_request(
                 request, max_id_len=self._limits.max_id_len, max_text_len=self._limits.max_text_len
             )
@@ -132,8 +145,10 @@ class QueryServicer:
                     payload = await self._store.get(request.event_id)
         except AuditError as exc:
             await abort_with(context, exc)
-        if payload is None:
+        event = pb.Event.FromString(payload) if payload is not None else None
+        if event is None or (self._scope is not None and not self._scope.visible(event)):
+            # Outside the caller's scope is "not found" too: a scope leaks no event's existence.
             # The id was checked above: at most max_id_len printable characters are echoed.
             await context.abort(grpc.StatusCode.NOT_FOUND, f"event_id: no event {request.event_id!r}")
             raise AssertionError("unreachable")
-        return pb.Event.FromString(payload)
+        return event

@@ -20,6 +20,7 @@ import grpc
 from auditmesh.config import StoreConfig
 from auditmesh.mesh import MeshLayout
 from auditmesh.scaling.calendar import Wedding, generate, parse_csv, put_weddings, to_csv
+from auditmesh.security.client import operator_channel
 from auditpb.v1 import scaler_pb2 as spb
 from auditpb.v1 import scaler_pb2_grpc as spb_grpc
 
@@ -61,7 +62,7 @@ def _stub(channel: grpc.Channel) -> spb_grpc.ScalerServiceStub:
 
 def cmd_status(args: argparse.Namespace) -> int:
     layout = MeshLayout.from_env(os.environ)
-    with grpc.insecure_channel(layout.scaler_target) as channel:
+    with operator_channel(layout.scaler_target) as channel:
         try:
             status = _stub(channel).Status(spb.StatusRequest(), timeout=5)
         except grpc.RpcError as exc:
@@ -73,7 +74,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_emergency(args: argparse.Namespace) -> int:
     layout = MeshLayout.from_env(os.environ)
-    with grpc.insecure_channel(layout.scaler_target) as channel:
+    with operator_channel(layout.scaler_target) as channel:
         try:
             status = _stub(channel).SetEmergency(spb.EmergencyRequest(on=args.state == "on"), timeout=10)
         except grpc.RpcError as exc:

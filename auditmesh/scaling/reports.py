@@ -182,8 +182,17 @@ class Reporter:
     """Streams ``build()`` to the scaler at ``target`` every ``interval_s``, reconnecting with
     backoff for as long as it runs. A failure is logged once per outage."""
 
-    def __init__(self, target: str, build: Callable[[], spb.LoadReport], interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        build: Callable[[], spb.LoadReport],
+        interval_s: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: the reporting service's own certificate in secure mode (the scaler
+        accepts only clients with a certificate of the mesh's CA)."""
         self.target = target
+        self._credentials = credentials
         self._build = build
         self._interval_s = interval_s
         self.sent = 0
@@ -199,7 +208,12 @@ class Reporter:
         down = False
         while True:
             sent = self.sent
-            async with grpc.aio.insecure_channel(self.target) as channel:
+            channel = (
+                grpc.aio.insecure_channel(self.target)
+                if self._credentials is None
+                else grpc.aio.secure_channel(self.target, self._credentials)
+            )
+            async with channel:
                 try:
                     await spb_grpc.ScalerServiceStub(channel).Report(self._reports())
                 except grpc.RpcError as exc:

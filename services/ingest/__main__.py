@@ -109,7 +109,13 @@ async def main(stop: asyncio.Event) -> None:
     log.info("ingest serving on %s:%d, processors %s", cfg.host, port, where)
     if cfg.scaler_target:
         reports = IngestReports(f"{cfg.host}:{port}", router.lanes, lambda: servicer.stats.accepted)
-        scaling.append(asyncio.create_task(Reporter(cfg.scaler_target, reports.build).run()))
+        scaling.append(
+            asyncio.create_task(
+                Reporter(
+                    cfg.scaler_target, reports.build, credentials=mesh_channel_credentials(cfg.security, "ingest")
+                ).run()
+            )
+        )
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
     servicer.draining.set()

@@ -13,6 +13,7 @@ from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.scaling.membership import Membership
 from auditmesh.scaling.reports import ProcessorReports, Reporter
 from auditmesh.security.chains import digest_chains
+from auditmesh.security.serving import mesh_channel_credentials
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from auditmesh.telemetry import collectors, prometheus
@@ -62,7 +63,13 @@ async def main(stop: asyncio.Event) -> None:
     scaling: list[asyncio.Task[None]] = []
     if cfg.scaler_target:
         scaling.append(
-            asyncio.create_task(Reporter(cfg.scaler_target, ProcessorReports(address, servicer, writes).build).run())
+            asyncio.create_task(
+                Reporter(
+                    cfg.scaler_target,
+                    ProcessorReports(address, servicer, writes).build,
+                    credentials=mesh_channel_credentials(cfg.security, "processor"),
+                ).run()
+            )
         )
     leave = asyncio.Event()
     if cfg.membership_prefix and redis_client is not None:

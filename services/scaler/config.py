@@ -9,6 +9,7 @@ from auditmesh.config import ConfigError, Env, StoreConfig
 from auditmesh.scaling.engine import EngineConfig
 from auditmesh.scaling.forecast import ForecastConfig
 from auditmesh.scaling.policy import PolicyConfig
+from auditmesh.security.config import SecurityConfig
 
 __all__ = ["ScalerConfig"]
 
@@ -48,6 +49,8 @@ class ScalerConfig:
     _AHEAD_RATIO 1.2) and the number of Cassandra nodes for the storage recommendation
     (AUDITMESH_SCALER_STORE_NODES 1)."""
     store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """Secure mode (AUDITMESH_SECURITY_DIR): TLS, and only clients with a certificate of the CA."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ScalerConfig:
@@ -106,4 +109,5 @@ class ScalerConfig:
                 store_nodes=i("STORE_NODES", 1, 1),
             ),
             store=StoreConfig.from_env(env),
+            security=SecurityConfig.from_env(env),
         )

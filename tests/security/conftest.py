@@ -52,7 +52,8 @@ def security_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def secure_mesh(
     store_config: object, security_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SecureMesh]:
-    """ingest, one processor and query as separate processes in secure mode."""
+    """ingest, one processor, query and the scaler as separate processes in secure mode (the
+    scaler held at one processor: it is here for its port and the reports it receives)."""
     layout = MeshLayout(
         ingest_port=slot_port(23451),
         processor_base_port=slot_port(23461),
@@ -60,7 +61,9 @@ def secure_mesh(
         query_port=slot_port(23471),
         keyspace=TEST_KEYSPACE,
         monitor=False,
+        scaler=True,
         extra_env={
+            "AUDITMESH_SCALER_MAX_REPLICAS": "1",
             "AUDITMESH_TOKEN_KEY": "secure-mesh-key",
             "AUDITMESH_REDIS_URL": slot_redis_url(14),
             "AUDITMESH_SECURITY_DIR": str(security_dir),

@@ -13,6 +13,8 @@ from auditmesh.client import AuditClient
 from auditmesh.security.certs import channel_credentials, create_material
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from auditpb.v1 import scaler_pb2 as spb
+from auditpb.v1 import scaler_pb2_grpc as spb_grpc
 from tests.conftest import assert_eventually
 from tests.security.conftest import SecureMesh, bearer
 
@@ -38,17 +40,22 @@ def foreign_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plaintext_clients_cannot_talk_to_tls_ports(secure_mesh: SecureMesh) -> None:
-    """A plaintext client gets no answer from ingest, query or the processor of a secure mesh."""
+    """A plaintext client gets no answer from ingest, query, the processor or the scaler of a
+    secure mesh."""
     layout = secure_mesh.layout
-    for target in (layout.ingest_target, layout.query_target, layout.processor(0).target):
+    for target in (layout.ingest_target, layout.query_target, layout.processor(0).target, layout.scaler_target):
         with grpc.insecure_channel(target) as channel:
             assert _refused(channel) == grpc.StatusCode.UNAVAILABLE, target
 
 
-def test_processor_requires_a_client_certificate_of_the_mesh_ca(secure_mesh: SecureMesh, foreign_dir: Path) -> None:
-    """TLS without a client certificate, or with one of another CA, cannot connect to a processor;
-    the mesh's own certificate can."""
-    target = secure_mesh.layout.processor(0).target
+@pytest.mark.parametrize("service", ["processor", "scaler"])
+def test_internal_services_require_a_client_certificate_of_the_mesh_ca(
+    secure_mesh: SecureMesh, foreign_dir: Path, service: str
+) -> None:
+    """TLS without a client certificate, or with one of another CA, cannot connect to a processor
+    or to the scaler; the mesh's own certificate can."""
+    layout = secure_mesh.layout
+    target = layout.processor(0).target if service == "processor" else layout.scaler_target
     with grpc.secure_channel(target, channel_credentials(secure_mesh.dir)) as channel:
         assert _refused(channel) == grpc.StatusCode.UNAVAILABLE
     foreign = grpc.ssl_channel_credentials(
@@ -86,3 +93,19 @@ def test_sdk_over_tls_with_a_token_writes_through_mtls_to_the_store(secure_mesh:
             assert len(page.events) == 5
 
         assert_eventually(found, timeout=20)
+
+
+def test_load_reports_reach_the_scaler_over_mtls(secure_mesh: SecureMesh) -> None:
+    """Ingest and the processor report their load to the scaler of a secure mesh with their own
+    certificates: the scaler's status, read with the operator's, lists both as reporting."""
+    with grpc.secure_channel(
+        secure_mesh.layout.scaler_target, channel_credentials(secure_mesh.dir, "operator")
+    ) as channel:
+        stub = spb_grpc.ScalerServiceStub(channel)
+
+        def both_report() -> None:
+            status = stub.Status(spb.StatusRequest(), timeout=5)
+            reporting = {m.service for m in status.members if 0 <= m.age_s < 5}  # -1: registered, no report
+            assert {"ingest", "processor"} <= reporting, status.members
+
+        assert_eventually(both_report, timeout=30)

@@ -14,6 +14,7 @@ Why this shape:
 - ``partitions``: which hour buckets hold data for a wedding or user, so a search visits only
   non-empty partitions, newest first, and stops when its page is full.
 - ``wedding_calendar``: wedding dates and time zones, for priority and forecasts.
+- ``alerts``, ``alert_dead_letters``: threat-detection alerts and undeliverable webhooks.
 The event itself is stored once per row as serialized protobuf (``payload``); the columns beside
 it are those that queries filter on. Time-window compaction and a TTL fit append-only audit data.
 """
@@ -64,6 +65,23 @@ def statements(cfg: StoreConfig) -> list[str]:
     WITH CLUSTERING ORDER BY (bucket DESC) AND default_time_to_live = {ttl}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.wedding_calendar (
     wedding_id text PRIMARY KEY, wedding_date date, timezone text)""",
+        *_alert_statements(ks, ttl),
+    ]
+
+
+def _alert_statements(ks: str, ttl: int) -> list[str]:
+    """Threat-detection alerts (auditmesh.detection): each alert is stored under up to three
+    scopes (``w:{wedding}``, ``o:{organization}``, ``all``) by UTC day, newest first; an update of
+    a suppressed alert overwrites its rows (same created_at and id). Failed webhook deliveries
+    are kept by day in ``alert_dead_letters``."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {ks}.alerts (
+    scope text, day int, created_at timestamp, alert_id text, rule text, severity tinyint, payload blob,
+    PRIMARY KEY ((scope, day), created_at, alert_id))
+    WITH CLUSTERING ORDER BY (created_at DESC, alert_id DESC) AND default_time_to_live = {ttl}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.alert_dead_letters (
+    day int, failed_at timestamp, alert_id text, url text, attempts int, error text, payload blob,
+    PRIMARY KEY (day, failed_at, alert_id)) WITH default_time_to_live = {ttl}""",
     ]
 
 

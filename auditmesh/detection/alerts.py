@@ -141,8 +141,10 @@ def _scopes(alert: apb.Alert) -> list[str]:
     return scopes
 
 
-def _filter_digest(f: apb.AlertFilter, since_ms: int) -> str:
-    return hashlib.sha256(f.SerializeToString(deterministic=True) + str(since_ms).encode()).hexdigest()[:16]
+def _filter_digest(f: apb.AlertFilter, since_ms: int, until_ms: int) -> str:
+    """Binds a page token to the listing it came from (filter and requested time range)."""
+    bound = f.SerializeToString(deterministic=True) + f"|{since_ms}|{until_ms}".encode()
+    return hashlib.sha256(bound).hexdigest()[:16]
 
 
 async def _execute(session: Any, statement: Any, params: Sequence[Any] = ()) -> Any:
@@ -174,21 +176,27 @@ class AlertStore:
 
     def __init__(self, session: Any, keyspace: str) -> None:
         self._session = session
-        self._put = session.prepare(
-            f"INSERT INTO {keyspace}.alerts (scope, day, created_at, alert_id, rule, severity, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)"
-        )
-        self._page = session.prepare(
-            f"SELECT created_at, alert_id, payload FROM {keyspace}.alerts"
-            " WHERE scope = ? AND day = ? AND (created_at, alert_id) < (?, ?) LIMIT ?"
-        )
-        self._dead = session.prepare(
-            f"INSERT INTO {keyspace}.alert_dead_letters (day, failed_at, alert_id, url, attempts, error, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)"
-        )
-        self._dead_read = session.prepare(
-            f"SELECT failed_at, alert_id, url, attempts, error FROM {keyspace}.alert_dead_letters WHERE day = ?"
-        )
+        self._keyspace = keyspace
+        self._statements: dict[str, Any] = {}
+
+    def _stmt(self, name: str) -> Any:
+        """Prepared on first use, so a service starts on a keyspace whose alert tables are
+        still missing (``auditmesh schema`` creates them) and fails only the alert calls."""
+        found = self._statements.get(name)
+        if found is None:
+            ks = self._keyspace
+            text = {
+                "put": f"INSERT INTO {ks}.alerts (scope, day, created_at, alert_id, rule, severity, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "page": f"SELECT created_at, alert_id, payload FROM {ks}.alerts"
+                " WHERE scope = ? AND day = ? AND (created_at, alert_id) < (?, ?) LIMIT ?",
+                "dead": f"INSERT INTO {ks}.alert_dead_letters"
+                " (day, failed_at, alert_id, url, attempts, error, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "dead_read": f"SELECT failed_at, alert_id, url, attempts, error FROM {ks}.alert_dead_letters"
+                " WHERE day = ?",
+            }[name]
+            found = self._statements[name] = self._session.prepare(text)
+        return found
 
     async def put(self, alerts: Iterable[apb.Alert]) -> None:
         writes = []
@@ -197,26 +205,26 @@ class AlertStore:
             payload = alert.SerializeToString()
             for scope in _scopes(alert):
                 params = (scope, created // _DAY_MS, created, alert.alert_id, alert.rule, alert.severity, payload)
-                writes.append(_execute(self._session, self._put, params))
+                writes.append(_execute(self._session, self._stmt("put"), params))
         await asyncio.gather(*writes)
 
     async def dead_letter(self, alert: apb.Alert, url: str, attempts: int, error: str) -> None:
         now = int(time.time() * 1000)
         params = (now // _DAY_MS, now, alert.alert_id, url, attempts, error[:500], alert.SerializeToString())
-        await _execute(self._session, self._dead, params)
+        await _execute(self._session, self._stmt("dead"), params)
 
     async def dead_letters(self, day_ms: int) -> list[tuple[str, str, int, str]]:
-        rows = await _execute(self._session, self._dead_read, (day_ms // _DAY_MS,))
+        rows = await _execute(self._session, self._stmt("dead_read"), (day_ms // _DAY_MS,))
         return [(r.alert_id, r.url, r.attempts, r.error) for r in rows]
 
     async def list(
         self, f: apb.AlertFilter, *, since_ms: int = 0, until_ms: int = 0, page_size: int = 0, page_token: str = ""
     ) -> AlertPage:
+        digest = _filter_digest(f, since_ms, until_ms)
         until_ms = until_ms or int(time.time() * 1000) + 1
         since_ms = since_ms or until_ms - _DEFAULT_RANGE_MS
         size = min(page_size or 100, _MAX_PAGE)
         scope = "w:" + f.wedding_id if f.wedding_id else ("o:" + f.organization_id if f.organization_id else "all")
-        digest = _filter_digest(f, since_ms)
         day, created, alert_id = until_ms // _DAY_MS, until_ms, "\uffff"
         if page_token:
             try:
@@ -229,7 +237,7 @@ class AlertStore:
         out: list[apb.Alert] = []
         scanned = 0
         while day >= since_ms // _DAY_MS and len(out) < size and scanned < _MAX_SCAN_ROWS:
-            rows = list(await _execute(self._session, self._page, (scope, day, created, alert_id, size * 2)))
+            rows = list(await _execute(self._session, self._stmt("page"), (scope, day, created, alert_id, size * 2)))
             for row in rows:
                 scanned += 1
                 created, alert_id = _row_ms(row.created_at), row.alert_id

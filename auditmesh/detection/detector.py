@@ -96,6 +96,10 @@ class Detector:
         self.round_us = Reservoir()
 
     @property
+    def redis(self) -> aioredis.Redis | None:
+        return self._redis
+
+    @property
     def enabled(self) -> bool:
         return bool(self.cfg.rules_dir)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import grpc
 from grpc_health.v1 import health
 
 from auditmesh.cache import VersionBumper
 from auditmesh.serving import create_server
+from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.config import ProcessorConfig
 from services.processor.servicer import EventWriter, ProcessorServicer
@@ -17,7 +20,10 @@ SERVICE = "auditpb.v1.ProcessorService"
 
 
 def create(
-    cfg: ProcessorConfig, store: EventWriter, versions: VersionBumper
+    cfg: ProcessorConfig,
+    store: EventWriter,
+    versions: VersionBumper,
+    observe: Callable[[Sequence[pb.Event]], None] | None = None,
 ) -> tuple[grpc.aio.Server, int, ProcessorServicer, health.HealthServicer]:
     servicer = ProcessorServicer(
         store,
@@ -25,6 +31,7 @@ def create(
         max_writes=cfg.max_writes,
         critical_writes=cfg.critical_writes,
         max_group_events=cfg.max_group_events,
+        observe=observe,
     )
     server, port, health_servicer = create_server(
         [], [SERVICE], port=cfg.port, host=cfg.host, max_message_bytes=cfg.max_message_bytes

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -54,7 +54,10 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         max_writes: int,
         critical_writes: int,
         max_group_events: int = 500,
+        observe: Callable[[Sequence[pb.Event]], None] | None = None,
     ) -> None:
+        self._observe = observe
+        """Sees every request's events as it arrives, before the write (threat detection); must not block."""
         self.written = 0
         self.failed = 0
         self.draining = asyncio.Event()
@@ -98,6 +101,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         await send_all(context, answers)
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+        if self._observe is not None:
+            self._observe(req.events)
         attributes: dict[str, str | int] = {
             LANE: lane_name(req.lane),
             "auditmesh.events": len(req.events),

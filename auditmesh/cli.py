@@ -21,6 +21,7 @@ import grpc
 
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
+from auditmesh.detection import cli as detection_cli
 from auditmesh.mesh import JAEGER_SCRIPT, MeshLayout, infra
 from auditmesh.schema import create_schema
 from auditmesh.store import EventStore
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--limit", type=int, default=20)
     query.set_defaults(fn=cmd_query)
     reports.add_parsers(sub)
+    detection_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from auditmesh.detection.alerts import AlertStore, alert_of_firing, alert_of_hit, channel
 from auditmesh.detection.config import DetectionConfig
-from auditmesh.detection.evaluator import Hit, Update, evaluate
+from auditmesh.detection.evaluator import Evaluation, evaluate
 from auditmesh.detection.roles import RoleFile
 from auditmesh.detection.rules import RuleError, RuleSet, load_rules
 from auditmesh.detection.state import CorrelationState
@@ -192,24 +192,12 @@ class Detector:
         """One round: evaluate, update shared state, publish, then store and deliver in the background."""
         started = time.perf_counter()
         rules = self.rules
-        hits: list[Hit] = []
-        updates: dict[str, Update] = {}
+        result = Evaluation()
         for i in range(0, len(events), _CHUNK):
             if i:
                 await asyncio.sleep(0)
-            result = evaluate(rules, events[i : i + _CHUNK], self._roles)
-            hits.extend(result.hits)
-            for key, update in result.updates.items():
-                if key in updates:
-                    merged = updates[key]
-                    for member, ms in update.members.items():
-                        if merged.members.get(member, -1) < ms:
-                            merged.members[member] = ms
-                    merged.matches += update.matches
-                    merged.event_ids.extend(update.event_ids[: max(0, 20 - len(merged.event_ids))])
-                    merged.last = update.last or merged.last
-                else:
-                    updates[key] = update
+            evaluate(rules, events[i : i + _CHUNK], self._roles, into=result)
+        hits, updates = result.hits, result.updates
         self.evaluated += len(events)
         self.rounds += 1
         now_ms = int(time.time() * 1000)

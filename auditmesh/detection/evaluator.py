@@ -42,6 +42,9 @@ class Update:
     """Correlation state to add: event id (event_count), value (value_count) or rule index
     (temporal) -> newest occurred_at in ms."""
     matches: int = 0
+    ids: list[str] = field(default_factory=list)
+    """Every matching event's id (an open alert's count is of distinct ids, so a resent batch
+    does not count twice)."""
     event_ids: list[str] = field(default_factory=list)
     last: pb.Event | None = None
     first_received_us: int = 0
@@ -50,6 +53,7 @@ class Update:
         if self.members.get(member, -1) < ms:
             self.members[member] = ms
         self.matches += 1
+        self.ids.append(ev.event_id)
         if len(self.event_ids) < SAMPLE:
             self.event_ids.append(ev.event_id)
         if self.last is None or ms >= occurred_ms(self.last):
@@ -69,9 +73,12 @@ class Evaluation:
     evaluated: int = 0
 
 
-def evaluate(rules: RuleSet, events: Iterable[pb.Event], roles: RoleDirectory | None = None) -> Evaluation:
-    """Match every event against every detection rule and aggregate the batch's contributions."""
-    out = Evaluation()
+def evaluate(
+    rules: RuleSet, events: Iterable[pb.Event], roles: RoleDirectory | None = None, into: Evaluation | None = None
+) -> Evaluation:
+    """Match every event against every detection rule and aggregate the batch's contributions
+    (added to ``into`` when given, so a round evaluated in chunks aggregates as one batch)."""
+    out = into if into is not None else Evaluation()
     users = {d.name: rules.users_of(d.name) for d in rules.detections}
     for ev in events:
         out.evaluated += 1

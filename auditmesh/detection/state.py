@@ -5,11 +5,13 @@
                             temporal: hash, rule index -> newest occurred_at ms
     am:d:s:{rule}|{group}   the open alert of a suppressed rule's group: id, created (ms), count;
                             expires with the suppression window
+    am:d:e:{rule}|{group}   the ids of the events the open alert has counted (a set, same expiry)
 
 The window of a correlation is measured in event time: after adding a batch, members older than
 the newest member minus the timespan are dropped. When the condition holds and the group has no
 open alert, a new alert opens (its count is the correlation's value: events or distinct values);
-while one is open, every matching event adds to its count. A rule without a suppression window
+while one is open, every matching event not counted before adds to its count (a resent batch
+does not). A rule without a suppression window
 raises a new alert each time its condition holds and starts its window afresh.
 
 State lives in Redis only, so it is right however events are spread over processors and outlives
@@ -39,11 +41,19 @@ local function holds(v, op, thr)
   elseif op == 'lte' then return v <= thr elseif op == 'lt' then return v < thr
   elseif op == 'eq' then return v == thr else return v ~= thr end
 end
+local function sadd(key, members)
+  local added = 0
+  for j = 1, #members, 500 do
+    added = added + redis.call('SADD', key, unpack(members, j, math.min(j + 499, #members)))
+  end
+  return added
+end
 for i, it in ipairs(items) do
   local ok = true
   local cur = it.c
   local ck = 'am:d:c:' .. it.k
   local sk = 'am:d:s:' .. it.k
+  local ek = 'am:d:e:' .. it.k
   if it.t == 'event_count' or it.t == 'value_count' then
     local m = it.m
     local j = 1
@@ -90,11 +100,19 @@ for i, it in ipairs(items) do
       out[i] = {0}
     end
   elseif redis.call('EXISTS', sk) == 1 then
-    local count = redis.call('HINCRBY', sk, 'count', it.c)
+    local added = sadd(ek, it.ids)
+    local count = redis.call('HINCRBY', sk, 'count', added)
+    redis.call('PEXPIRE', ek, redis.call('PTTL', sk))
     out[i] = {1, 0, redis.call('HGET', sk, 'id'), count, tonumber(redis.call('HGET', sk, 'created'))}
   elseif ok then
+    redis.call('DEL', ek)
+    if it.t == 'event_count' then
+      sadd(ek, redis.call('ZRANGE', ck, 0, -1))
+    end
+    sadd(ek, it.ids)
     redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur)
     redis.call('PEXPIRE', sk, it.sms)
+    redis.call('PEXPIRE', ek, it.sms)
     out[i] = {1, 1, it.aid, cur, now}
   else
     out[i] = {0}
@@ -134,6 +152,7 @@ class CorrelationState:
             item: dict[str, object] = {
                 "k": u.key,
                 "c": u.matches,
+                "ids": u.ids,
                 "m": members,
                 "sms": rule.suppression_ms,
                 "aid": uuid.uuid4().hex,

@@ -305,3 +305,44 @@ def test_detection_status_is_exported(detect_mesh: MeshLayout) -> None:
     ):
         assert name in text
     assert "auditmesh_detection_rules 11" in text.replace(".0", "")
+
+
+def test_cli_alerts_list_and_check(detect_mesh: MeshLayout) -> None:
+    """`auditmesh alerts list` prints a stored alert of the mesh; `alerts check` accepts the pack and
+    names the file, rule and field of a bad rule with exit status 1."""
+    import os
+    import subprocess
+    import sys
+
+    run = uuid.uuid4().hex[:6]
+    send_to(
+        detect_mesh.processor(0).target, [event("auth.account.locked", severity=pb.P0_CRITICAL, user_id=f"cli-{run}")]
+    )
+    env = {**os.environ, "AUDITMESH_QUERY_PORT": str(detect_mesh.query_port)}
+
+    def listed() -> None:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "auditmesh.cli",
+                "alerts",
+                "list",
+                "--rule",
+                "p0_event",
+                "--min-severity",
+                "P0_CRITICAL",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert f"by cli-{run}" in out
+
+    assert_eventually(listed, timeout=20)
+    ok = subprocess.run(
+        [sys.executable, "-m", "auditmesh.cli", "alerts", "check", str(PACK)], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "5 correlations" in ok.stdout

@@ -180,3 +180,10 @@ def test_brute_force_of_ten_thousand_attempts_is_one_alert(pack: RuleSet, state_
     evs = failures(10_000, user="u-target", step_ms=10)
     alerts = fired(run(pack, [evs[i : i + 500] for i in range(0, 10_000, 500)], state_db), "brute_force_user")
     assert len(alerts) == 1 and alerts[0].count == 10_000
+
+
+def test_a_resent_batch_does_not_count_twice(pack: RuleSet, state_db: str) -> None:
+    """At-least-once delivery: a batch evaluated again (same event ids) leaves the open alert's count as it was."""
+    evs = failures(30, user="u-resent")
+    alerts = fired(run(pack, [evs[:10], evs[10:], evs[10:], evs[:10]], state_db), "brute_force_user")
+    assert [a.count for a in alerts] == [30]

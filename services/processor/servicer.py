@@ -56,8 +56,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         max_group_events: int = 500,
         observe: Callable[[Sequence[pb.Event]], None] | None = None,
     ) -> None:
+        # Threat detection sees each request's events as they arrive, before the write; it must not block.
         self._observe = observe
-        """Sees every request's events as it arrives, before the write (threat detection); must not block."""
         self.written = 0
         self.failed = 0
         self.draining = asyncio.Event()

@@ -66,6 +66,7 @@ class Detector:
         self.rules = RuleSet()
         self._rules_signature: tuple[tuple[str, float, int], ...] | None = None
         self._pending: deque[Sequence[pb.Event]] = deque()
+        self._urgent: deque[Sequence[pb.Event]] = deque()  # batches holding a P0 event: evaluated first
         self._pending_events = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,7 +115,8 @@ class Detector:
         if self._pending_events + len(events) > self.cfg.max_pending_events:
             self.dropped += len(events)
             return
-        self._pending.append(events)
+        urgent = any(ev.severity == pb.P0_CRITICAL for ev in events)
+        (self._urgent if urgent else self._pending).append(events)
         self._pending_events += len(events)
         self._wake.set()
 
@@ -177,10 +179,13 @@ class Detector:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._urgent or self._pending:
+                # Batches holding P0 events make rounds of their own, ahead of the others: their
+                # alerts are not held up by the evaluation of a bulk backlog.
+                queue = self._urgent or self._pending
                 events: list[pb.Event] = []
-                while self._pending and len(events) < _ROUND_EVENTS:
-                    batch = self._pending.popleft()
+                while queue and len(events) < _ROUND_EVENTS:
+                    batch = queue.popleft()
                     self._pending_events -= len(batch)
                     events.extend(batch)
                 try:
@@ -285,6 +290,7 @@ class Detector:
                 "reloads": self.reloads,
                 "last_rule_error": self.last_rule_error,
                 "round_us": self.round_us.summary(),
+                "webhook_latency_ms": self.webhook.latency_summary() if self.webhook else {},
                 "webhook": {
                     "delivered": self.webhook.delivered if self.webhook else 0,
                     "retries": self.webhook.retries if self.webhook else 0,

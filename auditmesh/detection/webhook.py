@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
+from auditmesh.metrics import percentile
 from auditpb.v1 import alerts_pb2 as apb
 
 __all__ = ["WebhookSender", "sign"]
@@ -65,6 +66,11 @@ class WebhookSender:
         self.retries = 0
         self.dead = 0
         self.latency_ms: list[float] = []
+
+    def latency_summary(self) -> dict[str, float | None]:
+        """Delivery time of the last 1,000 delivered alerts (the successful try only)."""
+        values = sorted(self.latency_ms)
+        return {"count": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99)}
 
     def send(self, alert: apb.Alert) -> None:
         """Deliver in the background; returns at once."""

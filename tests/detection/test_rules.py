@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ import pytest
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
 from auditmesh.detection.rules import RuleError, parse_rules
+from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import audit_pb2 as pb
-from tests.detection.conftest import event
+from tests.detection.conftest import PACK, event
 
 HEAD = "logsource:\n  product: auditmesh\nlevel: high\n"
 
@@ -117,3 +119,33 @@ def test_rules_reload_without_restart_and_a_bad_edit_keeps_the_old_rules(tmp_pat
     assert detector.rule_errors == 1 and "nope" in detector.last_rule_error
     alerts = asyncio.run(detector.process([event("b", severity=pb.P3_LOW)]))
     assert [a.rule for a in alerts] == ["second"]
+
+
+def test_batches_holding_p0_events_are_evaluated_ahead_of_a_backlog() -> None:
+    """A P0 batch offered after 6,000 queued bulk events makes the detector's first round on its own."""
+    detector = Detector(DetectionConfig(rules_dir=str(PACK)), None, None, "ks")
+    rounds: list[list[int]] = []
+    done = asyncio.Event()
+    evaluate_round = detector.process
+
+    async def recording(events: Sequence[pb.Event]) -> list[apb.Alert]:
+        rounds.append([ev.severity for ev in events])
+        alerts = await evaluate_round(events)
+        if sum(len(r) for r in rounds) == 6001:
+            done.set()
+        return alerts
+
+    detector.process = recording  # type: ignore[method-assign]
+
+    async def go() -> None:
+        done.clear()
+        for _ in range(3):
+            detector.offer([event("guestlist.viewed", severity=pb.P3_LOW) for _ in range(2000)])
+        detector.offer([event("auth.account.locked", severity=pb.P0_CRITICAL)])
+        detector.start()
+        await asyncio.wait_for(done.wait(), 30)
+        await detector.shutdown()
+
+    asyncio.run(go())
+    assert rounds[0] == [pb.P0_CRITICAL]
+    assert sum(len(r) for r in rounds) == 6001

@@ -16,7 +16,7 @@ from auditmesh.detection.detector import Detector
 from auditmesh.detection.rules import RuleError, parse_rules
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import audit_pb2 as pb
-from tests.detection.conftest import PACK, event
+from tests.detection.conftest import PACK, event, run
 
 HEAD = "logsource:\n  product: auditmesh\nlevel: high\n"
 
@@ -149,3 +149,30 @@ def test_batches_holding_p0_events_are_evaluated_ahead_of_a_backlog() -> None:
     asyncio.run(go())
     assert rounds[0] == [pb.P0_CRITICAL]
     assert sum(len(r) for r in rounds) == 6001
+
+
+TEMPORAL = (
+    rule("mfa_off", "  s:\n    event_type: auth.mfa.disabled\n  condition: s\n")
+    + "---\n"
+    + rule("payout_changed", "  s:\n    event_type: payment.payout.changed\n  condition: s\n")
+    + "---\ntitle: t\nname: mfa_and_payout\nlevel: critical\ncorrelation:\n  type: temporal\n"
+    "  rules: [mfa_off, payout_changed]\n  group-by: [user_id]\n  timespan: 10m\n"
+)
+
+
+def test_temporal_correlation_in_any_order_within_its_timespan(state_db: str) -> None:
+    """A temporal correlation fires when all its rules match for a group within the timespan, in either
+    order, and not when they are further apart or for different groups."""
+    rules = parse_rules([("t.yml", TEMPORAL)])
+    t0 = int(time.time() * 1000) - 3_600_000
+    batches = [
+        [event("payment.payout.changed", at_ms=t0, user_id="u-1")],
+        [event("auth.mfa.disabled", at_ms=t0 + 60_000, user_id="u-1")],  # reverse order, 1 min apart: fires
+        [
+            event("auth.mfa.disabled", at_ms=t0, user_id="u-2"),
+            event("payment.payout.changed", at_ms=t0 + 11 * 60_000, user_id="u-2"),
+        ],
+        [event("auth.mfa.disabled", at_ms=t0, user_id="u-3"), event("payment.payout.changed", at_ms=t0, user_id="u-4")],
+    ]
+    alerts = run(rules, batches, state_db)
+    assert [(a.rule, a.group, a.severity) for a in alerts] == [("mfa_and_payout", "user_id=u-1", pb.P0_CRITICAL)]

@@ -79,11 +79,10 @@ def evaluate(
     """Match every event against every detection rule and aggregate the batch's contributions
     (added to ``into`` when given, so a round evaluated in chunks aggregates as one batch)."""
     out = into if into is not None else Evaluation()
-    users = {d.name: rules.users_of(d.name) for d in rules.detections}
     for ev in events:
         out.evaluated += 1
         ms = 0
-        for detection in rules.detections:
+        for detection in rules.candidates(ev.event_type):
             if not detection.matches(ev, roles):
                 continue
             ms = ms or occurred_ms(ev)
@@ -94,7 +93,7 @@ def evaluate(
                         _update(out, detection, group).add(ev, ev.event_id, ms)
                 else:
                     out.hits.append(Hit(detection, ev))
-            for correlation in users[detection.name]:
+            for correlation in rules.users_of(detection.name):
                 group = _group(ev, roles, correlation.group_by, correlation.group_fields[detection.name])
                 if group is None:
                     continue

@@ -13,6 +13,7 @@ does, empty otherwise.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -99,6 +100,7 @@ def is_known(name: str) -> bool:
     return name in FIELDS or (name.startswith(ATTRIBUTE_PREFIX) and len(name) > len(ATTRIBUTE_PREFIX))
 
 
+@functools.lru_cache(maxsize=1024)
 def getter(name: str) -> Getter:
     """How to read ``name``; KeyError when the mapping has no such field."""
     found = FIELDS.get(name)

@@ -120,6 +120,8 @@ class Detection:
     """Raises alerts of its own (False when only a correlation uses it)."""
     suppression_ms: int = 0
     suppression_by: tuple[str, ...] = ()
+    event_types: frozenset[str] | None = None
+    """The (case-folded) event types the condition requires, when it requires one; None: any."""
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,33 @@ class RuleSet:
     correlations: tuple[Correlation, ...] = ()
     digest: str = ""
     """Hash of the files the set was loaded from (a reload that changes nothing keeps the set)."""
+    _by_type: dict[str, tuple[Detection, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _any_type: tuple[Detection, ...] = field(default=(), compare=False, repr=False)
+    _users: dict[str, tuple[Correlation, ...]] = field(default_factory=dict, compare=False, repr=False)
 
-    def users_of(self, detection: str) -> list[Correlation]:
-        return [c for c in self.correlations if detection in c.rules]
+    def __post_init__(self) -> None:
+        # Most rules name event types: an event is matched only against the rules that can
+        # match its type (and those that name none), which keeps the pack's cost per event low.
+        by_type: dict[str, list[Detection]] = {}
+        any_type: list[Detection] = []
+        for d in self.detections:
+            if d.event_types is None:
+                any_type.append(d)
+            for t in d.event_types or ():
+                by_type.setdefault(t, []).append(d)
+        order = {d.name: i for i, d in enumerate(self.detections)}
+        merged = {t: tuple(sorted([*ds, *any_type], key=lambda d: order[d.name])) for t, ds in by_type.items()}
+        object.__setattr__(self, "_by_type", merged)
+        object.__setattr__(self, "_any_type", tuple(any_type))
+        users = {d.name: tuple(c for c in self.correlations if d.name in c.rules) for d in self.detections}
+        object.__setattr__(self, "_users", users)
+
+    def candidates(self, event_type: str) -> tuple[Detection, ...]:
+        """The detection rules that can match an event of this type."""
+        return self._by_type.get(event_type.casefold(), self._any_type)
+
+    def users_of(self, detection: str) -> tuple[Correlation, ...]:
+        return self._users.get(detection, ())
 
 
 def load_rules(directory: str | Path) -> RuleSet:
@@ -270,6 +296,7 @@ def _detection(rule: SigmaRule, name: str, *, generate: bool) -> Detection:
         path=path,
         description=rule.description or rule.title,
         matches=matcher,
+        event_types=_implied_types(tree),
         generate=generate,
         suppression_ms=suppression_ms,
         suppression_by=suppression_by,
@@ -331,6 +358,25 @@ def _correlation(rule: SigmaCorrelationRule, name: str) -> Correlation:
         value_field=value_field,
         suppression_ms=suppression_ms,
     )
+
+
+def _implied_types(node: Any) -> frozenset[str] | None:
+    """Event types an event must have for the condition to hold; None when it does not say."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        value = node.value
+        if node.field == "event_type" and isinstance(value, SigmaString) and not isinstance(value, SigmaCasedString):
+            if not value.contains_special():
+                return frozenset([str(value.to_plain()).casefold()])
+        return None
+    if isinstance(node, ConditionAND):
+        implied = [t for t in (_implied_types(arg) for arg in node.args) if t is not None]
+        return frozenset.intersection(*implied) if implied else None
+    if isinstance(node, ConditionOR):
+        branches = [_implied_types(arg) for arg in node.args]
+        if any(b is None for b in branches):
+            return None
+        return frozenset().union(*(b for b in branches if b is not None))
+    return None
 
 
 def _compile(node: Any, path: str, rule: str) -> Matcher:

@@ -13,6 +13,7 @@ import pytest
 
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
+from auditmesh.detection.evaluator import evaluate
 from auditmesh.detection.rules import RuleError, parse_rules
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import audit_pb2 as pb
@@ -176,3 +177,24 @@ def test_temporal_correlation_in_any_order_within_its_timespan(state_db: str) ->
     ]
     alerts = run(rules, batches, state_db)
     assert [(a.rule, a.group, a.severity) for a in alerts] == [("mfa_and_payout", "user_id=u-1", pb.P0_CRITICAL)]
+
+
+def test_the_event_type_index_never_hides_a_match() -> None:
+    """Evaluation through the event-type index matches exactly what the conditions say: case-folded
+    types, an or whose other branch names no type, a not, and rules naming no type at all."""
+    text = "\n---\n".join(
+        [
+            rule("typed", "  s:\n    event_type: GuestList.Export\n  condition: s\n"),
+            rule("either", "  s:\n    event_type: a.b\n  t:\n    outcome: denied\n  condition: s or t\n"),
+            rule("negated", "  s:\n    event_type: a.b\n  condition: not s\n"),
+            rule("untyped", "  s:\n    user_id: u-1\n  condition: s\n"),
+        ]
+    )
+    rules = parse_rules([("r.yml", text)])
+
+    def names(ev: pb.Event) -> list[str]:
+        return sorted(h.rule.name for h in evaluate(rules, [ev]).hits)
+
+    assert names(event("guestlist.export", user_id="u-2")) == ["negated", "typed"]
+    assert names(event("x.y", outcome=pb.OUTCOME_DENIED, user_id="u-1")) == ["either", "negated", "untyped"]
+    assert names(event("a.b", user_id="u-2")) == ["either"]

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cassandra.query import BatchStatement, BatchType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from auditmesh.detection.evaluator import Hit, Update
@@ -33,6 +34,7 @@ __all__ = ["AlertPage", "AlertStore", "BadPageToken", "alert_of_firing", "alert_
 _DAY_MS = 86_400_000
 _MAX_PAGE = 1000
 _MAX_SCAN_ROWS = 5000
+_BATCH_ROWS = 50
 _DEFAULT_RANGE_MS = 7 * _DAY_MS
 _EPOCH = dt.datetime(1970, 1, 1)
 
@@ -166,7 +168,7 @@ async def _execute(session: Any, statement: Any, params: Sequence[Any] = ()) -> 
     def failed(exc: BaseException) -> None:
         loop.call_soon_threadsafe(settle, None, exc)
 
-    future = session.execute_async(statement, params, timeout=10.0)
+    future = session.execute_async(statement, params or None, timeout=10.0)
     future.add_callbacks(ok, failed)
     return await done
 
@@ -199,13 +201,24 @@ class AlertStore:
         return found
 
     async def put(self, alerts: Iterable[apb.Alert]) -> None:
-        writes = []
+        """Rows grouped by partition into unlogged batches of at most 50, so a round's alerts cost
+        a few statements (most share the ``all`` scope of the day)."""
+        insert = self._stmt("put")
+        partitions: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         for alert in alerts:
             created = _ms(alert.created_at)
             payload = alert.SerializeToString()
             for scope in _scopes(alert):
-                params = (scope, created // _DAY_MS, created, alert.alert_id, alert.rule, alert.severity, payload)
-                writes.append(_execute(self._session, self._stmt("put"), params))
+                day = created // _DAY_MS
+                row = (scope, day, created, alert.alert_id, alert.rule, alert.severity, payload)
+                partitions.setdefault((scope, day), []).append(row)
+        writes = []
+        for rows in partitions.values():
+            for i in range(0, len(rows), _BATCH_ROWS):
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for row in rows[i : i + _BATCH_ROWS]:
+                    batch.add(insert, row)
+                writes.append(_execute(self._session, batch))
         await asyncio.gather(*writes)
 
     async def dead_letter(self, alert: apb.Alert, url: str, attempts: int, error: str) -> None:

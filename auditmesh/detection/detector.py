@@ -8,7 +8,8 @@ while the detector was busy are evaluated together, so the Redis calls per batch
 load rather than grow. Per round: one script call for every correlation and suppression update
 of the round, one pipelined PUBLISH of its alerts, then the Cassandra writes of the alerts and
 the webhook deliveries in the background. Alerts of detection rules without a window (any P0
-event) are published before the correlation call, so they never wait for Redis.
+event) are published before the correlation call, so they never wait for Redis; updates of open
+alerts (their running counts) are coalesced and published and stored once a second.
 
 A Redis failure loses the round's correlation updates (counted: ``redis_errors``,
 ``degraded_updates``); alerts of rules without state are still raised; ingestion is untouched.
@@ -46,6 +47,9 @@ log = logging.getLogger("auditmesh.detection")
 _ROUND_EVENTS = 5000
 """Most events evaluated in one round (one Redis call)."""
 _CHUNK = 500
+_UPDATE_EVERY_S = 1.0
+"""How often the running counts of open alerts are re-published and re-stored: an attack of
+thousands of events a second costs one update per alert per second, not one per round."""
 """Events evaluated between yields to the event loop, so a critical write is not held up."""
 
 
@@ -71,6 +75,7 @@ class Detector:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._updated: dict[str, apb.Alert] = {}  # open alerts whose count moved, by id: flushed every second
         self.webhook = (
             WebhookSender(
                 cfg.webhook_url,
@@ -155,7 +160,11 @@ class Detector:
         self.load()
         if self._roles is not None:
             self._roles.refresh()
-        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._watch())]
+        self._tasks = [
+            asyncio.create_task(self._run()),
+            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._flush_updates()),
+        ]
 
     async def shutdown(self) -> None:
         """Stop evaluating; alerts already raised finish storing. Safe twice and before start."""
@@ -163,10 +172,25 @@ class Detector:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._flush()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         if self.webhook is not None:
             await self.webhook.close()
+
+    async def _flush_updates(self) -> None:
+        while True:
+            await asyncio.sleep(_UPDATE_EVERY_S)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Publish and store the latest version of every alert whose count moved since the last flush."""
+        if not self._updated:
+            return
+        latest = list(self._updated.values())
+        self._updated.clear()
+        await self._publish(latest)
+        self._deliver(latest, [])
 
     async def _watch(self) -> None:
         while True:
@@ -233,12 +257,14 @@ class Detector:
                     fired.append(alert)
                     if firing.new:
                         opened.append(alert)
-            if fired:
-                await self._publish(fired)
-                raised += fired
-                self._deliver(fired, opened)
-                self.alerts_raised += len(opened)
-                self.alerts_updated += len(fired) - len(opened)
+                    else:
+                        self._updated[alert.alert_id] = alert
+            if opened:
+                await self._publish(opened)
+                self._deliver(opened, opened)
+            raised += fired
+            self.alerts_raised += len(opened)
+            self.alerts_updated += len(fired) - len(opened)
         self.round_us.add(int((time.perf_counter() - started) * 1e6))
         return raised
 

@@ -21,6 +21,7 @@ import grpc
 
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
+from auditmesh.detection import cli as detection_cli
 from auditmesh.mesh import JAEGER_SCRIPT, MeshLayout, infra
 from auditmesh.scaling import cli as scaling_cli
 from auditmesh.schema import create_schema
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     security_cli.add_parsers(sub)
     reports.add_parsers(sub)
     scaling_cli.add_parsers(sub)
+    detection_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -18,6 +18,7 @@ Why this shape:
   keyspaces created before them, so ``auditmesh schema`` stays idempotent).
 - ``chains``, ``chain_digests``, ``chain_checkpoints``: the tamper-evident digest chains of the
   processors (:mod:`auditmesh.security.digests`), one partition per chain and day.
+- ``alerts``, ``alert_dead_letters``: threat-detection alerts and undeliverable webhooks.
 The event itself is stored once per row as serialized protobuf (``payload``); the columns beside
 it are those that queries filter on. Time-window compaction and a TTL fit append-only audit data.
 """
@@ -82,6 +83,23 @@ def statements(cfg: StoreConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.chain_checkpoints (
     chain_id text, day int, seq bigint, digest_seq bigint, digest_hash blob, at timestamp, signature blob,
     PRIMARY KEY ((chain_id, day), seq)) WITH {append_only}""",
+        *_alert_statements(ks, ttl),
+    ]
+
+
+def _alert_statements(ks: str, ttl: int) -> list[str]:
+    """Threat-detection alerts (auditmesh.detection): each alert is stored under up to three
+    scopes (``w:{wedding}``, ``o:{organization}``, ``all``) by UTC day, newest first; an update of
+    a suppressed alert overwrites its rows (same created_at and id). Failed webhook deliveries
+    are kept by day in ``alert_dead_letters``."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {ks}.alerts (
+    scope text, day int, created_at timestamp, alert_id text, rule text, severity tinyint, payload blob,
+    PRIMARY KEY ((scope, day), created_at, alert_id))
+    WITH CLUSTERING ORDER BY (created_at DESC, alert_id DESC) AND default_time_to_live = {ttl}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.alert_dead_letters (
+    day int, failed_at timestamp, alert_id text, url text, attempts int, error text, payload blob,
+    PRIMARY KEY (day, failed_at, alert_id)) WITH default_time_to_live = {ttl}""",
     ]
 
 

@@ -470,6 +470,7 @@ def main() -> int:
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs and stats after the run")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--secure", action="store_true", help="then the security modes side by side (bench.secure)")
+    parser.add_argument("--alerts", action="store_true", help="then bench.alerts: alert latency, rules on vs off")
     args = parser.parse_args()
     direct_processes = [int(p) for p in args.direct_processes.split(",")]
     if args.smoke:
@@ -680,6 +681,10 @@ def main() -> int:
                 f"```\n{result['latency_budget']['table']}\n```\n\nFrom the {result['latency_budget']['spans']:,} spans"
                 f" of the run above (critical batches and {DEFAULT_RATIO:g} of the rest traced).",
             )
+    if args.alerts:
+        from bench.alerts import from_pipeline
+
+        return from_pipeline(args)
     return 0
 
 

@@ -9,6 +9,7 @@ import signal
 
 from auditmesh import cache
 from auditmesh.cache import VersionBumper
+from auditmesh.detection.service import build_detector, close_detector, detector_metrics
 from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.scaling.membership import Membership
 from auditmesh.scaling.reports import ProcessorReports, Reporter
@@ -32,12 +33,18 @@ async def main(stop: asyncio.Event) -> None:
     versions = VersionBumper(redis_client)
     writes = WriteWatch(store)
     chains = await digest_chains(cfg.security, store.session, store.urgent_session, cfg.store)
+    detector = build_detector(os.environ, cfg.redis_url, store.session, cfg.store.keyspace)
     server, port, servicer, health_servicer = create(
-        cfg, writes, versions, (chains[0].append, chains[1].append) if chains else None
+        cfg,
+        writes,
+        versions,
+        (chains[0].append, chains[1].append) if chains else None,
+        observe=detector.offer,
     )
     runtime = RuntimeStats()
     publisher = StatsPublisher(
-        os.environ.get("AUDITMESH_STATS_FILE"), lambda: {**servicer.stats(), **runtime.summary()}
+        os.environ.get("AUDITMESH_STATS_FILE"),
+        lambda: {**servicer.stats(), **runtime.summary(), **detector.stats()},
     )
 
     def reset_latencies() -> None:
@@ -52,10 +59,12 @@ async def main(stop: asyncio.Event) -> None:
         [
             lambda: collectors.processor_metrics(servicer, writes, versions),
             lambda: prometheus.runtime_metrics(runtime),
+            lambda: detector_metrics(detector),
         ],
         host=cfg.host,
         port=cfg.metrics_port,
     )
+    detector.start()
     freeze_startup_objects()
     await server.start()
     log.info("processor serving on %s:%d", cfg.host, port)
@@ -89,6 +98,7 @@ async def main(stop: asyncio.Event) -> None:
     servicer.draining.set()
     # In-flight writes finish and are answered; ingest resends anything it sees no answer for.
     await server.stop(grace=10)
+    await close_detector(detector)
     publishing.cancel()
     runtime.stop()
     publisher.publish()

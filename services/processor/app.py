@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import grpc
 from grpc_health.v1 import health
 
 from auditmesh.cache import VersionBumper
 from auditmesh.security.serving import server_security
 from auditmesh.serving import create_server
+from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.config import ProcessorConfig
 from services.processor.drain import CountedProcessorServicer
@@ -20,7 +23,11 @@ SERVICE = "auditpb.v1.ProcessorService"
 
 
 def create(
-    cfg: ProcessorConfig, store: EventWriter, versions: VersionBumper, digests: tuple[Digest, Digest] | None = None
+    cfg: ProcessorConfig,
+    store: EventWriter,
+    versions: VersionBumper,
+    digests: tuple[Digest, Digest] | None = None,
+    observe: Callable[[Sequence[pb.Event]], None] | None = None,
 ) -> tuple[grpc.aio.Server, int, CountedProcessorServicer, health.HealthServicer]:
     servicer = CountedProcessorServicer(
         store,
@@ -30,6 +37,7 @@ def create(
         wedding_day_writes=cfg.wedding_day_writes,
         max_group_events=cfg.max_group_events,
         digests=digests,
+        observe=observe,
     )
     server, port, health_servicer = create_server(
         [],

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -58,9 +58,13 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         wedding_day_writes: int = 2,
         max_group_events: int = 500,
         digests: tuple[Digest, Digest] | None = None,
+        observe: Callable[[Sequence[pb.Event]], None] | None = None,
     ) -> None:
         """``digests``: the tamper-evidence chains of the bulk lane and of the urgent lanes (critical
-        and wedding day share one: its appends are serialized), or None."""
+        and wedding day share one: its appends are serialized), or None. ``observe``: threat
+        detection, which sees each request's events as they arrive, before the write; it must
+        not block."""
+        self._observe = observe
         self.written = 0
         self.failed = 0
         self.draining = asyncio.Event()
@@ -117,6 +121,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         await send_all(context, answers)
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+        if self._observe is not None:
+            self._observe(req.events)
         attributes: dict[str, str | int] = {
             LANE: lane_name(req.lane),
             "auditmesh.events": len(req.events),

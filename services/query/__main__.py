@@ -7,11 +7,15 @@ import logging
 import os
 
 from auditmesh import cache
+from auditmesh.detection.alerts import AlertStore
+from auditmesh.detection.service import build_feed
 from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
 from auditmesh.telemetry import collectors, prometheus
 from auditmesh.telemetry.instruments import ReadWatch, TimedPageCache
+from auditpb.v1 import alerts_pb2_grpc
+from services.query.alerts import AlertServicer
 from services.query.app import create
 from services.query.config import QueryConfig
 
@@ -24,6 +28,11 @@ async def main(stop: asyncio.Event) -> None:
     redis_client = cache.connect(cfg.redis_url) if cfg.redis_url else None
     reads, page_cache = ReadWatch(store), TimedPageCache(redis_client, cfg.cache_ttl_s)
     server, port, servicer, health_servicer = create(cfg, reads, page_cache)
+    feed = build_feed(cfg.redis_url, cfg.store.keyspace) if cfg.redis_url else None
+    if feed is not None:
+        alerts = AlertServicer(AlertStore(store.session, cfg.store.keyspace), feed)
+        alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
+        feed.start()
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), lambda: {"cache": servicer.cache.stats()})
     publishing = asyncio.create_task(publisher.run())
     runtime = RuntimeStats()
@@ -40,6 +49,8 @@ async def main(stop: asyncio.Event) -> None:
     await stop.wait()
     health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
+    if feed is not None:
+        await feed.shutdown()
     publishing.cancel()
     publisher.publish()
     runtime.stop()

@@ -1,0 +1,172 @@
+"""Correlation and suppression state in Redis, shared by every processor, one script call per batch.
+
+    am:d:c:{rule}|{group}   event_count / value_count: sorted set, member -> newest occurred_at ms
+                            (event ids, so a resent event counts once; values, so a value counts once)
+                            temporal: hash, rule index -> newest occurred_at ms
+    am:d:s:{rule}|{group}   the open alert of a suppressed rule's group: id, created (ms), count;
+                            expires with the suppression window
+    am:d:e:{rule}|{group}   the ids of the events the open alert has counted (a set, same expiry)
+
+The window of a correlation is measured in event time: after adding a batch, members older than
+the newest member minus the timespan are dropped. When the condition holds and the group has no
+open alert, a new alert opens (its count is the correlation's value: events or distinct values);
+while one is open, every matching event not counted before adds to its count (a resent batch
+does not). A rule without a suppression window
+raises a new alert each time its condition holds and starts its window afresh.
+
+State lives in Redis only, so it is right however events are spread over processors and outlives
+any of them. A failed call is counted by the caller; the batch's correlations are lost, never its
+events.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from auditmesh.detection.evaluator import Update
+from auditmesh.detection.rules import Correlation
+
+__all__ = ["CorrelationState", "Firing"]
+
+_STATE_LUA = """
+local items = cjson.decode(ARGV[1])
+local now = tonumber(ARGV[2])
+local out = {}
+local function holds(v, op, thr)
+  if op == 'gte' then return v >= thr elseif op == 'gt' then return v > thr
+  elseif op == 'lte' then return v <= thr elseif op == 'lt' then return v < thr
+  elseif op == 'eq' then return v == thr else return v ~= thr end
+end
+local function sadd(key, members)
+  local added = 0
+  for j = 1, #members, 500 do
+    added = added + redis.call('SADD', key, unpack(members, j, math.min(j + 499, #members)))
+  end
+  return added
+end
+for i, it in ipairs(items) do
+  local ok = true
+  local cur = it.c
+  local ck = 'am:d:c:' .. it.k
+  local sk = 'am:d:s:' .. it.k
+  local ek = 'am:d:e:' .. it.k
+  if it.t == 'event_count' or it.t == 'value_count' then
+    local m = it.m
+    local j = 1
+    while j < #m do
+      local args = {}
+      local last = math.min(j + 398, #m - 1)
+      for q = j, last, 2 do
+        args[#args + 1] = m[q + 1]
+        args[#args + 1] = m[q]
+      end
+      redis.call('ZADD', ck, 'GT', unpack(args))
+      j = last + 2
+    end
+    local top = redis.call('ZREVRANGE', ck, 0, 0, 'WITHSCORES')
+    redis.call('ZREMRANGEBYSCORE', ck, '-inf', '(' .. (tonumber(top[2]) - it.span))
+    cur = redis.call('ZCARD', ck)
+    redis.call('PEXPIRE', ck, it.span + 60000)
+    ok = holds(cur, it.op, it.thr)
+  elseif it.t == 'temporal' or it.t == 'temporal_ordered' then
+    local m = it.m
+    for j = 1, #m, 2 do
+      local old = tonumber(redis.call('HGET', ck, m[j]) or '-1')
+      if m[j + 1] > old then redis.call('HSET', ck, m[j], m[j + 1]) end
+    end
+    redis.call('PEXPIRE', ck, it.span + 60000)
+    local lo, hi, prev = nil, nil, nil
+    for r = 0, it.n - 1 do
+      local v = redis.call('HGET', ck, tostring(r))
+      if not v then ok = false break end
+      v = tonumber(v)
+      if it.t == 'temporal_ordered' and prev ~= nil and v < prev then ok = false break end
+      prev = v
+      if lo == nil or v < lo then lo = v end
+      if hi == nil or v > hi then hi = v end
+    end
+    if ok and hi - lo > it.span then ok = false end
+    cur = it.n
+  end
+  if it.sms == 0 then
+    if ok then
+      redis.call('DEL', ck)
+      out[i] = {1, 1, it.aid, cur, now}
+    else
+      out[i] = {0}
+    end
+  elseif redis.call('EXISTS', sk) == 1 then
+    local added = sadd(ek, it.ids)
+    local count = redis.call('HINCRBY', sk, 'count', added)
+    redis.call('PEXPIRE', ek, redis.call('PTTL', sk))
+    out[i] = {1, 0, redis.call('HGET', sk, 'id'), count, tonumber(redis.call('HGET', sk, 'created'))}
+  elseif ok then
+    redis.call('DEL', ek)
+    if it.t == 'event_count' then
+      sadd(ek, redis.call('ZRANGE', ck, 0, -1))
+    end
+    sadd(ek, it.ids)
+    redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur)
+    redis.call('PEXPIRE', sk, it.sms)
+    redis.call('PEXPIRE', ek, it.sms)
+    out[i] = {1, 1, it.aid, cur, now}
+  else
+    out[i] = {0}
+  end
+end
+return out
+"""
+
+
+@dataclass
+class Firing:
+    """An update whose group raised a new alert or added to its open one."""
+
+    update: Update
+    alert_id: str
+    new: bool
+    count: int
+    created_ms: int
+
+
+class CorrelationState:
+    """Applies a batch's updates to the shared state in one script call."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._script = client.register_script(_STATE_LUA)
+
+    async def apply(self, updates: list[Update], now_ms: int) -> list[Firing]:
+        if not updates:
+            return []
+        items = []
+        for u in updates:
+            rule = u.rule
+            members: list[str | int] = []
+            for member, ms in u.members.items():
+                members += [member, ms]
+            item: dict[str, object] = {
+                "k": u.key,
+                "c": u.matches,
+                "ids": u.ids,
+                "m": members,
+                "sms": rule.suppression_ms,
+                "aid": uuid.uuid4().hex,
+            }
+            if isinstance(rule, Correlation):
+                item.update(t=rule.kind, span=rule.timespan_ms, op=rule.op, thr=rule.threshold, n=len(rule.rules))
+            else:
+                item.update(t="suppress")
+            items.append(item)
+        answers = await self._script(args=[json.dumps(items), now_ms])
+        firings: list[Firing] = []
+        for u, answer in zip(updates, answers, strict=True):
+            if not answer or int(answer[0]) == 0:
+                continue
+            alert_id = answer[2].decode() if isinstance(answer[2], bytes) else str(answer[2])
+            firings.append(Firing(u, alert_id, bool(int(answer[1])), int(answer[3]), int(answer[4])))
+        return firings

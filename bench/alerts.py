@@ -1,0 +1,301 @@
+"""Threat detection's benchmark: alert latency (event logged -> alert received by a SubscribeAlerts
+subscriber), normal and P0, and what the rule pack costs in sustained throughput, rules on vs
+off side by side in one run.
+
+    python -m bench.alerts            # about 8 minutes; writes bench/results/alerts-latest.json
+    python -m bench.alerts --smoke    # a few seconds per phase (what to run on a shared host)
+    python -m bench.pipeline --alerts # the same phases after the pipeline benchmark
+
+Throughput: full-speed SDK load (bench.pipeline's load processes) with the rule pack off, on,
+on, off, each phase from an empty keyspace and a quiet store; each configuration's figure is
+the mean of its two phases. Latency: a probe in this process logs, through its own SDK client,
+P0 events (alert: ``p0_event``) and ten failed logins for a fresh user (alert:
+``brute_force_user``, timed from the tenth), and times each to the alert reaching its
+subscriber; once during the rules-on full-speed phases ("full load") and once at a fixed
+moderate rate. The probe's clock is the one of log(), so the figures include the SDK's
+batching, ingest, the processor's detection round, Redis pub/sub and the query service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from auditmesh.client import AuditClient
+from auditmesh.config import StoreConfig
+from auditmesh.mesh import MeshLayout, infra
+from auditmesh.metrics import percentile
+from auditmesh.schema import create_schema, drop_keyspace
+from auditmesh.supervisor import Supervisor
+from auditpb.v1 import alerts_pb2 as apb
+from auditpb.v1 import alerts_pb2_grpc as apb_grpc
+from auditpb.v1 import audit_pb2 as pb
+from bench.pipeline import run_pipeline_phase
+from bench.report import BENCH_REDIS_URL, RESULTS, git_commit, machine, update_readme, wait_for_quiet_store
+
+_SLOT = int(os.environ.get("AUDITMESH_TEST_SLOT", "0"))
+"""On a shared host, a test slot's number moves the ports and keyspace, as for the tests."""
+KEYSPACE = "auditmesh_bench_alerts" + (f"_{_SLOT}" if _SLOT else "")
+REDIS_URL = os.environ.get("AUDITMESH_BENCH_REDIS_URL", BENCH_REDIS_URL)
+OUT = RESULTS / "alerts-latest.json"
+RULES = Path(__file__).resolve().parent.parent / "rules"
+START, END = "<!-- bench:alerts:start -->", "<!-- bench:alerts:end -->"
+
+
+class Probe:
+    """Logs trigger events at a steady pace and times each to its alert on a live subscription."""
+
+    def __init__(self, layout: MeshLayout, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._channel = grpc.insecure_channel(layout.query_target)
+        self._call = apb_grpc.AlertServiceStub(self._channel).SubscribeAlerts(apb.SubscribeAlertsRequest())
+        self._call.initial_metadata()
+        self._client = AuditClient(layout.ingest_target, source_service="bench-probe")
+        self._sent: dict[str, tuple[str, float]] = {}  # key -> (kind, log time)
+        self.latency_ms: dict[str, list[float]] = {"p0": [], "normal": []}
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._writer = threading.Thread(target=self._write, daemon=True)
+        self._tag = uuid.uuid4().hex[:6]
+
+    def start(self) -> None:
+        self._reader.start()
+        self._writer.start()
+
+    def _read(self) -> None:
+        try:
+            for alert in self._call:
+                now = time.perf_counter()
+                key = alert.user_id if alert.rule == "p0_event" else alert.group
+                sent = self._sent.pop(key, None)
+                if sent is not None:
+                    self.latency_ms[sent[0]].append((now - sent[1]) * 1000)
+        except grpc.RpcError:
+            pass
+
+    def _write(self) -> None:
+        n = 0
+        while not self._stop.wait(self._interval_s):
+            n += 1
+            user = f"probe-{self._tag}-{n}"
+            if n % 2:
+                self._sent[user] = ("p0", time.perf_counter())
+                self._client.log("auth.account.locked", user_id=user, severity=pb.P0_CRITICAL)
+                continue
+            for _ in range(9):
+                self._client.log("auth.login.failed", user_id=user, outcome=pb.OUTCOME_FAILURE)
+            self._sent[f"user_id={user}"] = ("normal", time.perf_counter())
+            self._client.log("auth.login.failed", user_id=user, outcome=pb.OUTCOME_FAILURE)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._writer.join()
+        time.sleep(1.0)  # the last alerts on their way
+        self._call.cancel()
+        self._client.close()
+        self._channel.close()
+        out: dict[str, Any] = {}
+        for kind, values in self.latency_ms.items():
+            values.sort()
+            out[kind] = {
+                "count": len(values),
+                "p50_ms": percentile(values, 50) if values else None,
+                "p99_ms": percentile(values, 99) if values else None,
+            }
+        out["missing"] = len(self._sent)
+        return out
+
+
+def _phase(name: str, rules_on: bool, args: argparse.Namespace, run_dir: Path, rate: float) -> dict[str, Any]:
+    drop_keyspace(StoreConfig(keyspace=KEYSPACE))
+    create_schema(StoreConfig(keyspace=KEYSPACE))
+    env = {"AUDITMESH_TOKEN_KEY": "bench", "AUDITMESH_REDIS_URL": REDIS_URL}
+    if rules_on:
+        env["AUDITMESH_DETECTION_RULES"] = str(RULES)
+    layout = MeshLayout(
+        ingest_port=23251 + 200 * _SLOT,
+        processor_base_port=23261 + 200 * _SLOT,
+        processors=args.processors,
+        query_port=23271 + 200 * _SLOT,
+        keyspace=KEYSPACE,
+        extra_env=env,
+    )
+    supervisor = Supervisor(run_dir / name)
+    probe: Probe | None = None
+    try:
+        layout.start(supervisor)
+        wait_for_quiet_store(args.quiet)
+        if rules_on:
+            probe = Probe(layout, args.probe_interval)
+            probe.start()
+        phase = run_pipeline_phase(
+            layout,
+            supervisor,
+            clients=args.clients,
+            streams=2,
+            warmup_s=args.warmup,
+            duration_s=args.duration,
+            rate=rate,
+            log_dir=str(run_dir),
+        )
+        latency = probe.stop() if probe is not None else None
+        probe = None
+        stats = [supervisor.stats(layout.processor(i).name) or {} for i in range(layout.processors)]
+    finally:
+        if probe is not None:
+            probe.stop()
+        layout.stop(supervisor)
+    detection = [s.get("detection", {}) for s in stats]
+    return {
+        "phase": name,
+        "rules": rules_on,
+        "rate": rate,
+        "eps": phase["eps"],
+        "latency": latency,
+        "alerts_raised": sum(d.get("alerts_raised", 0) for d in detection),
+        "dropped": sum(d.get("dropped", 0) for d in detection),
+        "redis_errors": sum(d.get("redis_errors", 0) for d in detection),
+    }
+
+
+def _merge_latency(phases: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    counts = [p["latency"][kind] for p in phases if p["latency"]]
+    values = [c for c in counts if c["count"]]
+    return {
+        "count": sum(c["count"] for c in counts),
+        "p50_ms": max((c["p50_ms"] for c in values), default=None),
+        "p99_ms": max((c["p99_ms"] for c in values), default=None),
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.1f} ms"
+
+    off, on = data["eps_off"], data["eps_on"]
+    cost = (off - on) / off * 100 if off else 0.0
+    rows = [
+        "| measure | target | measured |",
+        "| --- | --- | --- |",
+    ]
+    for label, key, target in (
+        ("normal event -> alert, full load", "full_normal", "p99 < 100 ms"),
+        ("P0 event -> alert, full load", "full_p0", "p99 < 100 ms"),
+        (f"normal event -> alert, {data['moderate_rate']:,.0f} ev/s", "moderate_normal", "p99 < 20 ms (aim)"),
+        (f"P0 event -> alert, {data['moderate_rate']:,.0f} ev/s", "moderate_p0", "p99 < 20 ms"),
+    ):
+        lat = data[key]
+        measured = f"p50 {ms(lat['p50_ms'])}, p99 {ms(lat['p99_ms'])} ({lat['count']} alerts)"
+        rows.append(f"| {label} | {target} | {measured} |")
+    phases = ", ".join(f"{p['eps']:,.0f}" for p in data["throughput_phases"])
+    rows.append(
+        f"| sustained throughput, rules on vs off | cost <= 10% | {on:,.0f} vs {off:,.0f} ev/s ({cost:+.1f}% cost;"
+        f" phases off, on, on, off: {phases}) |"
+    )
+    m = data["machine"]
+    rows.append("")
+    rows.append(
+        f"Phases off, on, on, off at full speed ({data['duration_s']:.0f} s each after {data['warmup_s']:.0f} s of"
+        f" warm-up), then on at a fixed rate; {m['cpus']} cores, everything on one machine."
+        f" Run {data['started']} at commit `{data['commit']}` with `python -m bench.alerts`"
+        + (" --smoke (not a measurement)." if data["smoke"] else ".")
+    )
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    infra("up")
+    run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-alerts-"))
+    order = [("off-1", False), ("on-1", True), ("on-2", True), ("off-2", False)]
+    throughput = [_phase(name, on, args, run_dir, 0.0) for name, on in order]
+    moderate = _phase("on-moderate", True, args, run_dir, args.rate)
+    on = [p for p in throughput if p["rules"]]
+    off = [p for p in throughput if not p["rules"]]
+    return {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "machine": machine(),
+        "smoke": args.smoke,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "moderate_rate": args.rate,
+        "throughput_phases": throughput,
+        "moderate_phase": moderate,
+        "eps_on": statistics.mean(p["eps"] for p in on),
+        "eps_off": statistics.mean(p["eps"] for p in off),
+        "full_normal": _merge_latency(on, "normal"),
+        "full_p0": _merge_latency(on, "p0"),
+        "moderate_normal": _merge_latency([moderate], "normal"),
+        "moderate_p0": _merge_latency([moderate], "p0"),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--alerts-duration", dest="duration", type=float, default=60.0)
+    parser.add_argument("--alerts-warmup", dest="warmup", type=float, default=10.0)
+    parser.add_argument("--alerts-rate", dest="rate", type=float, default=3000.0, help="ev/s of the moderate phase")
+    parser.add_argument("--probe-interval", type=float, default=0.2, help="seconds between probe triggers")
+    parser.add_argument("--quiet", type=float, default=60.0, help="most seconds to wait for a quiet store")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--processors", type=int, default=2)
+    parser.add_argument("--no-readme", action="store_true")
+    add_arguments(parser)
+    args = parser.parse_args()
+    if args.smoke:
+        smoke(args)
+    data = run(args)
+    print(render(data))
+    return finish(data, readme=not args.no_readme)
+
+
+def from_pipeline(pipeline_args: argparse.Namespace) -> int:
+    """``python -m bench.pipeline --alerts``: these phases after the pipeline's, with its clients and processors."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    args.smoke, args.clients, args.processors = pipeline_args.smoke, pipeline_args.clients, pipeline_args.processors
+    if args.smoke:
+        smoke(args)
+    data = run(args)
+    print(render(data))
+    return finish(data, readme=not pipeline_args.no_readme)
+
+
+def smoke(args: argparse.Namespace) -> None:
+    args.duration, args.warmup, args.clients, args.quiet, args.rate = 4.0, 1.0, 1, 5.0, 1000.0
+
+
+def finish(data: dict[str, Any], *, readme: bool) -> int:
+    if not data["eps_on"] or not data["eps_off"]:
+        print("a phase acknowledged no events; nothing written")
+        return 1
+    if not data["full_p0"]["count"] or not data["moderate_p0"]["count"]:
+        print("no probe alert came back; nothing written")
+        return 1
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / ("alerts-smoke-latest.json" if data["smoke"] else "alerts-latest.json")).write_text(
+        json.dumps(data, indent=2) + "\n"
+    )
+    if readme and not data["smoke"]:
+        update_readme(data, START, END, render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,8 @@ import grpc
 
 from auditmesh.detection.alerts import AlertStore, BadPageToken, matches
 from auditmesh.detection.feed import AlertFeed
+from auditmesh.security.auth import current
+from auditmesh.security.tokens import Principal
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import alerts_pb2_grpc as apb_grpc
 
@@ -25,6 +27,30 @@ def _check(f: apb.AlertFilter) -> str:
     return ""
 
 
+def _narrowed(principal: Principal | None, f: apb.AlertFilter) -> apb.AlertFilter | str:
+    """The filter a caller's token allows (narrowed to its one organization when it names
+    none), or why it is refused. Alerts outside the scope are also dropped one by one, so that
+    neither a filter nor a page token can widen it."""
+    if principal is None or principal.reads_everything:
+        return f
+    if f.wedding_id and f.wedding_id in principal.weddings:
+        return f
+    if f.organization_id and f.organization_id in principal.orgs:
+        return f
+    if not f.wedding_id and not f.organization_id and len(principal.orgs) == 1:
+        narrowed = apb.AlertFilter()
+        narrowed.CopyFrom(f)
+        narrowed.organization_id = next(iter(principal.orgs))
+        return narrowed
+    if f.wedding_id or f.organization_id:
+        return "filter: outside the token's scope"
+    return "filter: give a wedding_id or organization_id the token may read"
+
+
+def _visible(principal: Principal | None, alert: apb.Alert) -> bool:
+    return principal is None or principal.may_see(alert.wedding_id, alert.organization_id)
+
+
 class AlertServicer(apb_grpc.AlertServiceServicer):
     def __init__(self, store: AlertStore, feed: AlertFeed) -> None:
         self._store = store
@@ -36,6 +62,11 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
         problem = _check(request.filter)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        principal = current()
+        wanted = _narrowed(principal, request.filter)
+        if isinstance(wanted, str):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, wanted)
+            return
         queue = self._feed.join()
         try:
             # Headers go out once this caller is on the feed: a client that waits for them knows
@@ -43,7 +74,7 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
             await context.send_initial_metadata((("x-auditmesh-subscribed", "1"),))
             while True:
                 alert = await queue.get()
-                if matches(alert, request.filter):
+                if matches(alert, wanted) and _visible(principal, alert):
                     yield alert
         finally:
             self._feed.leave(queue)
@@ -54,11 +85,16 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
         problem = _check(request.filter)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        principal = current()
+        wanted = _narrowed(principal, request.filter)
+        if isinstance(wanted, str):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, wanted)
+            raise AssertionError("unreachable")
         since = request.since.ToMilliseconds() if request.HasField("since") else 0
         until = request.until.ToMilliseconds() if request.HasField("until") else 0
         try:
             page = await self._store.list(
-                request.filter,
+                wanted,
                 since_ms=since,
                 until_ms=until,
                 page_size=request.page_size,
@@ -68,4 +104,5 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"alerts not readable: {str(exc)[:200]}")
-        return apb.ListAlertsResponse(alerts=page.alerts, next_page_token=page.next_page_token)
+        alerts = [a for a in page.alerts if _visible(principal, a)]
+        return apb.ListAlertsResponse(alerts=alerts, next_page_token=page.next_page_token)

@@ -41,6 +41,9 @@ class SecureMesh:
         return grpc.secure_channel(target, channel_credentials(self.dir))
 
 
+RULES = Path(__file__).resolve().parents[2] / "rules"
+
+
 @pytest.fixture(scope="session")
 def security_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("security")
@@ -64,6 +67,7 @@ def secure_mesh(
         scaler=True,
         extra_env={
             "AUDITMESH_SCALER_MAX_REPLICAS": "1",
+            "AUDITMESH_DETECTION_RULES": str(RULES),
             "AUDITMESH_TOKEN_KEY": "secure-mesh-key",
             "AUDITMESH_REDIS_URL": slot_redis_url(14),
             "AUDITMESH_SECURITY_DIR": str(security_dir),

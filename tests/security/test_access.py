@@ -12,6 +12,8 @@ import pytest
 
 from auditmesh.security.certs import create_material
 from auditmesh.security.tokens import issue_token
+from auditpb.v1 import alerts_pb2 as apb
+from auditpb.v1 import alerts_pb2_grpc as apb_grpc
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from tests.conftest import assert_eventually
@@ -196,3 +198,43 @@ def test_a_source_restricted_token_cannot_write_as_another_source(
         assert [ev.event_id for ev in page.events] == [honest.event_id]
 
     assert_eventually(only_honest, timeout=20)
+
+
+def test_a_vendor_sees_only_its_weddings_alerts(secure_mesh: SecureMesh, ingest: grpc.Channel) -> None:
+    """With alerts of two weddings stored, a token for one wedding lists and subscribes to that
+    wedding's alerts only: another wedding's filter, or no filter, is PERMISSION_DENIED, and a
+    token without ``alerts:read`` cannot call AlertService at all."""
+    run = uuid.uuid4().hex[:8]
+    mine, theirs = f"alerts-mine-{run}", f"alerts-theirs-{run}"
+    writer = secure_mesh.token(f"writer-{run}", "ingest:write")
+    p0 = {"severity": pb.P0_CRITICAL, "event_type": "payment.refund.issued"}
+    ack = submit(ingest, writer, make_event(mine, **p0), make_event(theirs, **p0))
+    assert ack.status == pb.ACK_STATUS_OK and ack.accepted == 2, ack
+    auditor = secure_mesh.token("alert-auditor", "alerts:read")
+    vendor = secure_mesh.token("alert-vendor", "alerts:read", weddings=[mine])
+    with secure_mesh.channel(secure_mesh.layout.query_target) as channel:
+        stub = apb_grpc.AlertServiceStub(channel)
+
+        def listed(token: str, f: apb.AlertFilter) -> list[apb.Alert]:
+            resp = stub.ListAlerts(apb.ListAlertsRequest(filter=f), timeout=10, metadata=bearer(token))
+            return list(resp.alerts)
+
+        def both_stored() -> None:
+            weddings = {a.wedding_id for a in listed(auditor, apb.AlertFilter(rule="p0_event"))}
+            assert {mine, theirs} <= weddings, weddings
+
+        assert_eventually(both_stored, timeout=30)
+        own = listed(vendor, apb.AlertFilter(wedding_id=mine))
+        assert own and {a.wedding_id for a in own} == {mine}
+        for f in (apb.AlertFilter(wedding_id=theirs), apb.AlertFilter(), apb.AlertFilter(organization_id="o-sec")):
+            with pytest.raises(grpc.RpcError) as listing:
+                listed(vendor, f)
+            assert _code(listing.value) == grpc.StatusCode.PERMISSION_DENIED, f
+            stream = stub.SubscribeAlerts(apb.SubscribeAlertsRequest(filter=f), timeout=10, metadata=bearer(vendor))
+            with pytest.raises(grpc.RpcError) as subscribing:
+                next(iter(stream))
+            assert _code(subscribing.value) == grpc.StatusCode.PERMISSION_DENIED, f
+        reader = secure_mesh.token("events-only", "query:read")
+        with pytest.raises(grpc.RpcError) as scoped:
+            listed(reader, apb.AlertFilter(wedding_id=mine))
+        assert _code(scoped.value) == grpc.StatusCode.PERMISSION_DENIED

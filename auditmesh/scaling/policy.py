@@ -10,10 +10,13 @@ Rules, in order:
 2. ``floor``: fewer processors than the floor -> up to the floor at once. The floor is the
    predictive one (:func:`auditmesh.scaling.forecast.predictive_floor`), raised to
    ``emergency_replicas`` in emergency ("wedding day") mode, and never under ``min_replicas``.
-3. ``reactive-up``: processing latency p99 over its target, a growing lane queue or more events
-   per second than the processors' capacity, for ``up_after`` consecutive evaluations and
-   ``up_cooldown_s`` after the last change -> at least one more processor, as many as the load
-   needs (events/s / capacity per processor), at most ``max_replicas``.
+3. ``reactive-up``: processing latency p99 over its target, a growing lane queue, more events
+   per second than the processors' capacity, or threat detection behind (its queue of events
+   over ``detection_queue_events``, or webhook alert delivery p99 over ``alert_delivery_p99_ms``:
+   detection and alerting run in the processors, so their capacity is more processors), for
+   ``up_after`` consecutive evaluations and ``up_cooldown_s`` after the last change -> at least
+   one more processor, as many as the load needs (events/s / capacity per processor), at most
+   ``max_replicas``.
 4. ``reactive-down``: every signal under its low-water mark (``down_ratio`` of the latency
    target; the load fitting in one processor fewer at ``down_utilisation``) for ``down_after``
    consecutive evaluations, ``down_cooldown_s`` after the last change, not in emergency mode ->
@@ -50,6 +53,11 @@ class PolicyConfig:
     """Write latency target; over it the scaler recommends storage capacity."""
     queue_min_events: int = 1000
     """A lane queue counts as growing only past this many events in flight."""
+    detection_queue_events: int = 1000
+    """Events waiting for threat detection, summed over the processors, over which detection
+    needs capacity (it runs in the processors, so: more processors)."""
+    alert_delivery_p99_ms: float = 5000.0
+    """Webhook alert delivery p99 over which alerting needs capacity (more processors)."""
     up_after: int = 2
     """Consecutive evaluations over a target before scaling up."""
     down_after: int = 5
@@ -76,6 +84,9 @@ class Signals:
     queue_depth: int = 0
     queue_growing: bool = False
     write_errors: int = 0
+    detection_queue_events: int = 0
+    alert_delivery_p99_ms: float | None = None
+    """None when no alert was delivered in the window."""
 
     def as_inputs(self) -> dict[str, float]:
         out = {
@@ -83,7 +94,10 @@ class Signals:
             "queue_depth": float(self.queue_depth),
             "queue_growing": 1.0 if self.queue_growing else 0.0,
             "write_errors": float(self.write_errors),
+            "detection_queue_events": float(self.detection_queue_events),
         }
+        if self.alert_delivery_p99_ms is not None:
+            out["alert_delivery_p99_ms"] = round(self.alert_delivery_p99_ms, 1)
         if self.processing_p99_ms is not None:
             out["processing_p99_ms"] = round(self.processing_p99_ms, 2)
         if self.write_p99_ms is not None:
@@ -144,10 +158,14 @@ def decide(
     latency = signals.processing_p99_ms
     over_latency = latency is not None and latency > cfg.processing_p99_ms
     over_load = signals.events_in_per_s > capacity * max(current, 1)
-    over = over_latency or signals.queue_growing or over_load
+    over_detection = signals.detection_queue_events > cfg.detection_queue_events
+    over_alerting = (
+        signals.alert_delivery_p99_ms is not None and signals.alert_delivery_p99_ms > cfg.alert_delivery_p99_ms
+    )
+    over = over_latency or signals.queue_growing or over_load or over_detection or over_alerting
     low_latency = latency is None or latency < cfg.processing_p99_ms * cfg.down_ratio
     fits_fewer = signals.events_in_per_s <= capacity * max(current - 1, 0) * cfg.down_utilisation
-    under = low_latency and not signals.queue_growing and fits_fewer
+    under = low_latency and not signals.queue_growing and fits_fewer and not (over_detection or over_alerting)
     up_streak = state.up_streak + 1 if over else 0
     down_streak = state.down_streak + 1 if under else 0
     inputs = {
@@ -182,6 +200,12 @@ def decide(
             reasons.append(f"lane queue growing ({signals.queue_depth} events in flight)")
         if over_load:
             reasons.append(f"{signals.events_in_per_s:.0f} ev/s > {current} x {capacity:g} ev/s")
+        if over_detection:
+            reasons.append(f"detection queue {signals.detection_queue_events} events > {cfg.detection_queue_events}")
+        if over_alerting:
+            reasons.append(
+                f"alert delivery p99 {signals.alert_delivery_p99_ms:.0f} ms > {cfg.alert_delivery_p99_ms:g} ms"
+            )
         needed = math.ceil(signals.events_in_per_s / capacity) if capacity > 0 else current + 1
         target = _clamp(max(current + 1, needed), cfg)
         reason = f"{'; '.join(reasons)} for {up_streak} evaluations"

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -142,8 +142,16 @@ class _ServicerCounts(Protocol):
 class ProcessorReports:
     """Builds a processor's reports from its servicer's counters and its store's write counts."""
 
-    def __init__(self, instance: str, servicer: _ServicerCounts, writes: WriteWatch) -> None:
+    def __init__(
+        self,
+        instance: str,
+        servicer: _ServicerCounts,
+        writes: WriteWatch,
+        detection: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        """``detection``: the detector's stats (its ``queue_events`` and ``webhook_latency_ms``)."""
         self.instance = instance
+        self._detection = detection
         self._servicer = servicer
         self._writes = writes
         self._written = servicer.written
@@ -175,6 +183,10 @@ class ProcessorReports:
         report.latencies.extend([self._bulk.take("write:bulk"), self._critical.take("write:critical")])
         report.cpu_cores, report.rss_bytes = self._process.take()
         report.events_total = written
+        if self._detection is not None:
+            stats = self._detection()
+            report.detection_queue_events = int(stats.get("queue_events") or 0)
+            report.alert_delivery_p99_ms = float((stats.get("webhook_latency_ms") or {}).get("p99") or 0.0)
         return report
 
 
@@ -271,6 +283,8 @@ class ReportWindow:
         depth = 0
         growing = False
         errors = 0
+        detection_queue = 0
+        delivery: list[float] = []
         for key, seen in self._reports.items():
             recent = [s.report for s in seen if now - s.at <= self.recent_s]
             if not recent:
@@ -286,6 +300,8 @@ class ReportWindow:
                 growing = growing or (rising and depths[-1] > queue_min_events)
             else:
                 writes += [lat.p99_us for r in recent for lat in r.latencies if lat.stage.startswith("write:")]
+                detection_queue += recent[-1].detection_queue_events
+                delivery += [r.alert_delivery_p99_ms for r in recent if r.alert_delivery_p99_ms > 0]
             errors += sum(r.write_errors for r in recent)
         processing = [v for v in processing if v > 0]
         writes = [v for v in writes if v > 0]
@@ -296,4 +312,6 @@ class ReportWindow:
             queue_depth=depth,
             queue_growing=growing,
             write_errors=errors,
+            detection_queue_events=detection_queue,
+            alert_delivery_p99_ms=max(delivery) if delivery else None,
         )

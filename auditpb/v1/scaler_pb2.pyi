@@ -103,6 +103,8 @@ class LoadReport(_message.Message):
     CPU_CORES_FIELD_NUMBER: _builtins.int
     RSS_BYTES_FIELD_NUMBER: _builtins.int
     EVENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    DETECTION_QUEUE_EVENTS_FIELD_NUMBER: _builtins.int
+    ALERT_DELIVERY_P99_MS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """"ingest" or "processor" """
     instance: _builtins.str
@@ -117,6 +119,11 @@ class LoadReport(_message.Message):
     rss_bytes: _builtins.int
     events_total: _builtins.int
     """events accepted (ingest) or written (processor) since start"""
+    detection_queue_events: _builtins.int
+    """Threat detection in a processor: events waiting for evaluation, and the p99 of webhook
+    alert delivery over the last delivered alerts (0 when none was delivered).
+    """
+    alert_delivery_p99_ms: _builtins.float
     @_builtins.property
     def lanes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LaneLoad]: ...
     @_builtins.property
@@ -134,10 +141,12 @@ class LoadReport(_message.Message):
         cpu_cores: _builtins.float = ...,
         rss_bytes: _builtins.int = ...,
         events_total: _builtins.int = ...,
+        detection_queue_events: _builtins.int = ...,
+        alert_delivery_p99_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores", b"cpu_cores", "events_total", b"events_total", "instance", b"instance", "interval_s", b"interval_s", "lanes", b"lanes", "latencies", b"latencies", "rss_bytes", b"rss_bytes", "sent_at_us", b"sent_at_us", "service", b"service", "write_errors", b"write_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_delivery_p99_ms", b"alert_delivery_p99_ms", "cpu_cores", b"cpu_cores", "detection_queue_events", b"detection_queue_events", "events_total", b"events_total", "instance", b"instance", "interval_s", b"interval_s", "lanes", b"lanes", "latencies", b"latencies", "rss_bytes", b"rss_bytes", "sent_at_us", b"sent_at_us", "service", b"service", "write_errors", b"write_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

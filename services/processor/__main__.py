@@ -75,7 +75,7 @@ async def main(stop: asyncio.Event) -> None:
             asyncio.create_task(
                 Reporter(
                     cfg.scaler_target,
-                    ProcessorReports(address, servicer, writes).build,
+                    ProcessorReports(address, servicer, writes, lambda: detector.stats()["detection"]).build,
                     credentials=mesh_channel_credentials(cfg.security, "processor"),
                 ).run()
             )

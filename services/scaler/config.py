@@ -43,7 +43,8 @@ class ScalerConfig:
     """Name of the metric served to KEDA (AUDITMESH_SCALER_KEDA_METRIC)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Policy (AUDITMESH_SCALER_MIN_REPLICAS 1, _MAX_REPLICAS 8, _EVENTS_PER_PROCESSOR 2000,
-    _PROCESSING_P99_MS 50, _WRITE_P99_MS 10, _QUEUE_MIN_EVENTS 1000, _UP_AFTER 2, _DOWN_AFTER 5,
+    _PROCESSING_P99_MS 50, _WRITE_P99_MS 10, _QUEUE_MIN_EVENTS 1000, _DETECTION_QUEUE_EVENTS 1000,
+    _ALERT_DELIVERY_P99_MS 5000, _UP_AFTER 2, _DOWN_AFTER 5,
     _UP_COOLDOWN_S 5, _DOWN_COOLDOWN_S 120, _EMERGENCY_REPLICAS 4), forecast (_BASE_REPLICAS 1,
     _WEDDING_FACTOR 0.1, _SEASON_FACTOR 1.5, _WEEKEND_FACTOR 2.0, _WEDDING_HOURS 6, _LEAD_S 1800,
     _AHEAD_RATIO 1.2) and the number of Cassandra nodes for the storage recommendation
@@ -70,6 +71,8 @@ class ScalerConfig:
             processing_p99_ms=n("PROCESSING_P99_MS", p.processing_p99_ms),
             write_p99_ms=n("WRITE_P99_MS", p.write_p99_ms),
             queue_min_events=i("QUEUE_MIN_EVENTS", p.queue_min_events),
+            detection_queue_events=i("DETECTION_QUEUE_EVENTS", p.detection_queue_events),
+            alert_delivery_p99_ms=n("ALERT_DELIVERY_P99_MS", p.alert_delivery_p99_ms),
             up_after=i("UP_AFTER", p.up_after, 1),
             down_after=i("DOWN_AFTER", p.down_after, 1),
             up_cooldown_s=n("UP_COOLDOWN_S", p.up_cooldown_s),

@@ -155,3 +155,32 @@ def test_scale_down_never_goes_under_the_predictive_floor() -> None:
     assert [(d.current, d.target) for d in decisions if d.changes] == [(4, 3)]  # a step of 2 stops at the floor
     decision, _ = decide(cfg, PolicyState(), Signals(), 2, 0.0, floor=3, floor_reason="forecast: 3 required")
     assert (decision.rule, decision.target) == ("floor", 3) and "forecast: 3 required" in decision.reason
+
+
+def test_detection_behind_scales_up_and_holds_off_scale_down() -> None:
+    """A detection queue over 1,000 events or webhook alert delivery p99 over 5 s adds processors
+    (detection and alerting run in them), and while either lasts an idle mesh is not shrunk."""
+    for behind, says in (
+        (Signals(events_in_per_s=10, detection_queue_events=4000), "detection queue 4000 events > 1000"),
+        (Signals(events_in_per_s=10, alert_delivery_p99_ms=7500.0), "alert delivery p99 7500 ms > 5000 ms"),
+    ):
+        state = PolicyState(last_change_s=-1e9)
+        for t in range(2):
+            decision, state = decide(CFG, state, behind, 2, float(t))
+        assert decision.rule == "reactive-up" and decision.target == 3 and says in decision.reason, decision
+        state = PolicyState(last_change_s=-1e9)
+        for t in range(10):
+            decision, state = decide(CFG, state, Signals(events_in_per_s=0.0, **_detection(behind)), 3, float(t))
+        assert decision.target >= 3, decision
+    within = Signals(events_in_per_s=10, detection_queue_events=900, alert_delivery_p99_ms=4000.0)
+    state = PolicyState(last_change_s=-1e9)
+    for t in range(4):
+        decision, state = decide(CFG, state, within, 2, float(t))
+    assert not decision.changes, decision
+
+
+def _detection(signals: Signals) -> dict[str, object]:
+    return {
+        "detection_queue_events": signals.detection_queue_events,
+        "alert_delivery_p99_ms": signals.alert_delivery_p99_ms,
+    }

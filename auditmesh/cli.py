@@ -55,6 +55,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
         os.environ.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
     _schema()
+    rules = Path(__file__).resolve().parent.parent / "rules"
+    if rules.is_dir():  # the processors evaluate the repository's rule pack unless told otherwise
+        os.environ.setdefault("AUDITMESH_DETECTION_RULES", str(rules))
     layout = MeshLayout.from_env(os.environ)
     supervisor = Supervisor(_run_dir() / "services")
     layout.start(supervisor)

@@ -654,7 +654,7 @@ def main() -> int:
     if args.secure:  # after the mesh is down: the modes run meshes of their own
         result["secure"] = secure.run(smoke=args.smoke)
         print(secure.render(result["secure"]))
-    failures = check(result, ghz=not args.no_ghz)
+    failures = check(result, ghz=not args.no_ghz) + (result.get("secure") or {}).get("failures", [])
     if args.keep_logs or failures:
         print(f"services' logs and stats: {run_dir}")
     else:

@@ -39,7 +39,7 @@ from auditmesh.security.tokens import issue_token
 from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
-from bench.report import BENCH_REDIS_URL, RESULTS, git_commit, machine
+from bench.report import BENCH_REDIS_URL, RESULTS, git_commit, machine, update_readme
 
 __all__ = ["main", "run"]
 
@@ -128,6 +128,7 @@ def _run_mode(mode: str, duration: float, warmup: float, base_port: int, securit
         cpu = _cpu_s(supervisor, names) - (cpu_at_start or 0.0)
         latencies = sorted(client.ack_latency_ns or [0])
         client.close(timeout=60)
+        final = client.stats
         return {
             "mode": mode,
             "events_per_s": round(acked / duration),
@@ -135,6 +136,9 @@ def _run_mode(mode: str, duration: float, warmup: float, base_port: int, securit
             "ack_p99_ms": round((percentile(latencies, 99) or 0) / 1e6, 2),
             "service_cpu_us_per_event": round(cpu / max(acked, 1) * 1e6, 1),
             "acked": acked,
+            "unacked_at_close": final.pending,
+            "rejected": final.rejected,
+            "dropped": final.dropped,
         }
     finally:
         layout.stop(supervisor)
@@ -156,8 +160,25 @@ def run(*, smoke: bool, base_port: int = 23651) -> dict[str, Any]:
         "digest_us_per_event_in_process": round(_digest_us_per_event(), 2),
         "modes": [_run_mode(mode, duration, warmup, base_port + 100 * i, security_dir) for i, mode in enumerate(MODES)],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / ("secure-smoke-latest.json" if smoke else "secure-latest.json")).write_text(json.dumps(result, indent=2))
+    result["failures"] = [
+        f"{m['mode']}: {m['acked']} acknowledged in the window, {m['unacked_at_close']} unacknowledged at close,"
+        f" {m['rejected']} rejected, {m['dropped']} dropped"
+        for m in result["modes"]
+        if not m["acked"] or m["unacked_at_close"] or m["rejected"] or m["dropped"]
+    ]
+    if not result["failures"]:  # only a passing run writes results
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        name = "secure-smoke-latest.json" if smoke else "secure-latest.json"
+        (RESULTS / name).write_text(json.dumps(result, indent=2))
+        if not smoke:
+            update_readme(
+                result,
+                "<!-- bench:secure:start -->",
+                "<!-- bench:secure:end -->",
+                render(result) + f"\n\nRun {result['started']} at commit `{result['commit'][:10]}`"
+                " (`python -m bench.secure`, 20 s measured per mode after 5 s of warm-up, one SDK client at"
+                " full speed, one ingest and two processors per mode).",
+            )
     return result
 
 
@@ -177,7 +198,11 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds per mode, for CI")
     parser.add_argument("--base-port", type=int, default=23651, help="ports of the three meshes start here")
     args = parser.parse_args()
-    print(render(run(smoke=args.smoke, base_port=args.base_port)))
+    result = run(smoke=args.smoke, base_port=args.base_port)
+    print(render(result))
+    if result["failures"]:
+        print("the run failed its checks; no results written:\n  " + "\n  ".join(result["failures"]))
+        return 1
     return 0
 
 

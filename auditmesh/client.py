@@ -29,6 +29,11 @@ Processes (docs/sdk.md says the same for users):
   counters, and a new thread and channel on its first use, on gRPC's synchronous stack
   (:class:`~auditmesh.sdk_transport.ThreadedStream`: grpc.aio does not survive a fork): whatever was pending at the
   fork is the parent's to deliver, so nothing is sent twice from two processes.
+- failover: with several targets (a list, ``"host1:port,host2:port"``, or a ``dns:///name:port``
+  resolving to several addresses, balanced by gRPC's round_robin policy), a stream that breaks
+  is reopened at once on the next target not marked down, and its unacknowledged batches are
+  resent there; the target that failed is marked down for a while (doubling up to 5 s) and
+  marked up again by its next ack. Only when every target is down does the worker back off.
 - exit: every client still open is closed at interpreter exit (``atexit``, and also when a
   ``multiprocessing`` child ends, which skips ``atexit``), waiting at most ``exit_timeout``
   seconds for acknowledgements over the streams it has (a lost one is not reopened then);
@@ -49,7 +54,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +92,35 @@ class ClientStats:
     dropped: int
     pending: int
     reconnects: int
+    failovers: int = 0
+    """Streams reopened on another target right after one broke."""
+
+
+class _Target:
+    """One ingest target and its health as the client saw it."""
+
+    __slots__ = ("address", "down_until", "failures")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.down_until = 0.0  # monotonic time until which no new stream is opened to it
+        self.failures = 0  # consecutive failed streams
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.down_until = time.monotonic() + min(0.5 * 2 ** (self.failures - 1), 5.0)
+
+    def answered(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+
+
+def _split_targets(target: str | Sequence[str]) -> list[str]:
+    parts = target.split(",") if isinstance(target, str) else list(target)
+    targets = [t.strip() for t in parts if t.strip()]
+    if not targets:
+        raise ValueError("AuditClient needs at least one target")
+    return targets
 
 
 class _Batch:
@@ -108,7 +142,7 @@ class AuditClient:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | Sequence[str] = "127.0.0.1:50051",
         *,
         source_service: str = "",
         batch_size: int = 500,
@@ -123,7 +157,8 @@ class AuditClient:
         exit_timeout: float = 5.0,
         tracer_provider: Any = None,
     ) -> None:
-        self.target = target
+        self._targets = [_Target(t) for t in _split_targets(target)]
+        self.target = self._targets[0].address  # the first target (all of them: ``targets``)
         self._source = source_service
         self._batch_size = batch_size
         self._linger_s = linger_ms / 1000
@@ -157,7 +192,7 @@ class AuditClient:
         self._open: set[_Batch] = set()
         self._batch_ids = itertools.count(1)
         self.ack_latency_ns: list[int] | None = [] if self._record_ack_latency else None
-        self._acked = self._rejected = self._resent = self._dropped = self._reconnects = 0
+        self._acked = self._rejected = self._resent = self._dropped = self._reconnects = self._failovers = 0
         self._last_drop_warning = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log_max_ns = 0
@@ -323,7 +358,17 @@ class AuditClient:
             dropped=self._dropped,
             pending=len(self._normal) + len(self._critical) + self._unsettled_events,
             reconnects=self._reconnects,
+            failovers=self._failovers,
         )
+
+    @property
+    def targets(self) -> list[str]:
+        return [t.address for t in self._targets]
+
+    def target_health(self) -> dict[str, bool]:
+        """Each target: True unless its last stream failed and it is still marked down."""
+        now = time.monotonic()
+        return {t.address: t.down_until <= now for t in self._targets}
 
     def _wake(self) -> None:
         self._woken = True
@@ -380,7 +425,7 @@ class AuditClient:
 
     def _resume_streams(self) -> None:
         if not self._workers and not self._stop_event.is_set():
-            self._workers = [asyncio.create_task(self._stream_worker()) for _ in range(self._streams)]
+            self._workers = [asyncio.create_task(self._stream_worker(i)) for i in range(self._streams)]
 
     async def _pause_streams(self) -> None:
         """End every stream and close its channel; their unacknowledged batches are queued again."""
@@ -584,10 +629,22 @@ class AuditClient:
                 except Exception:
                     log.exception("on_rejected callback failed")
 
-    async def _stream_worker(self) -> None:
-        """Own one bidi stream at a time; on any failure resend its unacked batches elsewhere."""
+    def _next_target(self, current: int) -> int | None:
+        """The first target after ``current`` that is not marked down; None when all are."""
+        now = time.monotonic()
+        n = len(self._targets)
+        for step in range(1, n + 1):
+            candidate = (current + step) % n
+            if self._targets[candidate].down_until <= now:
+                return candidate
+        return None
+
+    async def _stream_worker(self, index: int = 0) -> None:
+        """Own one bidi stream at a time; on any failure resend its unacked batches elsewhere:
+        at once on another target that is not marked down, else after a backoff."""
         backoff = [0.05]
         first = True
+        current = index % len(self._targets)
         while True:
             if self._exiting and not first:
                 # At interpreter exit a lost stream stays lost: from Python 3.12 on no thread can
@@ -596,8 +653,9 @@ class AuditClient:
             first = False
             in_flight: dict[str, _Batch] = {}
             window = asyncio.Semaphore(self._window)
-            channel, call = open_stream(self.target, threaded=_forked)
-            reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff))
+            target = self._targets[current]
+            channel, call = open_stream(target.address, threaded=_forked)
+            reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff, target))
             writer = asyncio.create_task(self._write_batches(call, in_flight, window))
             try:
                 await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -611,16 +669,32 @@ class AuditClient:
                     self._requeue(batch)
             errors = [r for r in outcome if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
             reason = _describe(errors[0]) if errors else "stream closed by ingest"
-            log.info("stream to %s lost (%s); resending %d batches", self.target, reason, len(in_flight))
             self._reconnects += 1
+            target.failed()
+            following = self._next_target(current)
+            if following is not None and following != current:
+                log.info(
+                    "stream to %s lost (%s); resending %d batches to %s",
+                    target.address,
+                    reason,
+                    len(in_flight),
+                    self._targets[following].address,
+                )
+                self._failovers += 1
+                current = following
+                continue
+            log.info("stream to %s lost (%s); resending %d batches", target.address, reason, len(in_flight))
             await asyncio.sleep(backoff[0] * random.uniform(0.5, 1.5))
             backoff[0] = min(backoff[0] * 2, 5.0)
+            if following is None:  # every target is marked down: the one back soonest
+                current = min(range(len(self._targets)), key=lambda i: self._targets[i].down_until)
 
     async def _read_acks(
-        self, call: Any, in_flight: dict[str, _Batch], window: asyncio.Semaphore, backoff: list[float]
+        self, call: Any, in_flight: dict[str, _Batch], window: asyncio.Semaphore, backoff: list[float], target: _Target
     ) -> None:
         async for ack in call:
             backoff[0] = 0.05
+            target.answered()
             self._on_ack(ack, in_flight)
             window.release()
 

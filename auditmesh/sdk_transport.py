@@ -12,7 +12,7 @@ import grpc
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
-__all__ = ["CHANNEL_OPTIONS", "ThreadedStream", "open_stream"]
+__all__ = ["CHANNEL_OPTIONS", "ThreadedStream", "channel_options", "open_stream"]
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -21,13 +21,22 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def channel_options(target: str) -> list[tuple[str, Any]]:
+    """The SDK's channel options; a ``dns:`` target (a name that may resolve to several ingest
+    addresses) is balanced by gRPC's round_robin policy, which only picks ready addresses, so a
+    new stream after a failure goes to an address that is up."""
+    if target.startswith("dns:"):
+        return [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+    return CHANNEL_OPTIONS
+
+
 def open_stream(target: str, *, threaded: bool) -> tuple[Any, Any]:
     """(channel, call) of a new IngestService.Stream: on grpc.aio, or, ``threaded`` (in a forked
     child), on the synchronous stack."""
     if threaded:
         stream = ThreadedStream(target)
         return stream, stream
-    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    channel = grpc.aio.insecure_channel(target, options=channel_options(target))
     return channel, pb_grpc.IngestServiceStub(channel).Stream()
 
 
@@ -45,7 +54,7 @@ class ThreadedStream:
 
     def __init__(self, target: str) -> None:
         self._loop = asyncio.get_running_loop()
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(target, options=channel_options(target))
         self._requests: queue.SimpleQueue[pb.EventBatch | None] = queue.SimpleQueue()
         self._call = pb_grpc.IngestServiceStub(self._channel).Stream(iter(self._requests.get, None))
         self._acks: asyncio.Queue[pb.BatchAck | Exception | None] = asyncio.Queue()

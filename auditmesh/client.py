@@ -34,6 +34,9 @@ Processes (docs/sdk.md says the same for users):
   is reopened at once on the next target not marked down, and its unacknowledged batches are
   resent there; the target that failed is marked down for a while (doubling up to 5 s) and
   marked up again by its next ack. Only when every target is down does the worker back off.
+- spool (opt-in, ``spool_dir``): the SDK thread appends every batch it makes to a file in that
+  directory and forgets it once acknowledged (:mod:`auditmesh.sdk_spool`); a client started on
+  the same directory resends what an earlier process left there. ``log()`` never touches it.
 - exit: every client still open is closed at interpreter exit (``atexit``, and also when a
   ``multiprocessing`` child ends, which skips ``atexit``), waiting at most ``exit_timeout``
   seconds for acknowledgements over the streams it has (a lost one is not reopened then);
@@ -61,6 +64,7 @@ from typing import Any
 import grpc
 
 from auditmesh.event_ids import new_client_prefix
+from auditmesh.sdk_spool import Spool
 from auditmesh.sdk_trace import BatchTracer
 from auditmesh.sdk_transport import open_stream
 from auditpb.v1 import audit_pb2 as pb
@@ -94,6 +98,14 @@ class ClientStats:
     reconnects: int
     failovers: int = 0
     """Streams reopened on another target right after one broke."""
+    spooled: int = 0
+    """Events in the spool now (written, not yet acknowledged)."""
+    spool_recovered: int = 0
+    """Events found in the spool at start (left by an earlier process) and resent."""
+    spool_corrupt: int = 0
+    """Records of a truncated or corrupt spool tail skipped at start."""
+    spool_overflow: int = 0
+    """Non-critical batches not spooled because the spool was at its byte bound."""
 
 
 class _Target:
@@ -124,7 +136,7 @@ def _split_targets(target: str | Sequence[str]) -> list[str]:
 
 
 class _Batch:
-    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "size", "span")
+    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "size", "span", "spooled")
 
     def __init__(self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None]) -> None:
         self.msg = msg
@@ -135,6 +147,7 @@ class _Batch:
         self.done = done
         self.attempts = 0
         self.span: Any = None
+        self.spooled = False
 
 
 class AuditClient:
@@ -156,6 +169,8 @@ class AuditClient:
         record_ack_latency: bool = False,
         exit_timeout: float = 5.0,
         tracer_provider: Any = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._targets = [_Target(t) for t in _split_targets(target)]
         self.target = self._targets[0].address  # the first target (all of them: ``targets``)
@@ -175,6 +190,9 @@ class AuditClient:
         self._batch_tracer = BatchTracer.create(tracer_provider)
         self._closed = False
         self._exiting = False  # set by the exit hook: no new stream from then on
+        # Opened (and what an earlier process left read) here, so that a spool another process
+        # owns is an error to the caller; written only by the SDK thread.
+        self._spool = Spool(spool_dir, spool_max_bytes) if spool_dir is not None else None
         self._reset()
         _clients.add(self)
         self._start()
@@ -193,6 +211,7 @@ class AuditClient:
         self._batch_ids = itertools.count(1)
         self.ack_latency_ns: list[int] | None = [] if self._record_ack_latency else None
         self._acked = self._rejected = self._resent = self._dropped = self._reconnects = self._failovers = 0
+        self._spooled = self._spool_recovered = 0
         self._last_drop_warning = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log_max_ns = 0
@@ -328,6 +347,8 @@ class AuditClient:
             except RuntimeError:
                 pass  # the loop already ended
             thread.join(_JOIN_S)
+        if self._spool is not None and (thread is None or not thread.is_alive()):
+            self._spool.close()  # what is unacknowledged stays there for the next client
         if not flushed:
             log.warning(
                 "audit client to %s closed with %d events unacknowledged after %.1fs: they are lost",
@@ -359,6 +380,10 @@ class AuditClient:
             pending=len(self._normal) + len(self._critical) + self._unsettled_events,
             reconnects=self._reconnects,
             failovers=self._failovers,
+            spooled=self._spooled,
+            spool_recovered=self._spool_recovered,
+            spool_corrupt=self._spool.corrupt_records if self._spool is not None else 0,
+            spool_overflow=self._spool.overflow_batches if self._spool is not None else 0,
         )
 
     @property
@@ -411,6 +436,7 @@ class AuditClient:
         self._stop_event = asyncio.Event()
         self._outbox: asyncio.PriorityQueue[tuple[int, int, _Batch]] = asyncio.PriorityQueue()
         self._loop = asyncio.get_running_loop()  # last: from here on log() may wake the loop
+        self._resend_spooled()
         self._resume_streams()
         batcher = asyncio.create_task(self._batcher())
         # Let the workers open their first streams before the constructor returns: a process
@@ -422,6 +448,23 @@ class AuditClient:
         for task in [batcher, *workers]:
             task.cancel()
         await asyncio.gather(batcher, *workers, return_exceptions=True)
+
+    def _resend_spooled(self) -> None:
+        """Queue what an earlier process left in the spool, with its batch and event ids."""
+        if self._spool is None:
+            return
+        recovered, self._spool.recovered = self._spool.recovered, []
+        assert self._loop is not None
+        for spooled in recovered:
+            batch = _Batch(
+                pb.EventBatch.FromString(spooled.data), spooled.critical, time.time_ns(), self._loop.create_future()
+            )
+            batch.spooled = True
+            self._spooled += batch.count
+            self._spool_recovered += batch.count
+            self._enqueue(batch, spool=False)
+        if recovered:
+            log.info("audit client: resending %d events left in the spool", self._spool_recovered)
 
     def _resume_streams(self) -> None:
         if not self._workers and not self._stop_event.is_set():
@@ -458,10 +501,13 @@ class AuditClient:
     def _after_fork_in_child(self) -> None:
         """Start over empty: what was pending at the fork is the parent's to deliver. The parent's
         thread does not exist here; its loop and batches stay referenced but are never used."""
-        _inherited.append((self._loop, self._thread, self._workers, self._open, getattr(self, "_outbox", None)))
+        _inherited.append(
+            (self._loop, self._thread, self._workers, self._open, getattr(self, "_outbox", None), self._spool)
+        )
         closed = self._closed
         self._reset()
         self._closed = closed
+        self._spool = None  # the parent owns the spool (and its lock); a child does not spool
 
     async def _batcher(self) -> None:
         while True:
@@ -568,9 +614,16 @@ class AuditClient:
             )
         return batch
 
-    def _enqueue(self, batch: _Batch) -> None:
+    def _enqueue(self, batch: _Batch, *, spool: bool = True) -> None:
         if not batch.count:
             return  # every event of it was too large to send
+        if spool and self._spool is not None:
+            try:
+                batch.spooled = self._spool.append(batch.msg.batch_id, batch.critical, batch.msg.SerializeToString())
+            except OSError:
+                log.exception("audit client: spool write failed; the batch is kept in memory only")
+            if batch.spooled:
+                self._spooled += batch.count
         self._open.add(batch)
         self._unsettled_events += batch.count
         self._unsettled_bytes += batch.size
@@ -587,6 +640,12 @@ class AuditClient:
         self._open.discard(batch)
         self._unsettled_events -= batch.count
         self._unsettled_bytes -= batch.size
+        if batch.spooled and self._spool is not None:
+            self._spooled -= batch.count
+            try:
+                self._spool.ack(batch.msg.batch_id)
+            except OSError:
+                log.exception("audit client: spool ack failed; the batch may be resent by a later client")
         if self.ack_latency_ns is not None:
             self.ack_latency_ns.append(time.time_ns() - batch.first_ns)
         if batch.span is not None:

@@ -114,7 +114,7 @@ start_node() {
   if [ "$NODES" -gt 1 ]; then
     jmx=$((JMX_PORT + 100 * (k - 1)))
     # A small fresh cluster with its tokens given: no ring delay or gossip settling to wait out.
-    cluster_opts=(-Dcassandra.ring_delay_ms=1000 -Dcassandra.broadcast_interval_ms=1000 -XX:TieredStopAtLevel=1)
+    cluster_opts=(-Dcassandra.ring_delay_ms=1000 -Dcassandra.broadcast_interval_ms=1000)
   fi
   log "starting cassandra node $k on $addr (heap $HEAP, commit log $COMMITLOG_SYNC), log: $(node_log "$k")"
   # shellcheck disable=SC2086 # GC_OPTS is a list of options

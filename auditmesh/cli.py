@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -48,6 +49,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         os.environ["AUDITMESH_INGEST_REPLICAS"] = str(args.ingest_replicas)
     if args.query_replicas:
         os.environ["AUDITMESH_QUERY_REPLICAS"] = str(args.query_replicas)
+        if args.query_replicas > 1:
+            # Page tokens must be signed with one key for any replica to continue any search.
+            os.environ.setdefault("AUDITMESH_TOKEN_KEY", secrets.token_hex(32))
     infra("up")
     if args.traces:
         subprocess.run([str(JAEGER_SCRIPT), "up"], check=True)

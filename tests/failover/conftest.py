@@ -14,6 +14,7 @@ import os
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "failover-
 _HERE = Path(__file__).resolve().parent
 NODES = 3
 GAP_BOUND_S = 5.0  # the specification's failover bound
+PROCESSOR_TIMEOUT_S = 15
 
 
 class Cluster:
@@ -105,7 +107,9 @@ def failover_layout(cluster_store: StoreConfig) -> MeshLayout:
             "AUDITMESH_CASSANDRA_HOSTS": ",".join(cluster_store.hosts),
             "AUDITMESH_REPLICATION_FACTOR": str(cluster_store.replication_factor),
             "AUDITMESH_CONSISTENCY": cluster_store.consistency,
-            "AUDITMESH_PROCESSOR_TIMEOUT_S": "5",
+            # Longer than the store's own request timeout (10 s), so a live processor always
+            # answers first: a request that waits it out was sent to a dead processor.
+            "AUDITMESH_PROCESSOR_TIMEOUT_S": str(PROCESSOR_TIMEOUT_S),
         },
     )
 
@@ -119,6 +123,13 @@ def failover_supervisor(tmp_path_factory: pytest.TempPathFactory) -> Supervisor:
 def failover_mesh(failover_layout: MeshLayout, failover_supervisor: Supervisor) -> Iterator[MeshLayout]:
     try:
         failover_layout.start(failover_supervisor)
+        # A fresh cluster and fresh services are slow for their first seconds of load (JIT,
+        # connections, first flushes): warm them up before any fault is timed.
+        warm = AuditClient(failover_layout.ingest_targets, source_service="failover-warmup")
+        for i in range(5000):
+            warm.log("guestlist.viewed", user_id=f"warm-{i % 50}", wedding_id=f"warm-{i % 20}")
+        assert warm.flush(180), "the warm-up load was not acknowledged"
+        warm.close()
         yield failover_layout
     finally:
         failover_layout.stop(failover_supervisor)
@@ -168,13 +179,17 @@ class GapWatch:
 
 class _CriticalTimedClient(AuditClient):
     """An AuditClient that records, for every P0 event acknowledged OK, the time from its
-    ``log()`` (its ``occurred_at``, kept by resends) to that ack."""
+    ``log()`` (its ``occurred_at``, kept by resends) to that ack, and the message of every
+    RETRY ack."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.critical_ack_ns: list[int] = []
+        self.retry_messages: Counter[str] = Counter()
 
     def _on_ack(self, ack: pb.BatchAck, in_flight: dict[str, Any]) -> None:
+        if ack.status == pb.ACK_STATUS_RETRY:
+            self.retry_messages[ack.message] += 1
         batch = in_flight.get(ack.batch_id)
         if batch is not None and batch.critical and ack.status == pb.ACK_STATUS_OK and batch in self._open:
             now = time.time_ns()
@@ -198,6 +213,11 @@ class FailoverLoad(SteadyLoad):
         self.started = time.monotonic()
         self._thread.start()
         return self
+
+    @property
+    def retry_messages(self) -> Counter[str]:
+        assert isinstance(self.client, _CriticalTimedClient)
+        return self.client.retry_messages
 
     @property
     def slowest_critical_s(self) -> float:

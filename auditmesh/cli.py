@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -25,14 +26,14 @@ from auditmesh.detection import cli as detection_cli
 from auditmesh.mesh import JAEGER_SCRIPT, MeshLayout, infra
 from auditmesh.scaling import cli as scaling_cli
 from auditmesh.schema import create_schema
+from auditmesh.sdk_query import search_pages
 from auditmesh.security import cli as security_cli
-from auditmesh.security.client import call_metadata, client_options, operator_channel
+from auditmesh.security.client import call_metadata, client_options, operator_credentials
 from auditmesh.store import EventStore
 from auditmesh.supervisor import Supervisor
 from auditmesh.synthetic import Synthetic
 from auditmesh.telemetry import reports
 from auditpb.v1 import audit_pb2 as pb
-from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
 __all__ = ["main"]
 
@@ -47,6 +48,14 @@ def _schema() -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    # Replicas are settings like the others: the status and down of this process see them too.
+    if args.ingest_replicas:
+        os.environ["AUDITMESH_INGEST_REPLICAS"] = str(args.ingest_replicas)
+    if args.query_replicas:
+        os.environ["AUDITMESH_QUERY_REPLICAS"] = str(args.query_replicas)
+        if args.query_replicas > 1:
+            # Page tokens must be signed with one key for any replica to continue any search.
+            os.environ.setdefault("AUDITMESH_TOKEN_KEY", secrets.token_hex(32))
     infra("up")
     if args.traces:
         subprocess.run([str(JAEGER_SCRIPT), "up"], check=True)
@@ -190,7 +199,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
         store.close()
     rejected: Counter[str] = Counter()
     client = AuditClient(
-        layout.ingest_target,
+        layout.ingest_targets,
         source_service="auditmesh-emit",
         on_rejected=lambda r: rejected.update([f"{r.field}: {r.reason}"]),
         **client_options(args.token),
@@ -256,12 +265,17 @@ def cmd_query(args: argparse.Namespace) -> int:
         req.min_severity = pb.Severity.Value(args.min_severity)
     if args.outcome:
         req.outcome = pb.Outcome.Value(f"OUTCOME_{args.outcome.upper()}")
-    with operator_channel(layout.query_target) as channel:
-        try:
-            pages = list(pb_grpc.QueryServiceStub(channel).Search(req, timeout=10, metadata=call_metadata(args.token)))
-        except grpc.RpcError as exc:
-            print(f"query failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+    try:
+        pages = search_pages(
+            layout.query_targets,
+            req,
+            timeout=10,
+            credentials=operator_credentials(),
+            metadata=call_metadata(args.token),
+        )
+    except grpc.RpcError as exc:
+        print(f"query failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
     events = [ev for page in pages for ev in page.events][: args.limit]
     print(_table(events))
     more = " (more available)" if pages and pages[-1].next_page_token else ""
@@ -274,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Cassandra, Redis and the services (idempotent)")
     up.add_argument("--traces", action="store_true", help="also start Jaeger and export every service's traces to it")
+    up.add_argument("--ingest-replicas", type=int, help="ingest processes, each on its own port (default 1)")
+    up.add_argument("--query-replicas", type=int, help="query processes, each on its own port (default 1)")
     up.set_defaults(fn=cmd_up)
     down = sub.add_parser("down", help="stop the services, then Cassandra and Redis")
     down.add_argument("--services-only", action="store_true", help="leave Cassandra and Redis running")

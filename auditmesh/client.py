@@ -29,6 +29,14 @@ Processes (docs/sdk.md says the same for users):
   counters, and a new thread and channel on its first use, on gRPC's synchronous stack
   (:class:`~auditmesh.sdk_transport.ThreadedStream`: grpc.aio does not survive a fork): whatever was pending at the
   fork is the parent's to deliver, so nothing is sent twice from two processes.
+- failover: with several targets (a list, ``"host1:port,host2:port"``, or a ``dns:///name:port``
+  resolving to several addresses, balanced by gRPC's round_robin policy), a stream that breaks
+  is reopened at once on the next target not marked down, and its unacknowledged batches are
+  resent there; the target that failed is marked down for a while (doubling up to 5 s) and
+  marked up again by its next ack. Only when every target is down does the worker back off.
+- spool (opt-in, ``spool_dir``): the SDK thread appends every batch it makes to a file in that
+  directory and forgets it once acknowledged (:mod:`auditmesh.sdk_spool`); a client started on
+  the same directory resends what an earlier process left there. ``log()`` never touches it.
 - exit: every client still open is closed at interpreter exit (``atexit``, and also when a
   ``multiprocessing`` child ends, which skips ``atexit``), waiting at most ``exit_timeout``
   seconds for acknowledgements over the streams it has (a lost one is not reopened then);
@@ -49,13 +57,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from auditmesh.event_ids import new_client_prefix
+from auditmesh.sdk_spool import Spool
 from auditmesh.sdk_trace import BatchTracer
 from auditmesh.sdk_transport import Connection, open_stream
 from auditpb.v1 import audit_pb2 as pb
@@ -90,10 +99,47 @@ class ClientStats:
     dropped: int
     pending: int
     reconnects: int
+    failovers: int = 0
+    """Streams reopened on another target right after one broke."""
+    spooled: int = 0
+    """Events in the spool now (written, not yet acknowledged)."""
+    spool_recovered: int = 0
+    """Events found in the spool at start (left by an earlier process) and resent."""
+    spool_corrupt: int = 0
+    """Records of a truncated or corrupt spool tail skipped at start."""
+    spool_overflow: int = 0
+    """Non-critical batches not spooled because the spool was at its byte bound."""
+
+
+class _Target:
+    """One ingest target and its health as the client saw it."""
+
+    __slots__ = ("address", "down_until", "failures")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.down_until = 0.0  # monotonic time until which no new stream is opened to it
+        self.failures = 0  # consecutive failed streams
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.down_until = time.monotonic() + min(0.5 * 2 ** (self.failures - 1), 5.0)
+
+    def answered(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+
+
+def _split_targets(target: str | Sequence[str]) -> list[str]:
+    parts = target.split(",") if isinstance(target, str) else list(target)
+    targets = [t.strip() for t in parts if t.strip()]
+    if not targets:
+        raise ValueError("AuditClient needs at least one target")
+    return targets
 
 
 class _Batch:
-    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "rank", "size", "span")
+    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "rank", "size", "span", "spooled")
 
     def __init__(
         self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None], rank: int = 0
@@ -107,6 +153,7 @@ class _Batch:
         self.done = done
         self.attempts = 0
         self.span: Any = None
+        self.spooled = False
 
 
 class AuditClient:
@@ -114,7 +161,7 @@ class AuditClient:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | Sequence[str] = "127.0.0.1:50051",
         *,
         source_service: str = "",
         batch_size: int = 500,
@@ -130,10 +177,13 @@ class AuditClient:
         tracer_provider: Any = None,
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         # ``token`` goes to ingest as ``authorization: Bearer <token>`` metadata; ``credentials``
         # (grpc.ssl_channel_credentials with the mesh's CA) make the stream TLS.
-        self.target = target
+        self._targets = [_Target(t) for t in _split_targets(target)]
+        self.target = self._targets[0].address  # the first target (all of them: ``targets``)
         self._auth = Connection(token, credentials)
         self._source = source_service
         self._batch_size = batch_size
@@ -151,6 +201,9 @@ class AuditClient:
         self._batch_tracer = BatchTracer.create(tracer_provider)
         self._closed = False
         self._exiting = False  # set by the exit hook: no new stream from then on
+        # Opened (and what an earlier process left read) here, so that a spool another process
+        # owns is an error to the caller; written only by the SDK thread.
+        self._spool = Spool(spool_dir, spool_max_bytes) if spool_dir is not None else None
         self._reset()
         _clients.add(self)
         self._start()
@@ -172,7 +225,8 @@ class AuditClient:
         self._open: set[_Batch] = set()
         self._batch_ids = itertools.count(1)
         self.ack_latency_ns: list[int] | None = [] if self._record_ack_latency else None
-        self._acked = self._rejected = self._resent = self._dropped = self._reconnects = 0
+        self._acked = self._rejected = self._resent = self._dropped = self._reconnects = self._failovers = 0
+        self._spooled = self._spool_recovered = 0
         self._last_drop_warning = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log_max_ns = 0
@@ -310,6 +364,8 @@ class AuditClient:
             except RuntimeError:
                 pass  # the loop already ended
             thread.join(_JOIN_S)
+        if self._spool is not None and (thread is None or not thread.is_alive()):
+            self._spool.close()  # what is unacknowledged stays there for the next client
         if not flushed:
             log.warning(
                 "audit client to %s closed with %d events unacknowledged after %.1fs: they are lost",
@@ -340,7 +396,21 @@ class AuditClient:
             dropped=self._dropped,
             pending=len(self._normal) + len(self._wedding_day) + len(self._critical) + self._unsettled_events,
             reconnects=self._reconnects,
+            failovers=self._failovers,
+            spooled=self._spooled,
+            spool_recovered=self._spool_recovered,
+            spool_corrupt=self._spool.corrupt_records if self._spool is not None else 0,
+            spool_overflow=self._spool.overflow_batches if self._spool is not None else 0,
         )
+
+    @property
+    def targets(self) -> list[str]:
+        return [t.address for t in self._targets]
+
+    def target_health(self) -> dict[str, bool]:
+        """Each target: True unless its last stream failed and it is still marked down."""
+        now = time.monotonic()
+        return {t.address: t.down_until <= now for t in self._targets}
 
     def _wake(self) -> None:
         self._woken = True
@@ -383,6 +453,7 @@ class AuditClient:
         self._stop_event = asyncio.Event()
         self._outbox: asyncio.PriorityQueue[tuple[int, int, _Batch]] = asyncio.PriorityQueue()
         self._loop = asyncio.get_running_loop()  # last: from here on log() may wake the loop
+        self._resend_spooled()
         self._resume_streams()
         batcher = asyncio.create_task(self._batcher())
         # Let the workers open their first streams before the constructor returns: a process
@@ -395,9 +466,26 @@ class AuditClient:
             task.cancel()
         await asyncio.gather(batcher, *workers, return_exceptions=True)
 
+    def _resend_spooled(self) -> None:
+        """Queue what an earlier process left in the spool, with its batch and event ids."""
+        if self._spool is None:
+            return
+        recovered, self._spool.recovered = self._spool.recovered, []
+        assert self._loop is not None
+        for spooled in recovered:
+            batch = _Batch(
+                pb.EventBatch.FromString(spooled.data), spooled.critical, time.time_ns(), self._loop.create_future()
+            )
+            batch.spooled = True
+            self._spooled += batch.count
+            self._spool_recovered += batch.count
+            self._enqueue(batch, spool=False)
+        if recovered:
+            log.info("audit client: resending %d events left in the spool", self._spool_recovered)
+
     def _resume_streams(self) -> None:
         if not self._workers and not self._stop_event.is_set():
-            self._workers = [asyncio.create_task(self._stream_worker()) for _ in range(self._streams)]
+            self._workers = [asyncio.create_task(self._stream_worker(i)) for i in range(self._streams)]
 
     async def _pause_streams(self) -> None:
         """End every stream and close its channel; their unacknowledged batches are queued again."""
@@ -430,10 +518,13 @@ class AuditClient:
     def _after_fork_in_child(self) -> None:
         """Start over empty: what was pending at the fork is the parent's to deliver. The parent's
         thread does not exist here; its loop and batches stay referenced but are never used."""
-        _inherited.append((self._loop, self._thread, self._workers, self._open, getattr(self, "_outbox", None)))
+        _inherited.append(
+            (self._loop, self._thread, self._workers, self._open, getattr(self, "_outbox", None), self._spool)
+        )
         closed = self._closed
         self._reset()
         self._closed = closed
+        self._spool = None  # the parent owns the spool (and its lock); a child does not spool
 
     async def _batcher(self) -> None:
         while True:
@@ -543,9 +634,16 @@ class AuditClient:
             )
         return batch
 
-    def _enqueue(self, batch: _Batch) -> None:
+    def _enqueue(self, batch: _Batch, *, spool: bool = True) -> None:
         if not batch.count:
             return  # every event of it was too large to send
+        if spool and self._spool is not None:
+            try:
+                batch.spooled = self._spool.append(batch.msg.batch_id, batch.critical, batch.msg.SerializeToString())
+            except OSError:
+                log.exception("audit client: spool write failed; the batch is kept in memory only")
+            if batch.spooled:
+                self._spooled += batch.count
         self._open.add(batch)
         self._unsettled_events += batch.count
         self._unsettled_bytes += batch.size
@@ -562,6 +660,12 @@ class AuditClient:
         self._open.discard(batch)
         self._unsettled_events -= batch.count
         self._unsettled_bytes -= batch.size
+        if batch.spooled and self._spool is not None:
+            self._spooled -= batch.count
+            try:
+                self._spool.ack(batch.msg.batch_id)
+            except OSError:
+                log.exception("audit client: spool ack failed; the batch may be resent by a later client")
         if self.ack_latency_ns is not None:
             self.ack_latency_ns.append(time.time_ns() - batch.first_ns)
         if batch.span is not None:
@@ -616,10 +720,22 @@ class AuditClient:
                 except Exception:
                     log.exception("on_rejected callback failed")
 
-    async def _stream_worker(self) -> None:
-        """Own one bidi stream at a time; on any failure resend its unacked batches elsewhere."""
+    def _next_target(self, current: int) -> int | None:
+        """The first target after ``current`` that is not marked down; None when all are."""
+        now = time.monotonic()
+        n = len(self._targets)
+        for step in range(1, n + 1):
+            candidate = (current + step) % n
+            if self._targets[candidate].down_until <= now:
+                return candidate
+        return None
+
+    async def _stream_worker(self, index: int = 0) -> None:
+        """Own one bidi stream at a time; on any failure resend its unacked batches elsewhere:
+        at once on another target that is not marked down, else after a backoff."""
         backoff = [0.05]
         first = True
+        current = index % len(self._targets)
         while True:
             if self._exiting and not first:
                 # At interpreter exit a lost stream stays lost: from Python 3.12 on no thread can
@@ -628,8 +744,9 @@ class AuditClient:
             first = False
             in_flight: dict[str, _Batch] = {}
             window = asyncio.Semaphore(self._window)
-            channel, call = open_stream(self.target, threaded=_forked, connection=self._auth)
-            reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff))
+            target = self._targets[current]
+            channel, call = open_stream(target.address, threaded=_forked, connection=self._auth)
+            reader = asyncio.create_task(self._read_acks(call, in_flight, window, backoff, target))
             writer = asyncio.create_task(self._write_batches(call, in_flight, window))
             try:
                 await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -643,16 +760,32 @@ class AuditClient:
                     self._requeue(batch)
             errors = [r for r in outcome if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
             reason = _describe(errors[0]) if errors else "stream closed by ingest"
-            log.info("stream to %s lost (%s); resending %d batches", self.target, reason, len(in_flight))
             self._reconnects += 1
+            target.failed()
+            following = self._next_target(current)
+            if following is not None and following != current:
+                log.info(
+                    "stream to %s lost (%s); resending %d batches to %s",
+                    target.address,
+                    reason,
+                    len(in_flight),
+                    self._targets[following].address,
+                )
+                self._failovers += 1
+                current = following
+                continue
+            log.info("stream to %s lost (%s); resending %d batches", target.address, reason, len(in_flight))
             await asyncio.sleep(backoff[0] * random.uniform(0.5, 1.5))
             backoff[0] = min(backoff[0] * 2, 5.0)
+            if following is None:  # every target is marked down: the one back soonest
+                current = min(range(len(self._targets)), key=lambda i: self._targets[i].down_until)
 
     async def _read_acks(
-        self, call: Any, in_flight: dict[str, _Batch], window: asyncio.Semaphore, backoff: list[float]
+        self, call: Any, in_flight: dict[str, _Batch], window: asyncio.Semaphore, backoff: list[float], target: _Target
     ) -> None:
         async for ack in call:
             backoff[0] = 0.05
+            target.answered()
             self._on_ack(ack, in_flight)
             window.release()
 

@@ -37,6 +37,12 @@ class MeshLayout:
     """Processor processes (AUDITMESH_PROCESSOR_COUNT)."""
     query_port: int = 50071
     """AUDITMESH_QUERY_PORT"""
+    ingest_replicas: int = 1
+    """Ingest processes (AUDITMESH_INGEST_REPLICAS); replica i listens on ingest_port + i * replica_port_step."""
+    query_replicas: int = 1
+    """Query processes (AUDITMESH_QUERY_REPLICAS); replica i listens on query_port + i * replica_port_step."""
+    replica_port_step: int = 100
+    """Ports between two replicas of a service (AUDITMESH_REPLICA_PORT_STEP)."""
     keyspace: str = "auditmesh"
     """AUDITMESH_KEYSPACE"""
     metrics_port_offset: int = -40
@@ -66,6 +72,9 @@ class MeshLayout:
             processor_base_port=e.integer("AUDITMESH_PROCESSOR_BASE_PORT", cls.processor_base_port, minimum=1),
             processors=e.integer("AUDITMESH_PROCESSOR_COUNT", cls.processors, minimum=1),
             query_port=e.integer("AUDITMESH_QUERY_PORT", cls.query_port, minimum=1),
+            ingest_replicas=e.integer("AUDITMESH_INGEST_REPLICAS", cls.ingest_replicas, minimum=1),
+            query_replicas=e.integer("AUDITMESH_QUERY_REPLICAS", cls.query_replicas, minimum=1),
+            replica_port_step=e.integer("AUDITMESH_REPLICA_PORT_STEP", cls.replica_port_step, minimum=1),
             keyspace=e.text("AUDITMESH_KEYSPACE", cls.keyspace),
             metrics_port_offset=e.integer("AUDITMESH_METRICS_PORT_OFFSET", cls.metrics_port_offset, minimum=-65535),
             monitor=e.text("AUDITMESH_MONITOR", "1") != "0",
@@ -82,6 +91,16 @@ class MeshLayout:
     @property
     def query_target(self) -> str:
         return f"127.0.0.1:{self.query_port}"
+
+    @property
+    def ingest_targets(self) -> list[str]:
+        """``host:port`` of every ingest replica (what an ``AuditClient`` fails over between)."""
+        return [f"127.0.0.1:{self.ingest_port + i * self.replica_port_step}" for i in range(self.ingest_replicas)]
+
+    @property
+    def query_targets(self) -> list[str]:
+        """``host:port`` of every query replica."""
+        return [f"127.0.0.1:{self.query_port + i * self.replica_port_step}" for i in range(self.query_replicas)]
 
     def metrics_port(self, port: int) -> int:
         """The metrics port of the service on ``port``; 0 when metrics are off."""
@@ -109,20 +128,22 @@ class MeshLayout:
             },
         )
 
-    def ingest(self) -> ServiceProcess:
+    def ingest(self, replica: int = 0) -> ServiceProcess:
+        """Ingest replica ``replica`` ("ingest", then "ingest-1", ...); each routes to every processor."""
         targets = ",".join(f"127.0.0.1:{self.processor_base_port + i}" for i in range(self.processors))
         # With the scaler, ingest follows membership; AUDITMESH_PROCESSORS given by the caller
         # (extra_env) stays a static override.
         routing = self._scaling_env() if self.scaler else {"AUDITMESH_PROCESSORS": targets}
+        port = self.ingest_port + replica * self.replica_port_step
         return ServiceProcess(
-            "ingest",
+            f"ingest-{replica}" if replica else "ingest",
             "services.ingest",
-            self.ingest_port,
+            port,
             {
                 **self.extra_env,
                 "AUDITMESH_KEYSPACE": self.keyspace,
-                "AUDITMESH_INGEST_PORT": str(self.ingest_port),
-                "AUDITMESH_INGEST_METRICS_PORT": str(self.metrics_port(self.ingest_port)),
+                "AUDITMESH_INGEST_PORT": str(port),
+                "AUDITMESH_INGEST_METRICS_PORT": str(self.metrics_port(port)),
                 **routing,
             },
         )
@@ -163,16 +184,18 @@ class MeshLayout:
             },
         )
 
-    def query(self) -> ServiceProcess:
+    def query(self, replica: int = 0) -> ServiceProcess:
+        """Query replica ``replica`` ("query", then "query-1", ...)."""
+        port = self.query_port + replica * self.replica_port_step
         return ServiceProcess(
-            "query",
+            f"query-{replica}" if replica else "query",
             "services.query",
-            self.query_port,
+            port,
             {
                 **self.extra_env,
                 "AUDITMESH_KEYSPACE": self.keyspace,
-                "AUDITMESH_QUERY_PORT": str(self.query_port),
-                "AUDITMESH_QUERY_METRICS_PORT": str(self.metrics_port(self.query_port)),
+                "AUDITMESH_QUERY_PORT": str(port),
+                "AUDITMESH_QUERY_METRICS_PORT": str(self.metrics_port(port)),
             },
         )
 
@@ -199,7 +222,11 @@ class MeshLayout:
         )
 
     def _core(self) -> list[ServiceProcess]:
-        return [*(self.processor(i) for i in range(self.processors)), self.ingest(), self.query()]
+        return [
+            *(self.processor(i) for i in range(self.processors)),
+            *(self.ingest(i) for i in range(self.ingest_replicas)),
+            *(self.query(i) for i in range(self.query_replicas)),
+        ]
 
     def services(self) -> list[ServiceProcess]:
         extra = [self.performance_monitor()] if self.monitor else []
@@ -217,7 +244,9 @@ class MeshLayout:
         """Stop the scaler first (so it starts nothing more), the monitor (so it sees no service
         go), then ingest (it drains into the processors), then query and the processors."""
         processors = [self.processor(i) for i in range(self.processors)]
-        order = [self.scaling(), self.performance_monitor(), self.ingest(), self.query(), *processors]
+        ingests = [self.ingest(i) for i in range(self.ingest_replicas)]
+        queries = [self.query(i) for i in range(self.query_replicas)]
+        order = [self.scaling(), self.performance_monitor(), *ingests, *queries, *processors]
         for proc in order:
             supervisor.stop(proc.name)
         # Processors the scaler started beyond the initial ones.

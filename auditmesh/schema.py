@@ -55,9 +55,12 @@ def statements(cfg: StoreConfig) -> list[str]:
         f" AND default_time_to_live = {ttl} AND gc_grace_seconds = 86400"
     )
     table_opts = f"WITH CLUSTERING ORDER BY (occurred_at DESC, event_id DESC) AND {append_only}"
+    # One node: SimpleStrategy RF 1 as always. A cluster (AUDITMESH_REPLICATION_FACTOR=3):
+    # NetworkTopologyStrategy, whose 'replication_factor' applies to every datacenter.
+    strategy = "NetworkTopologyStrategy" if cfg.replication_factor > 1 else "SimpleStrategy"
     return [
         f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-        f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}",
+        f"{{'class': '{strategy}', 'replication_factor': {cfg.replication_factor}}}",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_wedding (
     wedding_id text, bucket int,{_EVENT_COLUMNS},
     PRIMARY KEY ((wedding_id, bucket), occurred_at, event_id)) {table_opts}""",

@@ -12,7 +12,7 @@ import grpc
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
-__all__ = ["CHANNEL_OPTIONS", "Connection", "ThreadedStream", "open_stream"]
+__all__ = ["CHANNEL_OPTIONS", "Connection", "ThreadedStream", "channel_options", "open_stream"]
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -32,6 +32,15 @@ class Connection(NamedTuple):
         return (("authorization", f"Bearer {self.token}"),) if self.token else None
 
 
+def channel_options(target: str) -> list[tuple[str, Any]]:
+    """The SDK's channel options; a ``dns:`` target (a name that may resolve to several ingest
+    addresses) is balanced by gRPC's round_robin policy, which only picks ready addresses, so a
+    new stream after a failure goes to an address that is up."""
+    if target.startswith("dns:"):
+        return [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+    return CHANNEL_OPTIONS
+
+
 def open_stream(target: str, *, threaded: bool, connection: Connection | None = None) -> tuple[Any, Any]:
     """(channel, call) of a new IngestService.Stream: on grpc.aio, or, ``threaded`` (in a forked
     child), on the synchronous stack."""
@@ -39,10 +48,11 @@ def open_stream(target: str, *, threaded: bool, connection: Connection | None = 
     if threaded:
         stream = ThreadedStream(target, connection)
         return stream, stream
+    options = channel_options(target)
     if connection.credentials is None:
-        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(target, options=options)
     else:
-        channel = grpc.aio.secure_channel(target, connection.credentials, options=CHANNEL_OPTIONS)
+        channel = grpc.aio.secure_channel(target, connection.credentials, options=options)
     return channel, pb_grpc.IngestServiceStub(channel).Stream(metadata=connection.metadata)
 
 
@@ -61,10 +71,11 @@ class ThreadedStream:
     def __init__(self, target: str, connection: Connection | None = None) -> None:
         connection = connection or Connection()
         self._loop = asyncio.get_running_loop()
+        options = channel_options(target)
         if connection.credentials is None:
-            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = grpc.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, connection.credentials, options=CHANNEL_OPTIONS)
+            self._channel = grpc.secure_channel(target, connection.credentials, options=options)
         self._requests: queue.SimpleQueue[pb.EventBatch | None] = queue.SimpleQueue()
         self._call = pb_grpc.IngestServiceStub(self._channel).Stream(
             iter(self._requests.get, None), metadata=connection.metadata

@@ -345,22 +345,43 @@ def faults_unfit(data: dict[str, Any]) -> str:
     return ""
 
 
-def render_faults(data: dict[str, Any]) -> str:
+def _failover_cell(r: dict[str, Any]) -> str:
+    """The failover column: the longest gap in acks, the slowest batch, and for a query fault
+    the longest gap between pages; "-" for a fault with no replica to fail over to."""
+    if "failover_s" not in r:
+        return "-"
+    cell = f"{r['failover_s']} s (slowest P0 {r['slowest_p0_s']} s"
+    if "query_gap_s" in r:
+        cell += f"; pages {r['query_gap_s']} s"
+    return cell + ")"
+
+
+def render_faults(data: dict[str, Any], failover: dict[str, Any] | None = None) -> str:
+    """The faults table; with a failover record (tests/failover) its rows follow, and the
+    failover column holds their gaps."""
     lines = [
-        "| fault | load | events acknowledged | events found | duplicates | resent | recovery | peak service RSS |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| fault | load | events acknowledged | events found | duplicates | resent | recovery | failover |"
+        " peak service RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in data["faults"]:
+    rows = [*data["faults"], *(failover or {}).get("faults", [])]
+    for r in rows:
         recovery = "n/a" if r["recovery_s"] is None else f"{r['recovery_s']} s"
         lines.append(
             f"| {r['fault']} | {r['logged_eps']:,.0f} ev/s | {r['acked']:,} | {r['found']:,} | "
-            f"{r['duplicates']} | {r['resent']:,} | {recovery} | {r['peak_rss_mb']} MB |"
+            f"{r['duplicates']} | {r['resent']:,} | {recovery} | {_failover_cell(r)} | {r['peak_rss_mb']} MB |"
         )
     lines += [
         "",
         f"From `pytest tests/faults` on {data['run']} (every fault test run and passed); load is the rate the SDK "
         "logged at, as measured; table written by `python -m bench.report faults`.",
     ]
+    if failover:
+        lines[-1] += (
+            f" Failover rows from `pytest tests/failover` on {failover['run']} (every failover test run and passed;"
+            " a three-node cluster, RF 3, LOCAL_QUORUM; two ingest and two query replicas): the failover column is"
+            " the longest time the SDK saw no acknowledgement, and the slowest P0 event from `log()` to its ack."
+        )
     return "\n".join(lines)
 
 
@@ -375,7 +396,13 @@ def main() -> int:
         if unfit:
             print(f"bench/results/faults-latest.json not rendered: {unfit}", file=sys.stderr)
             return 1
-        update_readme(data, "<!-- faults:start -->", "<!-- faults:end -->", render_faults(data))
+        failover_file = RESULTS / "failover-latest.json"
+        failover = json.loads(failover_file.read_text()) if failover_file.exists() else None
+        unfit = faults_unfit(failover) if failover is not None else ""
+        if unfit:
+            print(f"bench/results/failover-latest.json not rendered: {unfit}", file=sys.stderr)
+            return 1
+        update_readme(data, "<!-- faults:start -->", "<!-- faults:end -->", render_faults(data, failover))
     elif what == "query":
         data = json.loads((RESULTS / "query-latest.json").read_text())
         from bench.query import render_query

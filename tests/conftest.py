@@ -134,3 +134,15 @@ def own_mesh(
         yield layout, supervisor
     finally:
         layout.stop(supervisor)
+
+
+def slot_cassandra_address(node: int = 1) -> str:
+    """The loopback address of node ``node`` (from 1) of this run's own three-node Cassandra
+    cluster (the failover tests'): 127.0.0.2-4 for slot 0, 127.0.0.5-7 for slot 1, ... The
+    shared node binds 127.0.0.1 only, so the same ports are free on these addresses."""
+    return f"127.0.0.{2 + 3 * TEST_SLOT + node - 1}"
+
+
+def slot_jmx_port() -> int:
+    """The first JMX port of this run's own Cassandra cluster (node K: + 100 * (K - 1))."""
+    return 17100 + 10 * TEST_SLOT

@@ -12,7 +12,14 @@ import grpc
 
 from auditmesh.security.certs import channel_credentials
 
-__all__ = ["DEFAULT_DIR", "call_metadata", "client_options", "operator_channel", "security_dir"]
+__all__ = [
+    "DEFAULT_DIR",
+    "call_metadata",
+    "client_options",
+    "operator_channel",
+    "operator_credentials",
+    "security_dir",
+]
 
 DEFAULT_DIR = Path.home() / ".local" / "share" / "auditmesh" / "security"
 
@@ -23,11 +30,17 @@ def security_dir(env: Mapping[str, str] | None = None) -> Path | None:
     return Path(value) if value else None
 
 
-def operator_channel(target: str, env: Mapping[str, str] | None = None) -> grpc.Channel:
+def operator_credentials(env: Mapping[str, str] | None = None) -> grpc.ChannelCredentials | None:
+    """TLS with the operator certificate in secure mode; None in insecure mode."""
     directory = security_dir(env)
-    if directory is None:
+    return None if directory is None else channel_credentials(directory, "operator")
+
+
+def operator_channel(target: str, env: Mapping[str, str] | None = None) -> grpc.Channel:
+    credentials = operator_credentials(env)
+    if credentials is None:
         return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, channel_credentials(directory, "operator"))
+    return grpc.secure_channel(target, credentials)
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:

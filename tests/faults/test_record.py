@@ -79,7 +79,7 @@ def test_only_a_complete_passing_run_is_rendered() -> None:
     record.outcome(_report("call", "passed"))
     good = record.document([TEST], exit_status=0, tests_failed=0)
     assert faults_unfit(good) == ""
-    assert "| kill -9 something | 250 ev/s | 999 | 997 | 3 | 42 | 1.23 s | 90.0 MB |" in render_faults(good)
+    assert "| kill -9 something | 250 ev/s | 999 | 997 | 3 | 42 | 1.23 s | - | 90.0 MB |" in render_faults(good)
 
     partial = record.document([TEST, "tests/faults/test_faults.py::test_skipped"], exit_status=0, tests_failed=0)
     assert partial["complete"] is False and "not run" in faults_unfit(partial)

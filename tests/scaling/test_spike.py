@@ -30,6 +30,11 @@ SCALER_ENV = {
     # The test drives the scaler by load alone: a latency spike of a host shared with other test
     # runs must not scale the low phase (the latency rule has its own unit tests).
     "AUDITMESH_SCALER_PROCESSING_P99_MS": "100000",
+    # Nor may the calendar: other tests put weddings of today into the shared test keyspace, and
+    # the forecast would raise the floor (the forecast has its own tests).
+    "AUDITMESH_SCALER_WEDDING_FACTOR": "0",
+    "AUDITMESH_SCALER_SEASON_FACTOR": "1",
+    "AUDITMESH_SCALER_WEEKEND_FACTOR": "1",
     "AUDITMESH_SCALER_UP_AFTER": "2",
     "AUDITMESH_SCALER_UP_COOLDOWN_S": "3",
     "AUDITMESH_SCALER_DOWN_AFTER": "3",

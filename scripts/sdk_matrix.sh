@@ -18,7 +18,7 @@ ROOT=$PWD
 SERVER_PY=${SERVER_PY:-$ROOT/.venv/bin/python}
 PYTHONS=${SDK_PYTHONS:-3.10 3.11 3.12 3.13}
 VENVS=${SDK_VENV_DIR:-$ROOT/.venv-sdk}
-SERVER_SIDE='^(cassandra-driver|redis|hiredis|uvloop|opentelemetry-[a-z-]+|grpcio-(health-checking|reflection|status))=='
+SERVER_SIDE='^(cassandra-driver|redis|hiredis|uvloop|opentelemetry-[a-z-]+|grpcio-(health-checking|reflection|status)|pysigma|pyjwt|cryptography|prometheus-client)=='
 
 pins=(-c "$ROOT/constraints.txt")
 case "${SDK_PINS:-constraints}" in

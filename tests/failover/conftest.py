@@ -65,9 +65,10 @@ class Cluster:
         self.infra("node", str(k), action)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
-    """Three Cassandra nodes of this run's own, stopped at the end of the session."""
+    """Three Cassandra nodes of this run's own, stopped once the failover tests are done (the rest of
+    the suite does not share the machine with them)."""
     c = Cluster()
     try:
         c.infra("start-cassandra")
@@ -76,7 +77,7 @@ def cluster() -> Iterator[Cluster]:
         c.infra("stop-cassandra")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster_store(cluster: Cluster) -> StoreConfig:
     """The test keyspace on the cluster, replicated three times, read and written at LOCAL_QUORUM."""
     cfg = StoreConfig(
@@ -90,13 +91,13 @@ def cluster_store(cluster: Cluster) -> StoreConfig:
     return cfg
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def failover_layout(cluster_store: StoreConfig) -> MeshLayout:
     return MeshLayout(
-        ingest_port=slot_port(27551),
-        processor_base_port=slot_port(27561),
+        ingest_port=slot_port(28551),  # 27551 is the membership test's
+        processor_base_port=slot_port(28561),
         processors=3,
-        query_port=slot_port(27571),
+        query_port=slot_port(28571),
         ingest_replicas=2,
         query_replicas=2,
         keyspace=TEST_KEYSPACE,
@@ -114,12 +115,12 @@ def failover_layout(cluster_store: StoreConfig) -> MeshLayout:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def failover_supervisor(tmp_path_factory: pytest.TempPathFactory) -> Supervisor:
     return Supervisor(Path(tmp_path_factory.mktemp("failover")))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def failover_mesh(failover_layout: MeshLayout, failover_supervisor: Supervisor) -> Iterator[MeshLayout]:
     try:
         failover_layout.start(failover_supervisor)

@@ -47,6 +47,21 @@ def _narrowed(principal: Principal | None, f: apb.AlertFilter) -> apb.AlertFilte
     return "filter: give a wedding_id or organization_id the token may read"
 
 
+async def _admitted(
+    principal: Principal | None, f: apb.AlertFilter, context: grpc.aio.ServicerContext[Any, Any]
+) -> apb.AlertFilter:
+    """The filter to apply, or the call ends: INVALID_ARGUMENT for a malformed filter,
+    PERMISSION_DENIED for one outside the caller's scope."""
+    problem = _check(f)
+    if problem:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+    wanted = _narrowed(principal, f)
+    if isinstance(wanted, str):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, wanted)
+        raise AssertionError("unreachable")
+    return wanted
+
+
 def _visible(principal: Principal | None, alert: apb.Alert) -> bool:
     return principal is None or principal.may_see(alert.wedding_id, alert.organization_id)
 
@@ -59,14 +74,8 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
     async def SubscribeAlerts(  # noqa: N802 - gRPC method name
         self, request: apb.SubscribeAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[apb.Alert]:
-        problem = _check(request.filter)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         principal = current()
-        wanted = _narrowed(principal, request.filter)
-        if isinstance(wanted, str):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, wanted)
-            return
+        wanted = await _admitted(principal, request.filter, context)
         queue = self._feed.join()
         try:
             # Headers go out once this caller is on the feed: a client that waits for them knows
@@ -82,14 +91,8 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
     async def ListAlerts(  # noqa: N802 - gRPC method name
         self, request: apb.ListAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> apb.ListAlertsResponse:
-        problem = _check(request.filter)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         principal = current()
-        wanted = _narrowed(principal, request.filter)
-        if isinstance(wanted, str):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, wanted)
-            raise AssertionError("unreachable")
+        wanted = await _admitted(principal, request.filter, context)
         since = request.since.ToMilliseconds() if request.HasField("since") else 0
         until = request.until.ToMilliseconds() if request.HasField("until") else 0
         try:

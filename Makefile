@@ -46,11 +46,17 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.query
 	$(BIN)/python -m bench.write_path
 	$(BIN)/python -m bench.cost
+	$(BIN)/python -m bench.secure
+	$(BIN)/python -m bench.alerts
+	$(BIN)/python -m bench.spool_cost
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench.pipeline --smoke
 	$(BIN)/python -m bench.query --smoke
 	$(BIN)/python -m bench.cost --smoke
+	$(BIN)/python -m bench.secure --smoke
+	$(BIN)/python -m bench.alerts --smoke
+	$(BIN)/python -m bench.spool_cost --smoke
 
 faults-report: $(STAMP)
 	$(BIN)/python -m bench.report faults

@@ -13,8 +13,21 @@ __all__ = ["AuditClient", "ClientStats"]
 
 # Top-level modules that only the server extra installs (see pyproject.toml).
 _SERVER_MODULES = frozenset(
-    {"cassandra", "grpc_health", "grpc_reflection", "grpc_status", "opentelemetry", "redis", "uvloop"}
+    {
+        "cassandra",
+        "cryptography",
+        "grpc_health",
+        "grpc_reflection",
+        "grpc_status",
+        "jwt",
+        "opentelemetry",
+        "prometheus_client",
+        "redis",
+        "sigma",
+        "uvloop",
+    }
 )
+"""Top-level modules of the ``server`` extra's packages (pysigma is ``sigma``, PyJWT ``jwt``)."""
 
 
 def _cli_main() -> int:

@@ -94,8 +94,9 @@ def main() -> int:
         "phases": phases,
         "summary": summary,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(doc, indent=2) + "\n")
+    out = OUT.with_name("spool-cost-smoke-latest.json") if args.smoke else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
     off, on = summary["off"], summary["on"]
     print(
         f"log() with the spool off: p50 {off['p50_ns']:,} ns, p99 {off['p99_ns']:,} ns; "

@@ -72,6 +72,9 @@ from auditpb.v1 import audit_pb2 as pb
 __all__ = ["AuditClient", "ClientStats"]
 
 log = logging.getLogger("auditmesh.client")
+_jitter = random.Random()
+"""Backoff jitter from a generator of this module's own: an application's (or a test's)
+use of the global ``random`` state is neither disturbed nor seen."""
 _P0 = pb.P0_CRITICAL
 _DROP_WARN_INTERVAL_S = 10.0
 _FORK_QUIESCE_S = 5.0  # how long a fork waits for the SDK thread to close its streams
@@ -685,7 +688,7 @@ class AuditClient:
             return
         if ack.status == pb.ACK_STATUS_RETRY:
             assert self._loop is not None
-            delay = (ack.retry_after_ms or 100) / 1000 * random.uniform(0.8, 1.2)
+            delay = (ack.retry_after_ms or 100) / 1000 * _jitter.uniform(0.8, 1.2)
             self._loop.call_later(delay, self._requeue, batch)
             return
         if ack.status == pb.ACK_STATUS_REFUSED:
@@ -775,7 +778,7 @@ class AuditClient:
                 current = following
                 continue
             log.info("stream to %s lost (%s); resending %d batches", target.address, reason, len(in_flight))
-            await asyncio.sleep(backoff[0] * random.uniform(0.5, 1.5))
+            await asyncio.sleep(backoff[0] * _jitter.uniform(0.5, 1.5))
             backoff[0] = min(backoff[0] * 2, 5.0)
             if following is None:  # every target is marked down: the one back soonest
                 current = min(range(len(self._targets)), key=lambda i: self._targets[i].down_until)

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("auditmesh.scaling")
+_jitter = random.Random()
+"""Backoff jitter from a generator of this module's own: an application's (or a test's)
+use of the global ``random`` state is neither disturbed nor seen."""
 
 
 def window_quantile(bounds: Sequence[int], before: Sequence[int], after: Sequence[int], q: float) -> float | None:
@@ -236,7 +239,7 @@ class Reporter:
                     down = True
                 else:
                     down = False
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            await asyncio.sleep(backoff * _jitter.uniform(0.5, 1.5))
             backoff = min(backoff * 2, 5.0)
 
 

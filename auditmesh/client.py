@@ -8,25 +8,28 @@
 
 ``log()`` never touches the network: it appends a tuple to an in-memory buffer and returns the
 event id (client-made: a random producer prefix plus a sequence number, the idempotency key).
-A background thread with its own event loop turns the buffer into batches (by size and time;
-P0 events are sent at once, ahead of others) and sends them over one or more bidi streams to
+Tasks on the process's one SDK event loop (:mod:`auditmesh.sdk_loop`, a background thread that
+every client of the process shares) turn the buffer into batches (by size and time;
+P0 events are sent at once, ahead of others) and send them over one or more bidi streams to
 ingest. Every batch is kept until its ack arrives; after a broken stream or a RETRY ack it is
 resent unchanged (same event ids), with jittered backoff. Per-event rejections go to the
-``on_rejected`` callback (called on the SDK thread) and to the counters in :class:`ClientStats`.
+``on_rejected`` callback (called on the SDK thread, which all clients share: keep it quick)
+and to the counters in :class:`ClientStats`.
 
 Bounds: at most ``max_pending_events`` events and ``max_pending_bytes`` bytes wait in the SDK.
 Past that, ``log()`` drops non-critical events (counted in ``dropped``, warned once per
 interval); P0_CRITICAL events are never dropped.
 
 The client is safe to use from any number of threads and from asyncio code (``log`` never
-blocks; use ``aflush``/``aclose`` in coroutines).
+blocks; use ``aflush``/``aclose`` in coroutines). Any number of clients may be opened and
+closed in any threads: they share one loop and thread, and closing one ends its own tasks only.
 
 Processes (docs/sdk.md says the same for users):
 
 - fork: before ``os.fork()`` the SDK thread closes its streams (their unacknowledged batches
   stay queued), so that no gRPC call is under way while the process is copied; the parent then
   opens new ones and resends. A child starts with an empty buffer, its own id prefix and
-  counters, and a new thread and channel on its first use, on gRPC's synchronous stack
+  counters, and a new SDK loop, thread and channel on its first use, on gRPC's synchronous stack
   (:class:`~auditmesh.sdk_transport.ThreadedStream`: grpc.aio does not survive a fork): whatever was pending at the
   fork is the parent's to deliver, so nothing is sent twice from two processes.
 - failover: with several targets (a list, ``"host1:port,host2:port"``, or a ``dns:///name:port``
@@ -63,6 +66,7 @@ from typing import Any
 
 import grpc
 
+from auditmesh import sdk_loop
 from auditmesh.event_ids import new_client_prefix
 from auditmesh.sdk_spool import Spool
 from auditmesh.sdk_trace import BatchTracer
@@ -75,7 +79,7 @@ log = logging.getLogger("auditmesh.client")
 _P0 = pb.P0_CRITICAL
 _DROP_WARN_INTERVAL_S = 10.0
 _FORK_QUIESCE_S = 5.0  # how long a fork waits for the SDK thread to close its streams
-_JOIN_S = 2.0  # how long close() waits for the SDK thread to end once its work is settled
+_JOIN_S = 2.0  # how long close() waits for the client's tasks to end once its work is settled
 _WEDDING_DAY_S = 600.0
 """How long a wedding that ingest named as today's (``BatchAck.wedding_day``) has its events
 batched apart, unless a later ack names it again."""
@@ -83,7 +87,7 @@ _Item = tuple[Any, ...]
 
 # Every client of this process, for the fork and exit hooks at the end of this module.
 _clients: weakref.WeakSet[AuditClient] = weakref.WeakSet()
-# What a forked child inherited from its parent's clients (threads, loops, channels, batches):
+# What a forked child inherited from its parent's clients (tasks, channels, batches):
 # kept referenced and never touched, so that no destructor acts on the parent's connections.
 _inherited: list[object] = []
 
@@ -230,21 +234,22 @@ class AuditClient:
         self._last_drop_warning = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log_max_ns = 0
-        self._thread: threading.Thread | None = None
+        # The client's main task on the SDK loop (its batcher and streams run under it).
+        self._task: concurrent.futures.Future[None] | None = None
         self._start_lock = threading.Lock()
         self._workers: list[asyncio.Task[None]] = []
 
     def _start(self) -> None:
-        """Start the SDK thread and its event loop (once; in a forked child, on first use)."""
+        """Start the client's tasks on the process's SDK loop (once; in a forked child, on first
+        use), and wait until its streams are being opened."""
         with self._start_lock:
-            if self._thread is not None or self._closed:
+            if self._task is not None or self._closed:
                 return
             ready = threading.Event()
-            self._thread = threading.Thread(
-                target=self._thread_main, args=(ready,), name="auditmesh-client", daemon=True
-            )
-            self._thread.start()
-            ready.wait()
+            self._task = asyncio.run_coroutine_threadsafe(self._main(ready), sdk_loop.get_loop())
+            self._task.add_done_callback(lambda task: _task_ended(task, ready))
+            if not sdk_loop.in_loop_thread():  # made from a callback on the loop: it cannot wait
+                ready.wait()
         _watch_exit()
 
     # ---- the caller's side -------------------------------------------------------------------
@@ -266,7 +271,7 @@ class AuditClient:
         occurred_at_ns: int | None = None,
     ) -> str:
         """Queue one event and return its id; never blocks, never raises for load."""
-        if self._thread is None:
+        if self._task is None:
             self._start()
         timed = self._batch_tracer is not None  # the slowest call per batch goes on its span
         started = time.perf_counter_ns() if timed else 0
@@ -329,8 +334,8 @@ class AuditClient:
         """Wait until every event logged before this call is acknowledged or rejected; False if
         some were still unsettled after ``timeout`` seconds (they stay queued)."""
         loop = self._loop
-        if loop is None or self._thread is None or not self._thread.is_alive():
-            return self.stats.pending == 0  # not started in this process, or closed
+        if loop is None or not self._running() or sdk_loop.in_loop_thread():
+            return self.stats.pending == 0  # not started in this process, closed, or on the loop itself
         try:
             future = asyncio.run_coroutine_threadsafe(self._flush(), loop)
         except RuntimeError:  # the loop closed meanwhile
@@ -344,27 +349,29 @@ class AuditClient:
 
     async def aflush(self) -> None:
         """``flush`` for coroutines; bound it with ``asyncio.timeout`` as needed."""
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+        if self._loop is not None and self._running():
             await asyncio.wrap_future(self._submit(self._flush()))
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Flush (at most ``timeout`` seconds), then stop the SDK thread. Returns False, and warns,
+        """Flush (at most ``timeout`` seconds), then end the client's tasks (the process's SDK loop
+        and the other clients on it go on). Returns False, and warns,
         if events were left unacknowledged: they are lost. Safe to call twice (the second call says
         whether nothing is pending), and in a forked child that never used the client. Events
         logged after close are dropped and counted in ``stats.dropped``."""
         if self._closed:
             return self.stats.pending == 0
         flushed = self.flush(timeout)
-        with self._start_lock:  # a log() in another thread cannot start the thread again
+        with self._start_lock:  # a log() in another thread cannot start the client again
             self._closed = True
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not task.done():
             try:
                 loop.call_soon_threadsafe(self._stop_event.set)
             except RuntimeError:
                 pass  # the loop already ended
-            thread.join(_JOIN_S)
-        if self._spool is not None and (thread is None or not thread.is_alive()):
+            if not sdk_loop.in_loop_thread():
+                concurrent.futures.wait([task], _JOIN_S)
+        if self._spool is not None and (task is None or task.done()):
             self._spool.close()  # what is unacknowledged stays there for the next client
         if not flushed:
             log.warning(
@@ -412,6 +419,11 @@ class AuditClient:
         now = time.monotonic()
         return {t.address: t.down_until <= now for t in self._targets}
 
+    def _running(self) -> bool:
+        """Whether the client's tasks run (started in this process and not ended by close)."""
+        task = self._task
+        return task is not None and not task.done()
+
     def _wake(self) -> None:
         self._woken = True
         loop = self._loop
@@ -438,16 +450,6 @@ class AuditClient:
 
     # ---- the SDK thread ----------------------------------------------------------------------
 
-    def _thread_main(self, ready: threading.Event) -> None:
-        try:
-            import uvloop
-        except ImportError:  # the SDK alone (no server extra): plain asyncio
-            asyncio.run(self._main(ready))
-        else:
-            uvloop.run(self._main(ready))
-        finally:
-            ready.set()  # also when the loop failed to start: _start() must not wait forever
-
     async def _main(self, ready: threading.Event) -> None:
         self._wakeup = asyncio.Event()
         self._stop_event = asyncio.Event()
@@ -460,11 +462,13 @@ class AuditClient:
         # that exits at once must not start gRPC's threads at exit (see _stream_worker).
         await asyncio.sleep(0)
         ready.set()
-        await self._stop_event.wait()
-        workers, self._workers = self._workers, []
-        for task in [batcher, *workers]:
-            task.cancel()
-        await asyncio.gather(batcher, *workers, return_exceptions=True)
+        try:
+            await self._stop_event.wait()
+        finally:
+            workers, self._workers = self._workers, []
+            for task in [batcher, *workers]:
+                task.cancel()
+            await asyncio.gather(batcher, *workers, return_exceptions=True)
 
     def _resend_spooled(self) -> None:
         """Queue what an earlier process left in the spool, with its batch and event ids."""
@@ -499,8 +503,8 @@ class AuditClient:
     def _before_fork(self) -> None:
         """In the forking thread: have the SDK thread close its streams and channels, so that no
         gRPC call or channel of the SDK is live while the process is copied."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or thread is threading.current_thread() or self._closed:
+        loop = self._loop
+        if loop is None or not self._running() or sdk_loop.in_loop_thread() or self._closed:
             return
         try:
             asyncio.run_coroutine_threadsafe(self._pause_streams(), loop).result(_FORK_QUIESCE_S)
@@ -517,9 +521,9 @@ class AuditClient:
 
     def _after_fork_in_child(self) -> None:
         """Start over empty: what was pending at the fork is the parent's to deliver. The parent's
-        thread does not exist here; its loop and batches stay referenced but are never used."""
+        SDK thread does not exist here; its tasks and batches stay referenced but are never used."""
         _inherited.append(
-            (self._loop, self._thread, self._workers, self._open, getattr(self, "_outbox", None), self._spool)
+            (self._loop, self._task, self._workers, self._open, getattr(self, "_outbox", None), self._spool)
         )
         closed = self._closed
         self._reset()
@@ -801,6 +805,12 @@ class AuditClient:
             await call.write(batch.msg)
 
 
+def _task_ended(task: concurrent.futures.Future[None], ready: threading.Event) -> None:
+    ready.set()  # also when the client's main task failed at once: _start() must not wait forever
+    if not task.cancelled() and task.exception() is not None:
+        log.error("audit client stopped by an error", exc_info=task.exception())
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):  # grpc.aio's and the synchronous stack's
         return f"{exc.code().name}: {exc.details()}"
@@ -834,7 +844,7 @@ def _close_all_at_exit() -> None:
     """Close every client this process started, each waiting at most its ``exit_timeout`` from
     now: they deliver at the same time, so the whole wait is the longest of them."""
     start = time.monotonic()
-    clients = [client for client in list(_clients) if client._thread is not None and not client._closed]
+    clients = [client for client in list(_clients) if client._task is not None and not client._closed]
     for client in clients:
         client._exiting = True
     for client in clients:

@@ -60,7 +60,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,11 +146,17 @@ class _Batch:
     __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "rank", "size", "span", "spooled")
 
     def __init__(
-        self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None], rank: int = 0
+        self,
+        msg: pb.EventBatch,
+        critical: bool,
+        first_ns: int,
+        done: asyncio.Future[None],
+        rank: int = 0,
+        size: int | None = None,
     ) -> None:
         self.msg = msg
         self.count = len(msg.events)
-        self.size = msg.ByteSize()
+        self.size = msg.ByteSize() if size is None else size
         self.critical = critical
         self.rank = rank  # place in the outbox: critical, wedding day, the rest
         self.first_ns = first_ns
@@ -567,76 +573,60 @@ class AuditClient:
             self._held = None
 
     def _build(self, source: deque[_Item], *, critical: bool, rank: int = 0) -> _Batch:
+        """The next batch from ``source``: up to ``batch_size`` events, at most ``max_batch_bytes``.
+
+        Batches are sized once, as a whole: only a batch over ``max_batch_bytes`` (events of
+        several kilobytes) is built again event by event, measuring each (:meth:`_fit`)."""
         msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}", client_dropped=self._dropped)
-        add = msg.events.add
-        size = 0
-        first_ns = 0
-        source_service = self._source
-        too_large: list[pb.Rejection] = []
-        while source and len(msg.events) < self._batch_size and size < self._max_batch_bytes:
-            item = source.popleft()
-            (
-                event_id,
-                ns,
-                event_type,
-                user_id,
-                org,
-                wedding,
-                severity,
-                outcome,
-                resource_type,
-                resource_id,
-                source_ip,
-                attributes,
-                caller_trace_id,
-            ) = item
-            ev = add(
-                event_id=event_id,
-                event_type=event_type,
-                user_id=user_id,
-                organization_id=org,
-                wedding_id=wedding,
-                severity=severity,
-                outcome=outcome,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                source_ip=source_ip,
-                source_service=source_service,
-            )
-            ev.occurred_at.seconds, ev.occurred_at.nanos = divmod(ns, 1_000_000_000)
-            if attributes:
-                ev.attributes.update(attributes)
-            if caller_trace_id:
-                ev.caller_trace_id = caller_trace_id
-            event_size = ev.ByteSize()
-            if event_size > self._max_batch_bytes:
-                # It can never be sent (and ingest refuses any event near this size): resending
-                # it forever would block everything behind it.
-                del msg.events[-1]
-                too_large.append(
-                    pb.Rejection(
-                        event_id=event_id,
-                        field="event",
-                        reason=f"{event_size} bytes, more than max_batch_bytes ({self._max_batch_bytes})",
-                    )
-                )
-                continue
-            if len(msg.events) > 1 and size + event_size > self._max_batch_bytes:
-                del msg.events[-1]
-                source.appendleft(item)  # the first of the next batch
-                break
-            first_ns = first_ns or ns
-            size += event_size
-        if too_large:
-            self._report_rejected(too_large)
+        popleft = source.popleft
+        items = [popleft() for _ in range(min(len(source), self._batch_size))]
+        _add_events(msg.events, items, self._source)
+        size = msg.ByteSize()
+        first_ns = items[0][1] if items else 0
+        if size > self._max_batch_bytes:
+            source.extendleft(reversed(items))
+            del msg.events[:]
+            size, first_ns = self._fit(msg, source)
         assert self._loop is not None
-        batch = _Batch(msg, critical, first_ns, self._loop.create_future(), rank)
+        batch = _Batch(msg, critical, first_ns, self._loop.create_future(), rank, size)
         if self._batch_tracer is not None and msg.events:
             log_max_us, self._log_max_ns = self._log_max_ns // 1000, 0
             batch.span, msg.traceparent = self._batch_tracer.start(
                 critical=critical, events=len(msg.events), log_max_us=log_max_us
             )
         return batch
+
+    def _fit(self, msg: pb.EventBatch, source: deque[_Item]) -> tuple[int, int]:
+        """Fill ``msg`` from ``source`` one event at a time, up to ``max_batch_bytes``; refuse an
+        event larger than that on its own. Returns the batch's size and its first event's time."""
+        events = msg.events
+        size = first_ns = 0
+        too_large: list[pb.Rejection] = []
+        while source and len(events) < self._batch_size and size < self._max_batch_bytes:
+            item = source.popleft()
+            _add_events(events, (item,), self._source)
+            event_size = events[-1].ByteSize()
+            if event_size > self._max_batch_bytes:
+                # It can never be sent (and ingest refuses any event near this size): resending
+                # it forever would block everything behind it.
+                del events[-1]
+                too_large.append(
+                    pb.Rejection(
+                        event_id=item[0],
+                        field="event",
+                        reason=f"{event_size} bytes, more than max_batch_bytes ({self._max_batch_bytes})",
+                    )
+                )
+                continue
+            if len(events) > 1 and size + event_size > self._max_batch_bytes:
+                del events[-1]
+                source.appendleft(item)  # the first of the next batch
+                break
+            first_ns = first_ns or item[1]
+            size += event_size
+        if too_large:
+            self._report_rejected(too_large)
+        return msg.ByteSize(), first_ns
 
     def _enqueue(self, batch: _Batch, *, spool: bool = True) -> None:
         if not batch.count:
@@ -803,6 +793,51 @@ class AuditClient:
             in_flight[batch.msg.batch_id] = batch  # from here a lost stream resends it
             batch.attempts += 1
             await call.write(batch.msg)
+
+
+def _add_events(events: Any, items: Iterable[_Item], source_service: str) -> None:
+    """Append logged events to a batch's ``events``. Fields are set one by one, empty ones
+    skipped: protobuf's keyword constructor costs about half as much again per event."""
+    add = events.add
+    for (
+        event_id,
+        ns,
+        event_type,
+        user_id,
+        org,
+        wedding,
+        severity,
+        outcome,
+        resource_type,
+        resource_id,
+        source_ip,
+        attributes,
+        caller_trace_id,
+    ) in items:
+        ev = add()
+        ev.event_id = event_id
+        ev.event_type = event_type
+        ev.user_id = user_id
+        if org:
+            ev.organization_id = org
+        if wedding:
+            ev.wedding_id = wedding
+        ev.severity = severity
+        ev.outcome = outcome
+        if resource_type:
+            ev.resource_type = resource_type
+        if resource_id:
+            ev.resource_id = resource_id
+        if source_ip:
+            ev.source_ip = source_ip
+        if source_service:
+            ev.source_service = source_service
+        ts = ev.occurred_at  # one wrapper for both fields
+        ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
+        if attributes:
+            ev.attributes.update(attributes)
+        if caller_trace_id:
+            ev.caller_trace_id = caller_trace_id
 
 
 def _task_ended(task: concurrent.futures.Future[None], ready: threading.Event) -> None:

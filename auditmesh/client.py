@@ -143,7 +143,7 @@ def _split_targets(target: str | Sequence[str]) -> list[str]:
 
 
 class _Batch:
-    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "rank", "size", "span", "spooled")
+    __slots__ = ("attempts", "count", "critical", "data", "done", "first_ns", "msg", "rank", "size", "span", "spooled")
 
     def __init__(
         self,
@@ -152,11 +152,13 @@ class _Batch:
         first_ns: int,
         done: asyncio.Future[None],
         rank: int = 0,
-        size: int | None = None,
+        data: bytes | None = None,
     ) -> None:
         self.msg = msg
+        # The serialized batch, made once: what the stream sends (every attempt) and the spool keeps.
+        self.data = msg.SerializeToString() if data is None else data
         self.count = len(msg.events)
-        self.size = msg.ByteSize() if size is None else size
+        self.size = len(self.data)
         self.critical = critical
         self.rank = rank  # place in the outbox: critical, wedding day, the rest
         self.first_ns = first_ns
@@ -484,7 +486,11 @@ class AuditClient:
         assert self._loop is not None
         for spooled in recovered:
             batch = _Batch(
-                pb.EventBatch.FromString(spooled.data), spooled.critical, time.time_ns(), self._loop.create_future()
+                pb.EventBatch.FromString(spooled.data),
+                spooled.critical,
+                time.time_ns(),
+                self._loop.create_future(),
+                data=spooled.data,
             )
             batch.spooled = True
             self._spooled += batch.count
@@ -575,30 +581,35 @@ class AuditClient:
     def _build(self, source: deque[_Item], *, critical: bool, rank: int = 0) -> _Batch:
         """The next batch from ``source``: up to ``batch_size`` events, at most ``max_batch_bytes``.
 
-        Batches are sized once, as a whole: only a batch over ``max_batch_bytes`` (events of
-        several kilobytes) is built again event by event, measuring each (:meth:`_fit`)."""
+        Batches are sized once, as a whole, by serializing them (the bytes are what the stream
+        sends): only a batch over ``max_batch_bytes`` (events of several kilobytes) is built again
+        event by event, measuring each (:meth:`_fit`)."""
         msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}", client_dropped=self._dropped)
         popleft = source.popleft
         items = [popleft() for _ in range(min(len(source), self._batch_size))]
         _add_events(msg.events, items, self._source)
-        size = msg.ByteSize()
         first_ns = items[0][1] if items else 0
-        if size > self._max_batch_bytes:
+        serialized = msg.SerializeToString()
+        data: bytes | None = serialized
+        if len(serialized) > self._max_batch_bytes:
             source.extendleft(reversed(items))
             del msg.events[:]
-            size, first_ns = self._fit(msg, source)
-        assert self._loop is not None
-        batch = _Batch(msg, critical, first_ns, self._loop.create_future(), rank, size)
+            first_ns, data = self._fit(msg, source), None
+        span = None
         if self._batch_tracer is not None and msg.events:
             log_max_us, self._log_max_ns = self._log_max_ns // 1000, 0
-            batch.span, msg.traceparent = self._batch_tracer.start(
+            span, msg.traceparent = self._batch_tracer.start(
                 critical=critical, events=len(msg.events), log_max_us=log_max_us
             )
+            data = None  # serialized again with its traceparent
+        assert self._loop is not None
+        batch = _Batch(msg, critical, first_ns, self._loop.create_future(), rank, data)
+        batch.span = span
         return batch
 
-    def _fit(self, msg: pb.EventBatch, source: deque[_Item]) -> tuple[int, int]:
+    def _fit(self, msg: pb.EventBatch, source: deque[_Item]) -> int:
         """Fill ``msg`` from ``source`` one event at a time, up to ``max_batch_bytes``; refuse an
-        event larger than that on its own. Returns the batch's size and its first event's time."""
+        event larger than that on its own. Returns the batch's first event's time."""
         events = msg.events
         size = first_ns = 0
         too_large: list[pb.Rejection] = []
@@ -626,14 +637,14 @@ class AuditClient:
             size += event_size
         if too_large:
             self._report_rejected(too_large)
-        return msg.ByteSize(), first_ns
+        return first_ns
 
     def _enqueue(self, batch: _Batch, *, spool: bool = True) -> None:
         if not batch.count:
             return  # every event of it was too large to send
         if spool and self._spool is not None:
             try:
-                batch.spooled = self._spool.append(batch.msg.batch_id, batch.critical, batch.msg.SerializeToString())
+                batch.spooled = self._spool.append(batch.msg.batch_id, batch.critical, batch.data)
             except OSError:
                 log.exception("audit client: spool write failed; the batch is kept in memory only")
             if batch.spooled:
@@ -792,7 +803,7 @@ class AuditClient:
                 continue
             in_flight[batch.msg.batch_id] = batch  # from here a lost stream resends it
             batch.attempts += 1
-            await call.write(batch.msg)
+            await call.write(batch.data)
 
 
 def _add_events(events: Any, items: Iterable[_Item], source_service: str) -> None:

@@ -8,25 +8,28 @@
 
 ``log()`` never touches the network: it appends a tuple to an in-memory buffer and returns the
 event id (client-made: a random producer prefix plus a sequence number, the idempotency key).
-A background thread with its own event loop turns the buffer into batches (by size and time;
-P0 events are sent at once, ahead of others) and sends them over one or more bidi streams to
+Tasks on the process's one SDK event loop (:mod:`auditmesh.sdk_loop`, a background thread that
+every client of the process shares) turn the buffer into batches (by size and time;
+P0 events are sent at once, ahead of others) and send them over one or more bidi streams to
 ingest. Every batch is kept until its ack arrives; after a broken stream or a RETRY ack it is
 resent unchanged (same event ids), with jittered backoff. Per-event rejections go to the
-``on_rejected`` callback (called on the SDK thread) and to the counters in :class:`ClientStats`.
+``on_rejected`` callback (called on the SDK thread, which all clients share: keep it quick)
+and to the counters in :class:`ClientStats`.
 
 Bounds: at most ``max_pending_events`` events and ``max_pending_bytes`` bytes wait in the SDK.
 Past that, ``log()`` drops non-critical events (counted in ``dropped``, warned once per
 interval); P0_CRITICAL events are never dropped.
 
 The client is safe to use from any number of threads and from asyncio code (``log`` never
-blocks; use ``aflush``/``aclose`` in coroutines).
+blocks; use ``aflush``/``aclose`` in coroutines). Any number of clients may be opened and
+closed in any threads: they share one loop and thread, and closing one ends its own tasks only.
 
 Processes (docs/sdk.md says the same for users):
 
 - fork: before ``os.fork()`` the SDK thread closes its streams (their unacknowledged batches
   stay queued), so that no gRPC call is under way while the process is copied; the parent then
   opens new ones and resends. A child starts with an empty buffer, its own id prefix and
-  counters, and a new thread and channel on its first use, on gRPC's synchronous stack
+  counters, and a new SDK loop, thread and channel on its first use, on gRPC's synchronous stack
   (:class:`~auditmesh.sdk_transport.ThreadedStream`: grpc.aio does not survive a fork): whatever was pending at the
   fork is the parent's to deliver, so nothing is sent twice from two processes.
 - failover: with several targets (a list, ``"host1:port,host2:port"``, or a ``dns:///name:port``
@@ -57,12 +60,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from auditmesh import sdk_loop
 from auditmesh.event_ids import new_client_prefix
 from auditmesh.sdk_spool import Spool
 from auditmesh.sdk_trace import BatchTracer
@@ -78,7 +82,7 @@ use of the global ``random`` state is neither disturbed nor seen."""
 _P0 = pb.P0_CRITICAL
 _DROP_WARN_INTERVAL_S = 10.0
 _FORK_QUIESCE_S = 5.0  # how long a fork waits for the SDK thread to close its streams
-_JOIN_S = 2.0  # how long close() waits for the SDK thread to end once its work is settled
+_JOIN_S = 2.0  # how long close() waits for the client's tasks to end once its work is settled
 _WEDDING_DAY_S = 600.0
 """How long a wedding that ingest named as today's (``BatchAck.wedding_day``) has its events
 batched apart, unless a later ack names it again."""
@@ -86,7 +90,7 @@ _Item = tuple[Any, ...]
 
 # Every client of this process, for the fork and exit hooks at the end of this module.
 _clients: weakref.WeakSet[AuditClient] = weakref.WeakSet()
-# What a forked child inherited from its parent's clients (threads, loops, channels, batches):
+# What a forked child inherited from its parent's clients (tasks, channels, batches):
 # kept referenced and never touched, so that no destructor acts on the parent's connections.
 _inherited: list[object] = []
 
@@ -142,14 +146,22 @@ def _split_targets(target: str | Sequence[str]) -> list[str]:
 
 
 class _Batch:
-    __slots__ = ("attempts", "count", "critical", "done", "first_ns", "msg", "rank", "size", "span", "spooled")
+    __slots__ = ("attempts", "count", "critical", "data", "done", "first_ns", "msg", "rank", "size", "span", "spooled")
 
     def __init__(
-        self, msg: pb.EventBatch, critical: bool, first_ns: int, done: asyncio.Future[None], rank: int = 0
+        self,
+        msg: pb.EventBatch,
+        critical: bool,
+        first_ns: int,
+        done: asyncio.Future[None],
+        rank: int = 0,
+        data: bytes | None = None,
     ) -> None:
         self.msg = msg
+        # The serialized batch, made once: what the stream sends (every attempt) and the spool keeps.
+        self.data = msg.SerializeToString() if data is None else data
         self.count = len(msg.events)
-        self.size = msg.ByteSize()
+        self.size = len(self.data)
         self.critical = critical
         self.rank = rank  # place in the outbox: critical, wedding day, the rest
         self.first_ns = first_ns
@@ -233,21 +245,22 @@ class AuditClient:
         self._last_drop_warning = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log_max_ns = 0
-        self._thread: threading.Thread | None = None
+        # The client's main task on the SDK loop (its batcher and streams run under it).
+        self._task: concurrent.futures.Future[None] | None = None
         self._start_lock = threading.Lock()
         self._workers: list[asyncio.Task[None]] = []
 
     def _start(self) -> None:
-        """Start the SDK thread and its event loop (once; in a forked child, on first use)."""
+        """Start the client's tasks on the process's SDK loop (once; in a forked child, on first
+        use), and wait until its streams are being opened."""
         with self._start_lock:
-            if self._thread is not None or self._closed:
+            if self._task is not None or self._closed:
                 return
             ready = threading.Event()
-            self._thread = threading.Thread(
-                target=self._thread_main, args=(ready,), name="auditmesh-client", daemon=True
-            )
-            self._thread.start()
-            ready.wait()
+            self._task = asyncio.run_coroutine_threadsafe(self._main(ready), sdk_loop.get_loop())
+            self._task.add_done_callback(lambda task: _task_ended(task, ready))
+            if not sdk_loop.in_loop_thread():  # made from a callback on the loop: it cannot wait
+                ready.wait()
         _watch_exit()
 
     # ---- the caller's side -------------------------------------------------------------------
@@ -269,7 +282,7 @@ class AuditClient:
         occurred_at_ns: int | None = None,
     ) -> str:
         """Queue one event and return its id; never blocks, never raises for load."""
-        if self._thread is None:
+        if self._task is None:
             self._start()
         timed = self._batch_tracer is not None  # the slowest call per batch goes on its span
         started = time.perf_counter_ns() if timed else 0
@@ -332,8 +345,8 @@ class AuditClient:
         """Wait until every event logged before this call is acknowledged or rejected; False if
         some were still unsettled after ``timeout`` seconds (they stay queued)."""
         loop = self._loop
-        if loop is None or self._thread is None or not self._thread.is_alive():
-            return self.stats.pending == 0  # not started in this process, or closed
+        if loop is None or not self._running() or sdk_loop.in_loop_thread():
+            return self.stats.pending == 0  # not started in this process, closed, or on the loop itself
         try:
             future = asyncio.run_coroutine_threadsafe(self._flush(), loop)
         except RuntimeError:  # the loop closed meanwhile
@@ -347,27 +360,29 @@ class AuditClient:
 
     async def aflush(self) -> None:
         """``flush`` for coroutines; bound it with ``asyncio.timeout`` as needed."""
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+        if self._loop is not None and self._running():
             await asyncio.wrap_future(self._submit(self._flush()))
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Flush (at most ``timeout`` seconds), then stop the SDK thread. Returns False, and warns,
+        """Flush (at most ``timeout`` seconds), then end the client's tasks (the process's SDK loop
+        and the other clients on it go on). Returns False, and warns,
         if events were left unacknowledged: they are lost. Safe to call twice (the second call says
         whether nothing is pending), and in a forked child that never used the client. Events
         logged after close are dropped and counted in ``stats.dropped``."""
         if self._closed:
             return self.stats.pending == 0
         flushed = self.flush(timeout)
-        with self._start_lock:  # a log() in another thread cannot start the thread again
+        with self._start_lock:  # a log() in another thread cannot start the client again
             self._closed = True
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not task.done():
             try:
                 loop.call_soon_threadsafe(self._stop_event.set)
             except RuntimeError:
                 pass  # the loop already ended
-            thread.join(_JOIN_S)
-        if self._spool is not None and (thread is None or not thread.is_alive()):
+            if not sdk_loop.in_loop_thread():
+                concurrent.futures.wait([task], _JOIN_S)
+        if self._spool is not None and (task is None or task.done()):
             self._spool.close()  # what is unacknowledged stays there for the next client
         if not flushed:
             log.warning(
@@ -415,6 +430,11 @@ class AuditClient:
         now = time.monotonic()
         return {t.address: t.down_until <= now for t in self._targets}
 
+    def _running(self) -> bool:
+        """Whether the client's tasks run (started in this process and not ended by close)."""
+        task = self._task
+        return task is not None and not task.done()
+
     def _wake(self) -> None:
         self._woken = True
         loop = self._loop
@@ -441,16 +461,6 @@ class AuditClient:
 
     # ---- the SDK thread ----------------------------------------------------------------------
 
-    def _thread_main(self, ready: threading.Event) -> None:
-        try:
-            import uvloop
-        except ImportError:  # the SDK alone (no server extra): plain asyncio
-            asyncio.run(self._main(ready))
-        else:
-            uvloop.run(self._main(ready))
-        finally:
-            ready.set()  # also when the loop failed to start: _start() must not wait forever
-
     async def _main(self, ready: threading.Event) -> None:
         self._wakeup = asyncio.Event()
         self._stop_event = asyncio.Event()
@@ -463,11 +473,13 @@ class AuditClient:
         # that exits at once must not start gRPC's threads at exit (see _stream_worker).
         await asyncio.sleep(0)
         ready.set()
-        await self._stop_event.wait()
-        workers, self._workers = self._workers, []
-        for task in [batcher, *workers]:
-            task.cancel()
-        await asyncio.gather(batcher, *workers, return_exceptions=True)
+        try:
+            await self._stop_event.wait()
+        finally:
+            workers, self._workers = self._workers, []
+            for task in [batcher, *workers]:
+                task.cancel()
+            await asyncio.gather(batcher, *workers, return_exceptions=True)
 
     def _resend_spooled(self) -> None:
         """Queue what an earlier process left in the spool, with its batch and event ids."""
@@ -477,7 +489,11 @@ class AuditClient:
         assert self._loop is not None
         for spooled in recovered:
             batch = _Batch(
-                pb.EventBatch.FromString(spooled.data), spooled.critical, time.time_ns(), self._loop.create_future()
+                pb.EventBatch.FromString(spooled.data),
+                spooled.critical,
+                time.time_ns(),
+                self._loop.create_future(),
+                data=spooled.data,
             )
             batch.spooled = True
             self._spooled += batch.count
@@ -502,8 +518,8 @@ class AuditClient:
     def _before_fork(self) -> None:
         """In the forking thread: have the SDK thread close its streams and channels, so that no
         gRPC call or channel of the SDK is live while the process is copied."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or thread is threading.current_thread() or self._closed:
+        loop = self._loop
+        if loop is None or not self._running() or sdk_loop.in_loop_thread() or self._closed:
             return
         try:
             asyncio.run_coroutine_threadsafe(self._pause_streams(), loop).result(_FORK_QUIESCE_S)
@@ -520,9 +536,9 @@ class AuditClient:
 
     def _after_fork_in_child(self) -> None:
         """Start over empty: what was pending at the fork is the parent's to deliver. The parent's
-        thread does not exist here; its loop and batches stay referenced but are never used."""
+        SDK thread does not exist here; its tasks and batches stay referenced but are never used."""
         _inherited.append(
-            (self._loop, self._thread, self._workers, self._open, getattr(self, "_outbox", None), self._spool)
+            (self._loop, self._task, self._workers, self._open, getattr(self, "_outbox", None), self._spool)
         )
         closed = self._closed
         self._reset()
@@ -566,83 +582,72 @@ class AuditClient:
             self._held = None
 
     def _build(self, source: deque[_Item], *, critical: bool, rank: int = 0) -> _Batch:
+        """The next batch from ``source``: up to ``batch_size`` events, at most ``max_batch_bytes``.
+
+        Batches are sized once, as a whole, by serializing them (the bytes are what the stream
+        sends): only a batch over ``max_batch_bytes`` (events of several kilobytes) is built again
+        event by event, measuring each (:meth:`_fit`)."""
         msg = pb.EventBatch(batch_id=f"{self._prefix}b{next(self._batch_ids)}", client_dropped=self._dropped)
-        add = msg.events.add
-        size = 0
-        first_ns = 0
-        source_service = self._source
-        too_large: list[pb.Rejection] = []
-        while source and len(msg.events) < self._batch_size and size < self._max_batch_bytes:
-            item = source.popleft()
-            (
-                event_id,
-                ns,
-                event_type,
-                user_id,
-                org,
-                wedding,
-                severity,
-                outcome,
-                resource_type,
-                resource_id,
-                source_ip,
-                attributes,
-                caller_trace_id,
-            ) = item
-            ev = add(
-                event_id=event_id,
-                event_type=event_type,
-                user_id=user_id,
-                organization_id=org,
-                wedding_id=wedding,
-                severity=severity,
-                outcome=outcome,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                source_ip=source_ip,
-                source_service=source_service,
+        popleft = source.popleft
+        items = [popleft() for _ in range(min(len(source), self._batch_size))]
+        _add_events(msg.events, items, self._source)
+        first_ns = items[0][1] if items else 0
+        serialized = msg.SerializeToString()
+        data: bytes | None = serialized
+        if len(serialized) > self._max_batch_bytes:
+            source.extendleft(reversed(items))
+            del msg.events[:]
+            first_ns, data = self._fit(msg, source), None
+        span = None
+        if self._batch_tracer is not None and msg.events:
+            log_max_us, self._log_max_ns = self._log_max_ns // 1000, 0
+            span, msg.traceparent = self._batch_tracer.start(
+                critical=critical, events=len(msg.events), log_max_us=log_max_us
             )
-            ev.occurred_at.seconds, ev.occurred_at.nanos = divmod(ns, 1_000_000_000)
-            if attributes:
-                ev.attributes.update(attributes)
-            if caller_trace_id:
-                ev.caller_trace_id = caller_trace_id
-            event_size = ev.ByteSize()
+            data = None  # serialized again with its traceparent
+        assert self._loop is not None
+        batch = _Batch(msg, critical, first_ns, self._loop.create_future(), rank, data)
+        batch.span = span
+        return batch
+
+    def _fit(self, msg: pb.EventBatch, source: deque[_Item]) -> int:
+        """Fill ``msg`` from ``source`` one event at a time, up to ``max_batch_bytes``; refuse an
+        event larger than that on its own. Returns the batch's first event's time."""
+        events = msg.events
+        size = first_ns = 0
+        too_large: list[pb.Rejection] = []
+        while source and len(events) < self._batch_size and size < self._max_batch_bytes:
+            item = source.popleft()
+            _add_events(events, (item,), self._source)
+            event_size = events[-1].ByteSize()
             if event_size > self._max_batch_bytes:
                 # It can never be sent (and ingest refuses any event near this size): resending
                 # it forever would block everything behind it.
-                del msg.events[-1]
+                del events[-1]
                 too_large.append(
                     pb.Rejection(
-                        event_id=event_id,
+                        event_id=item[0],
                         field="event",
                         reason=f"{event_size} bytes, more than max_batch_bytes ({self._max_batch_bytes})",
                     )
                 )
                 continue
-            if len(msg.events) > 1 and size + event_size > self._max_batch_bytes:
-                del msg.events[-1]
+            if len(events) > 1 and size + event_size > self._max_batch_bytes:
+                del events[-1]
                 source.appendleft(item)  # the first of the next batch
                 break
-            first_ns = first_ns or ns
+            first_ns = first_ns or item[1]
             size += event_size
         if too_large:
             self._report_rejected(too_large)
-        assert self._loop is not None
-        batch = _Batch(msg, critical, first_ns, self._loop.create_future(), rank)
-        if self._batch_tracer is not None and msg.events:
-            log_max_us, self._log_max_ns = self._log_max_ns // 1000, 0
-            batch.span, msg.traceparent = self._batch_tracer.start(
-                critical=critical, events=len(msg.events), log_max_us=log_max_us
-            )
-        return batch
+        return first_ns
 
     def _enqueue(self, batch: _Batch, *, spool: bool = True) -> None:
         if not batch.count:
             return  # every event of it was too large to send
         if spool and self._spool is not None:
             try:
-                batch.spooled = self._spool.append(batch.msg.batch_id, batch.critical, batch.msg.SerializeToString())
+                batch.spooled = self._spool.append(batch.msg.batch_id, batch.critical, batch.data)
             except OSError:
                 log.exception("audit client: spool write failed; the batch is kept in memory only")
             if batch.spooled:
@@ -801,7 +806,58 @@ class AuditClient:
                 continue
             in_flight[batch.msg.batch_id] = batch  # from here a lost stream resends it
             batch.attempts += 1
-            await call.write(batch.msg)
+            await call.write(batch.data)
+
+
+def _add_events(events: Any, items: Iterable[_Item], source_service: str) -> None:
+    """Append logged events to a batch's ``events``. Fields are set one by one, empty ones
+    skipped: protobuf's keyword constructor costs about half as much again per event."""
+    add = events.add
+    for (
+        event_id,
+        ns,
+        event_type,
+        user_id,
+        org,
+        wedding,
+        severity,
+        outcome,
+        resource_type,
+        resource_id,
+        source_ip,
+        attributes,
+        caller_trace_id,
+    ) in items:
+        ev = add()
+        ev.event_id = event_id
+        ev.event_type = event_type
+        ev.user_id = user_id
+        if org:
+            ev.organization_id = org
+        if wedding:
+            ev.wedding_id = wedding
+        ev.severity = severity
+        ev.outcome = outcome
+        if resource_type:
+            ev.resource_type = resource_type
+        if resource_id:
+            ev.resource_id = resource_id
+        if source_ip:
+            ev.source_ip = source_ip
+        if source_service:
+            ev.source_service = source_service
+        ts = ev.occurred_at  # one wrapper for both fields
+        ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
+        if attributes:
+            ev.attributes.update(attributes)
+        if caller_trace_id:
+            ev.caller_trace_id = caller_trace_id
+
+
+def _task_ended(task: concurrent.futures.Future[None], ready: threading.Event) -> None:
+    ready.set()  # also when the client's main task failed at once: _start() must not wait forever
+    if not task.cancelled() and task.exception() is not None:
+        log.error("audit client stopped by an error", exc_info=task.exception())
 
 
 def _describe(exc: BaseException) -> str:
@@ -837,7 +893,7 @@ def _close_all_at_exit() -> None:
     """Close every client this process started, each waiting at most its ``exit_timeout`` from
     now: they deliver at the same time, so the whole wait is the longest of them."""
     start = time.monotonic()
-    clients = [client for client in list(_clients) if client._thread is not None and not client._closed]
+    clients = [client for client in list(_clients) if client._task is not None and not client._closed]
     for client in clients:
         client._exiting = True
     for client in clients:

@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 import grpc
 
 from auditpb.v1 import audit_pb2 as pb
-from auditpb.v1 import audit_pb2_grpc as pb_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "Connection", "ThreadedStream", "channel_options", "open_stream"]
 
@@ -41,9 +40,13 @@ def channel_options(target: str) -> list[tuple[str, Any]]:
     return CHANNEL_OPTIONS
 
 
+STREAM_METHOD = "/auditpb.v1.IngestService/Stream"
+
+
 def open_stream(target: str, *, threaded: bool, connection: Connection | None = None) -> tuple[Any, Any]:
     """(channel, call) of a new IngestService.Stream: on grpc.aio, or, ``threaded`` (in a forked
-    child), on the synchronous stack."""
+    child), on the synchronous stack. The call takes serialized ``EventBatch`` bytes (the client
+    serializes each batch once, for every attempt) and yields ``BatchAck`` messages."""
     connection = connection or Connection()
     if threaded:
         stream = ThreadedStream(target, connection)
@@ -53,7 +56,8 @@ def open_stream(target: str, *, threaded: bool, connection: Connection | None = 
         channel = grpc.aio.insecure_channel(target, options=options)
     else:
         channel = grpc.aio.secure_channel(target, connection.credentials, options=options)
-    return channel, pb_grpc.IngestServiceStub(channel).Stream(metadata=connection.metadata)
+    stream = channel.stream_stream(STREAM_METHOD, request_serializer=None, response_deserializer=pb.BatchAck.FromString)
+    return channel, stream(metadata=connection.metadata)
 
 
 class ThreadedStream:
@@ -76,10 +80,11 @@ class ThreadedStream:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
             self._channel = grpc.secure_channel(target, connection.credentials, options=options)
-        self._requests: queue.SimpleQueue[pb.EventBatch | None] = queue.SimpleQueue()
-        self._call = pb_grpc.IngestServiceStub(self._channel).Stream(
-            iter(self._requests.get, None), metadata=connection.metadata
+        self._requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        stream = self._channel.stream_stream(
+            STREAM_METHOD, request_serializer=None, response_deserializer=pb.BatchAck.FromString
         )
+        self._call = stream(iter(self._requests.get, None), metadata=connection.metadata)
         self._acks: asyncio.Queue[pb.BatchAck | Exception | None] = asyncio.Queue()
         threading.Thread(target=self._read, name="auditmesh-client-acks", daemon=True).start()
 
@@ -98,7 +103,7 @@ class ThreadedStream:
         except RuntimeError:
             pass  # the client's loop has ended
 
-    async def write(self, batch: pb.EventBatch) -> None:
+    async def write(self, batch: bytes) -> None:
         self._requests.put(batch)
 
     def __aiter__(self) -> ThreadedStream:

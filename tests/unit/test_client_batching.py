@@ -107,3 +107,23 @@ def test_a_lone_event_leaves_after_one_to_two_linger_periods(ingest: tuple[Recor
         assert 0.29 <= waited < 2 * 0.3 + 0.5, f"left after {waited:.3f}s with a 0.3 s linger"
     finally:
         client.close(timeout=5)
+
+
+def test_batches_of_large_events_stay_within_max_batch_bytes() -> None:
+    """Events of ~1 KB with a 4 KB max_batch_bytes leave as several batches, none over the
+    bound, holding every event once in logged order; an event over the bound on its own is
+    refused with its size and the rest still go."""
+    rejected: list[pb.Rejection] = []
+    client = AuditClient("127.0.0.1:9", max_batch_bytes=4096, linger_ms=10, on_rejected=rejected.append)
+    try:
+        ids = [client.log("auth.login.succeeded", user_id=f"u{i}", attributes={"blob": "x" * 1000}) for i in range(20)]
+        huge = client.log("auth.login.succeeded", user_id="huge", attributes={"blob": "x" * 5000})
+        ids.append(client.log("auth.login.succeeded", user_id="after"))
+        assert_eventually(lambda: sum(_batch_sizes(client)) == len(ids), timeout=10, interval=0.01)
+        batches = sorted(client._open, key=lambda b: int(b.msg.batch_id.rpartition("b")[2]))
+        assert len(batches) >= 5
+        assert all(b.size == b.msg.ByteSize() <= 4096 for b in batches)
+        assert [ev.event_id for b in batches for ev in b.msg.events] == ids
+        assert [(r.event_id, r.field) for r in rejected] == [(huge, "event")]
+    finally:
+        client.close(timeout=0.1)

@@ -11,19 +11,19 @@ from auditmesh.client import AuditClient
 
 
 def test_log_after_close_is_dropped_counted_and_warned(caplog: pytest.LogCaptureFixture) -> None:
-    """After close(), log() still returns an id but queues nothing and starts no thread: the
+    """After close(), log() still returns an id but queues nothing and starts nothing again: the
     event is counted as dropped and a warning says so (nothing could ever send it)."""
     # Nothing listens on port 9: the one event logged before close stays unacknowledged.
     client = AuditClient("127.0.0.1:9", exit_timeout=0.1)
     client.log("auth.login.failed", user_id="u")
     assert client.close(timeout=0.2) is False
-    thread = client._thread
-    assert thread is not None and not thread.is_alive()
+    task = client._task
+    assert task is not None and task.done()
     with caplog.at_level(logging.WARNING, logger="auditmesh.client"):
         assert client.log("auth.login.failed", user_id="u")
     stats = client.stats
     assert (stats.logged, stats.dropped, stats.pending) == (2, 1, 1)
-    assert client._thread is thread, "log() after close started a new thread"
+    assert client._task is task, "log() after close started the client again"
     assert any("after close()" in r.getMessage() for r in caplog.records)
 
 

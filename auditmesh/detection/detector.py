@@ -11,8 +11,11 @@ the webhook deliveries in the background. Alerts of detection rules without a wi
 event) are published before the correlation call, so they never wait for Redis; updates of open
 alerts (their running counts) are coalesced and published and stored once a second.
 
-A Redis failure loses the round's correlation updates (counted: ``redis_errors``,
-``degraded_updates``); alerts of rules without state are still raised; ingestion is untouched.
+A failed or timed-out correlation call is retried with the same round (``redis_retries``; the
+state script makes a repeat harmless), so a call lost under load costs time, not counts. When
+Redis stays unreachable through the last try (``AUDITMESH_DETECTION_REDIS_ATTEMPTS``) the round's
+correlation updates are lost (counted: ``redis_errors``, ``degraded_updates``); alerts of rules
+without state are still raised; ingestion is untouched.
 Rule files are re-read when they change (checked every ``reload_s``); a bad edit is logged and
 counted, and the previous rules stay in force.
 """
@@ -32,10 +35,10 @@ from redis.exceptions import RedisError
 
 from auditmesh.detection.alerts import AlertStore, alert_of_firing, alert_of_hit, channel
 from auditmesh.detection.config import DetectionConfig
-from auditmesh.detection.evaluator import Evaluation, evaluate
+from auditmesh.detection.evaluator import Evaluation, Update, evaluate
 from auditmesh.detection.roles import RoleFile
 from auditmesh.detection.rules import RuleError, RuleSet, load_rules
-from auditmesh.detection.state import CorrelationState
+from auditmesh.detection.state import CorrelationState, Firing
 from auditmesh.detection.webhook import WebhookSender
 from auditmesh.metrics import Reservoir
 from auditpb.v1 import alerts_pb2 as apb
@@ -47,10 +50,12 @@ log = logging.getLogger("auditmesh.detection")
 _ROUND_EVENTS = 5000
 """Most events evaluated in one round (one Redis call)."""
 _CHUNK = 500
+"""Events evaluated between yields to the event loop, so a critical write is not held up."""
 _UPDATE_EVERY_S = 1.0
 """How often the running counts of open alerts are re-published and re-stored: an attack of
 thousands of events a second costs one update per alert per second, not one per round."""
-"""Events evaluated between yields to the event loop, so a critical write is not held up."""
+_RETRY_PAUSE_S = 0.05
+"""Pause before the first retry of a failed correlation call, doubled for each next one."""
 
 
 class Detector:
@@ -93,6 +98,7 @@ class Detector:
         self.alerts_raised = 0
         self.alerts_updated = 0
         self.redis_errors = 0
+        self.redis_retries = 0
         self.degraded_updates = 0
         self.publish_errors = 0
         self.store_errors = 0
@@ -240,25 +246,14 @@ class Detector:
         if updates:
             fired: list[apb.Alert] = []
             opened: list[apb.Alert] = []
-            if self._state is None:
-                self.degraded_updates += len(updates)
-            else:
-                try:
-                    firings = await asyncio.wait_for(
-                        self._state.apply(list(updates.values()), now_ms), self.cfg.redis_timeout_s
-                    )
-                except (RedisError, OSError, TimeoutError) as exc:
-                    self.redis_errors += 1
-                    self.degraded_updates += len(updates)
-                    log.warning("correlation state not updated (%d groups lost): %s", len(updates), exc)
-                    firings = []
-                for firing in firings:
-                    alert = alert_of_firing(firing, now_ms)
-                    fired.append(alert)
-                    if firing.new:
-                        opened.append(alert)
-                    else:
-                        self._updated[alert.alert_id] = alert
+            firings = await self._correlate(list(updates.values()), now_ms)
+            for firing in firings:
+                alert = alert_of_firing(firing, now_ms)
+                fired.append(alert)
+                if firing.new:
+                    opened.append(alert)
+                else:
+                    self._updated[alert.alert_id] = alert
             if opened:
                 await self._publish(opened)
                 self._deliver(opened, opened)
@@ -267,6 +262,28 @@ class Detector:
             self.alerts_updated += len(fired) - len(opened)
         self.round_us.add(int((time.perf_counter() - started) * 1e6))
         return raised
+
+    async def _correlate(self, updates: list[Update], now_ms: int) -> list[Firing]:
+        """The round's one script call, retried (the same round: see :mod:`.state`) when it fails or
+        its answer does not come in time; an empty list when Redis stays unreachable."""
+        if self._state is None:
+            self.degraded_updates += len(updates)
+            return []
+        batch = self._state.prepare(updates)
+        timeout = self.cfg.redis_timeout_s
+        for attempt in range(self.cfg.redis_attempts):
+            try:
+                return await asyncio.wait_for(self._state.apply(batch, now_ms), timeout)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.redis_errors += 1
+                error = exc
+            if attempt + 1 < self.cfg.redis_attempts:
+                self.redis_retries += 1
+                await asyncio.sleep(_RETRY_PAUSE_S * 2**attempt)
+                timeout *= 2
+        self.degraded_updates += len(updates)
+        log.warning("correlation state not updated (%d groups lost): %s", len(updates), error)
+        return []
 
     async def _publish(self, alerts: list[apb.Alert]) -> None:
         if self._redis is None:
@@ -309,6 +326,7 @@ class Detector:
                 "alerts_raised": self.alerts_raised,
                 "alerts_updated": self.alerts_updated,
                 "redis_errors": self.redis_errors,
+                "redis_retries": self.redis_retries,
                 "degraded_updates": self.degraded_updates,
                 "publish_errors": self.publish_errors,
                 "store_errors": self.store_errors,

@@ -26,7 +26,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,16 @@ _UPDATE_EVERY_S = 1.0
 thousands of events a second costs one update per alert per second, not one per round."""
 _RETRY_PAUSE_S = 0.05
 """Pause before the first retry of a failed correlation call, doubled for each next one."""
+
+
+@dataclass(frozen=True)
+class _Round:
+    """A round evaluated, its stateless alerts published, its correlation updates still to apply."""
+
+    started: float
+    now_ms: int
+    raised: list[apb.Alert]
+    updates: list[Update]
 
 
 class Detector:
@@ -178,6 +189,8 @@ class Detector:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._background:  # the last rounds' correlation calls, alerts on their way to the store
+            await asyncio.wait(self._background, timeout=5)
         await self._flush()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
@@ -206,6 +219,7 @@ class Detector:
                 self._roles.refresh()
 
     async def _run(self) -> None:
+        settling: asyncio.Task[None] | None = None
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -219,12 +233,24 @@ class Detector:
                     self._pending_events -= len(batch)
                     events.extend(batch)
                 try:
-                    await self.process(events)
+                    evaluated = await self._evaluate(events)
                 except Exception:  # a bug in one round must not stop detection for good
                     log.exception("detection round of %d events failed", len(events))
+                    continue
+                # This round's stateless alerts (P0) are out while the previous round's correlation
+                # call may still be in flight (retries included); the calls themselves stay one at a
+                # time, in round order.
+                if settling is not None:
+                    await asyncio.wait([settling])  # not gather: cancelling this loop must not cancel it
+                settling = self._background_task(self._settle_logged(evaluated))
 
     async def process(self, events: Sequence[pb.Event]) -> list[apb.Alert]:
-        """One round: evaluate, update shared state, publish, then store and deliver in the background."""
+        """One round: evaluate, publish the alerts of rules without state, update the shared state and
+        publish what it raised, then store and deliver in the background. Every alert raised or updated."""
+        return await self._settle(await self._evaluate(events))
+
+    async def _evaluate(self, events: Sequence[pb.Event]) -> _Round:
+        """Evaluate a round and publish the alerts of rules without state at once (nothing slow first)."""
         started = time.perf_counter()
         rules = self.rules
         result = Evaluation()
@@ -232,22 +258,31 @@ class Detector:
             if i:
                 await asyncio.sleep(0)
             evaluate(rules, events[i : i + _CHUNK], self._roles, into=result)
-        hits, updates = result.hits, result.updates
         self.evaluated += len(events)
         self.rounds += 1
         now_ms = int(time.time() * 1000)
         raised: list[apb.Alert] = []
-        if hits:
-            new = [alert_of_hit(h, now_ms) for h in hits]
-            await self._publish(new)
-            raised += new
-            self.alerts_raised += len(new)
-            self._deliver(new, new)
-        if updates:
+        if result.hits:
+            raised = [alert_of_hit(h, now_ms) for h in result.hits]
+            await self._publish(raised)
+            self.alerts_raised += len(raised)
+            self._deliver(raised, raised)
+        return _Round(started, now_ms, raised, list(result.updates.values()))
+
+    async def _settle_logged(self, evaluated: _Round) -> None:
+        try:
+            await self._settle(evaluated)
+        except Exception:
+            log.exception("correlation of a detection round failed")
+
+    async def _settle(self, evaluated: _Round) -> list[apb.Alert]:
+        """The round's correlation and suppression: one script call, then the alerts it opened published."""
+        raised = evaluated.raised
+        if evaluated.updates:
+            now_ms = evaluated.now_ms
             fired: list[apb.Alert] = []
             opened: list[apb.Alert] = []
-            firings = await self._correlate(list(updates.values()), now_ms)
-            for firing in firings:
+            for firing in await self._correlate(evaluated.updates, now_ms):
                 alert = alert_of_firing(firing, now_ms)
                 fired.append(alert)
                 if firing.new:
@@ -257,11 +292,17 @@ class Detector:
             if opened:
                 await self._publish(opened)
                 self._deliver(opened, opened)
-            raised += fired
+            raised = raised + fired
             self.alerts_raised += len(opened)
             self.alerts_updated += len(fired) - len(opened)
-        self.round_us.add(int((time.perf_counter() - started) * 1e6))
+        self.round_us.add(int((time.perf_counter() - evaluated.started) * 1e6))
         return raised
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _correlate(self, updates: list[Update], now_ms: int) -> list[Firing]:
         """The round's one script call, retried (the same round: see :mod:`.state`) when it fails or
@@ -300,9 +341,7 @@ class Detector:
     def _deliver(self, alerts: list[apb.Alert], new: list[apb.Alert]) -> None:
         """Store every alert (an update rewrites its rows); page only for new ones."""
         if self._store is not None:
-            task = asyncio.create_task(self._put(alerts))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background_task(self._put(alerts))
         if self.webhook is not None:
             for alert in new:
                 self.webhook.send(alert)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
 
+from auditmesh.detection.alerts import channel
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
 from auditmesh.detection.state import _STATE_LUA
@@ -27,12 +29,16 @@ T0 = int(time.time() * 1000) - 60_000
 
 class Relay:
     """A TCP relay to Redis that loses the next script call (``cut = "call"``) or its answer
-    (``cut = "answer"``) by closing the caller's connection."""
+    (``cut = "answer"``) by closing the caller's connection, or holds script calls back while
+    ``hold`` is set (``held`` says one is waiting)."""
 
     def __init__(self, upstream_port: int) -> None:
         self._upstream_port = upstream_port
         self.cut = ""
         self.cuts = 0
+        self.hold = False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -57,6 +63,9 @@ class Relay:
                         writer.close()
                         return
                     lose_answer.set()
+                if self.hold and b"EVALSHA" in data:
+                    self.held.set()
+                    await self.release.wait()
                 up_writer.write(data)
                 await up_writer.drain()
 
@@ -158,3 +167,43 @@ def test_a_correlation_without_suppression_that_fired_in_a_lost_answer_fires_on_
     assert detector.redis_retries == 1
     assert [(a.rule, a.group) for a in alerts] == [("mfa_and_payout", "user_id=u-t")]
     assert detector.alerts_raised == 1
+
+
+def test_p0_alerts_go_out_while_the_previous_rounds_correlation_call_is_held(state_db: str) -> None:
+    """The alert of a P0 event is published while an earlier round's correlation call is still waiting
+    on Redis (a slow call or its retries never hold up the stateless alerts), and the held call's
+    alert follows once Redis answers."""
+    url = urlparse(state_db)
+    keyspace = f"ks_{uuid.uuid4().hex[:8]}"
+
+    async def go() -> list[tuple[str, bool]]:
+        relay = Relay(url.port or 6379)
+        port = await relay.start()
+        client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}{url.path}")
+        listener = redis.asyncio.Redis.from_url(state_db)
+        detector = Detector(DetectionConfig(rules_dir=str(PACK), redis_timeout_s=30.0), client, None, keyspace)
+        seen: list[tuple[str, bool]] = []
+        try:
+            async with listener.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel(keyspace))
+                relay.hold = True
+                detector.start()
+                detector.offer(failures(10, "u-held", 0))
+                await asyncio.wait_for(relay.held.wait(), 30)
+                detector.offer([event("auth.account.locked", severity=pb.P0_CRITICAL, user_id="u-p0")])
+                deadline = time.monotonic() + 60
+                while len(seen) < 2 and time.monotonic() < deadline:
+                    message = await pubsub.get_message(timeout=1)  # None also for the subscription's own
+                    if message is None:
+                        continue
+                    seen.append((apb.Alert.FromString(message["data"]).rule, relay.release.is_set()))
+                    relay.release.set()
+        finally:
+            relay.release.set()
+            await detector.shutdown()
+            await client.aclose()
+            await listener.aclose()
+            await relay.close()
+        return seen
+
+    assert asyncio.run(go()) == [("p0_event", False), ("brute_force_user", True)]

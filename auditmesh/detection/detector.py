@@ -8,8 +8,10 @@ while the detector was busy are evaluated together, so the Redis calls per batch
 load rather than grow. Per round: one script call for every correlation and suppression update
 of the round, one pipelined PUBLISH of its alerts, then the Cassandra writes of the alerts and
 the webhook deliveries in the background. Alerts of detection rules without a window (any P0
-event) are published before the correlation call, so they never wait for Redis; updates of open
-alerts (their running counts) are coalesced and published and stored once a second.
+event) are published as soon as their round is evaluated, and a round's correlation call runs in
+a task of its own while the next round is evaluated (the calls stay one at a time, in order), so
+P0 alerts never wait for Redis, not even for an earlier round's call; updates of open alerts
+(their running counts) are coalesced and published and stored once a second.
 
 A failed or timed-out correlation call is retried with the same round (``redis_retries``; the
 state script makes a repeat harmless), so a call lost under load costs time, not counts. When

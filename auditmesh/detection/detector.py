@@ -93,7 +93,8 @@ class Detector:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._updated: dict[str, apb.Alert] = {}  # open alerts whose count moved, by id: flushed every second
+        # Open alerts whose count moved, by id, with the round's time: flushed every second.
+        self._updated: dict[str, tuple[Firing, int]] = {}
         self.webhook = (
             WebhookSender(
                 cfg.webhook_url,
@@ -208,8 +209,17 @@ class Detector:
         """Publish and store the latest version of every alert whose count moved since the last flush."""
         if not self._updated:
             return
-        latest = list(self._updated.values())
+        moved = list(self._updated.values())
         self._updated.clear()
+        if self._state is not None:
+            # Another processor may have counted more of the same alert since this one's last round,
+            # and flush after it: the count goes out as it is now, so the last version written wins
+            # with the latest count, whichever processor writes it.
+            try:
+                await asyncio.wait_for(self._state.refresh_counts([f for f, _ in moved]), self.cfg.redis_timeout_s)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
+        latest = [alert_of_firing(firing, now_ms) for firing, now_ms in moved]
         await self._publish(latest)
         self._deliver(latest, [])
 
@@ -290,7 +300,7 @@ class Detector:
                 if firing.new:
                     opened.append(alert)
                 else:
-                    self._updated[alert.alert_id] = alert
+                    self._updated[alert.alert_id] = (firing, now_ms)
             if opened:
                 await self._publish(opened)
                 self._deliver(opened, opened)

@@ -187,6 +187,17 @@ class CorrelationState:
             items.append(item)
         return Round(updates, json.dumps(items))
 
+    async def refresh_counts(self, firings: list[Firing]) -> None:
+        """Raise each firing's count to its open alert's count in Redis now, in one round trip; a
+        firing whose alert is no longer the open one of its group (or has expired) keeps its count."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for firing in firings:
+                pipe.hmget("am:d:s:" + firing.update.key, "id", "count")
+            answers = await pipe.execute()
+        for firing, (alert_id, count) in zip(firings, answers, strict=True):
+            if alert_id is not None and alert_id.decode() == firing.alert_id and count is not None:
+                firing.count = max(firing.count, int(count))
+
     async def apply(self, updates: list[Update] | Round, now_ms: int) -> list[Firing]:
         """One script call for the round (prepared here when given bare updates); safe to repeat
         with the same :class:`Round` when an earlier call's answer was lost."""

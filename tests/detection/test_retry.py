@@ -207,3 +207,37 @@ def test_p0_alerts_go_out_while_the_previous_rounds_correlation_call_is_held(sta
         return seen
 
     assert asyncio.run(go()) == [("p0_event", False), ("brute_force_user", True)]
+
+
+def test_an_open_alert_goes_out_with_its_latest_count_whichever_processor_flushes_last(state_db: str) -> None:
+    """Two processors count one brute force; the one whose last round saw fewer events flushes its
+    running count last, and still sends the latest count (the stored row is the last one sent)."""
+    keyspace = f"ks_{uuid.uuid4().hex[:8]}"
+
+    async def go() -> list[int]:
+        clients = [redis.asyncio.Redis.from_url(state_db) for _ in range(3)]
+        first, second = (Detector(DetectionConfig(rules_dir=str(PACK)), c, None, keyspace) for c in clients[:2])
+        first.load()
+        second.load()
+        counts: list[int] = []
+        try:
+            async with clients[2].pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel(keyspace))
+                await first.process(failures(10, "u-two", 0))  # opens the alert
+                await first.process(failures(90, "u-two", 10))  # 100, to be flushed
+                await second.process(failures(100, "u-two", 100))  # 200, to be flushed
+                await second._flush()
+                await first._flush()  # last, with its own round's 100
+                deadline = time.monotonic() + 30
+                while len(counts) < 3 and time.monotonic() < deadline:
+                    message = await pubsub.get_message(timeout=1)
+                    if message is not None:
+                        alert = apb.Alert.FromString(message["data"])
+                        if alert.rule == "brute_force_user":
+                            counts.append(alert.count)
+        finally:
+            for c in clients:
+                await c.aclose()
+        return counts
+
+    assert asyncio.run(go()) == [10, 200, 200]

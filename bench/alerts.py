@@ -5,6 +5,7 @@ off side by side in one run.
     python -m bench.alerts            # about 8 minutes; writes bench/results/alerts-latest.json
     python -m bench.alerts --smoke    # a few seconds per phase (what to run on a shared host)
     python -m bench.pipeline --alerts # the same phases after the pipeline benchmark
+    python -m bench.alerts --eval     # evaluation alone, CPU us/event, no services (seconds)
 
 Throughput: full-speed SDK load (bench.pipeline's load processes) with the rule pack off, on,
 on, off, each phase from an empty keyspace and a quiet store; each configuration's figure is
@@ -22,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import random
 import statistics
 import tempfile
 import threading
@@ -34,10 +36,13 @@ import grpc
 
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
+from auditmesh.detection.evaluator import evaluate
+from auditmesh.detection.rules import load_rules
 from auditmesh.mesh import MeshLayout, infra
 from auditmesh.metrics import percentile
 from auditmesh.schema import create_schema, drop_keyspace
 from auditmesh.supervisor import Supervisor
+from auditmesh.synthetic import Synthetic
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import alerts_pb2_grpc as apb_grpc
 from auditpb.v1 import audit_pb2 as pb
@@ -241,6 +246,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _mix(n: int, roles_share: float = 0.0) -> tuple[list[pb.Event], _Roles | None]:
+    """``n`` events of the synthetic mix as ingest passes them on, with the attributes the pack reads
+    on some of them, and optionally a role relation that knows ``roles_share`` of the weddings."""
+    rng = random.Random(11)
+    now = int(time.time() * 1000)
+    out = []
+    for i, kw in enumerate(Synthetic(seed=11).events(n)):
+        ev = pb.Event(event_id=f"ev-{i}", received_at_us=now * 1000, **kw)
+        if kw["resource_type"] in ("guestlist", "payment") and i % 4 == 0:
+            ev.attributes["record_count"] = str(rng.choice([12, 80, 600]))
+        if kw["event_type"] == "permission.granted":
+            ev.attributes["target_user_id"] = kw["user_id"]
+        ev.occurred_at.FromMilliseconds(now - rng.randrange(300_000))
+        out.append(ev)
+    if not roles_share:
+        return out, None
+    weddings = sorted({ev.wedding_id for ev in out if ev.wedding_id})
+    known = weddings[: int(len(weddings) * roles_share)]
+    return out, _Roles({w: {f"org-{k:03d}" for k in range(0, 97, 2)} for w in known})
+
+
+class _Roles:
+    def __init__(self, relation: dict[str, set[str]]) -> None:
+        self._relation = relation
+
+    def has_role(self, wedding_id: str, organization_id: str) -> bool | None:
+        orgs = self._relation.get(wedding_id)
+        return None if orgs is None else organization_id in orgs
+
+
+def eval_cost(events: int, repeats: int) -> dict[str, Any]:
+    """CPU microseconds per event of evaluating the pack (``evaluate``, through the rule index) over the
+    synthetic mix, side by side (alternating) with every rule's predicate on every event, the
+    straightforward evaluation the index must agree with; without and with a role relation."""
+    rules = load_rules(RULES)
+    out: dict[str, Any] = {"events": events, "repeats": repeats, "rules": len(rules.detections)}
+    for label, share in (("no_roles", 0.0), ("roles", 0.5)):
+        batch, roles = _mix(events, share)
+        times: dict[str, list[float]] = {"index": [], "every_predicate": []}
+        for _ in range(repeats):
+            started = time.process_time()
+            evaluate(rules, batch, roles)
+            times["index"].append((time.process_time() - started) / len(batch) * 1e6)
+            started = time.process_time()
+            for ev in batch:
+                for d in rules.detections:
+                    d.matches(ev, roles)
+            times["every_predicate"].append((time.process_time() - started) / len(batch) * 1e6)
+        out[label] = {k: {"median_us": statistics.median(v), "min_us": min(v)} for k, v in times.items()}
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alerts-duration", dest="duration", type=float, default=60.0)
     parser.add_argument("--alerts-warmup", dest="warmup", type=float, default=10.0)
@@ -255,8 +312,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--processors", type=int, default=2)
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--eval", action="store_true", help="evaluation cost alone (no services); prints JSON")
+    parser.add_argument("--eval-events", type=int, default=20_000)
+    parser.add_argument("--eval-repeats", type=int, default=7)
     add_arguments(parser)
     args = parser.parse_args()
+    if args.eval:
+        print(json.dumps(eval_cost(args.eval_events, 2 if args.smoke else args.eval_repeats), indent=2))
+        return 0
     if args.smoke:
         smoke(args)
     data = run(args)

@@ -24,7 +24,11 @@ class DetectionConfig:
     (AUDITMESH_DETECTION_MAX_PENDING_EVENTS). Ingestion never waits for detection."""
     redis_timeout_s: float = 0.5
     """How long the per-batch correlation call may take before it counts as failed
-    (AUDITMESH_DETECTION_REDIS_TIMEOUT_S)."""
+    (AUDITMESH_DETECTION_REDIS_TIMEOUT_S); doubled for each retry."""
+    redis_attempts: int = 4
+    """Tries of a round's correlation call before its updates are given up (counted as degraded)
+    (AUDITMESH_DETECTION_REDIS_ATTEMPTS). A retry sends the same round again, which the state
+    script makes safe."""
     webhook_url: str = ""
     """Where new alerts are POSTed (AUDITMESH_ALERT_WEBHOOK_URL); empty: no webhook."""
     webhook_secret: str = ""
@@ -43,6 +47,7 @@ class DetectionConfig:
             reload_s=e.number("AUDITMESH_DETECTION_RELOAD_S", cls.reload_s, minimum=0.1),
             max_pending_events=e.integer("AUDITMESH_DETECTION_MAX_PENDING_EVENTS", cls.max_pending_events, minimum=1),
             redis_timeout_s=e.number("AUDITMESH_DETECTION_REDIS_TIMEOUT_S", cls.redis_timeout_s, minimum=0.01),
+            redis_attempts=e.integer("AUDITMESH_DETECTION_REDIS_ATTEMPTS", cls.redis_attempts, minimum=1),
             webhook_url=e.text("AUDITMESH_ALERT_WEBHOOK_URL", cls.webhook_url),
             webhook_secret=e.text("AUDITMESH_ALERT_WEBHOOK_SECRET", cls.webhook_secret),
             webhook_attempts=e.integer("AUDITMESH_ALERT_WEBHOOK_ATTEMPTS", cls.webhook_attempts, minimum=1),

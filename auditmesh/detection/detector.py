@@ -8,11 +8,16 @@ while the detector was busy are evaluated together, so the Redis calls per batch
 load rather than grow. Per round: one script call for every correlation and suppression update
 of the round, one pipelined PUBLISH of its alerts, then the Cassandra writes of the alerts and
 the webhook deliveries in the background. Alerts of detection rules without a window (any P0
-event) are published before the correlation call, so they never wait for Redis; updates of open
-alerts (their running counts) are coalesced and published and stored once a second.
+event) are published as soon as their round is evaluated, and a round's correlation call runs in
+a task of its own while the next round is evaluated (the calls stay one at a time, in order), so
+P0 alerts never wait for Redis, not even for an earlier round's call; updates of open alerts
+(their running counts) are coalesced and published and stored once a second.
 
-A Redis failure loses the round's correlation updates (counted: ``redis_errors``,
-``degraded_updates``); alerts of rules without state are still raised; ingestion is untouched.
+A failed or timed-out correlation call is retried with the same round (``redis_retries``; the
+state script makes a repeat harmless), so a call lost under load costs time, not counts. When
+Redis stays unreachable through the last try (``AUDITMESH_DETECTION_REDIS_ATTEMPTS``) the round's
+correlation updates are lost (counted: ``redis_errors``, ``degraded_updates``); alerts of rules
+without state are still raised; ingestion is untouched.
 Rule files are re-read when they change (checked every ``reload_s``); a bad edit is logged and
 counted, and the previous rules stay in force.
 """
@@ -23,7 +28,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +38,10 @@ from redis.exceptions import RedisError
 
 from auditmesh.detection.alerts import AlertStore, alert_of_firing, alert_of_hit, channel
 from auditmesh.detection.config import DetectionConfig
-from auditmesh.detection.evaluator import Evaluation, evaluate
+from auditmesh.detection.evaluator import Evaluation, Update, evaluate
 from auditmesh.detection.roles import RoleFile
 from auditmesh.detection.rules import RuleError, RuleSet, load_rules
-from auditmesh.detection.state import CorrelationState
+from auditmesh.detection.state import CorrelationState, Firing
 from auditmesh.detection.webhook import WebhookSender
 from auditmesh.metrics import Reservoir
 from auditpb.v1 import alerts_pb2 as apb
@@ -47,10 +53,22 @@ log = logging.getLogger("auditmesh.detection")
 _ROUND_EVENTS = 5000
 """Most events evaluated in one round (one Redis call)."""
 _CHUNK = 500
+"""Events evaluated between yields to the event loop, so a critical write is not held up."""
 _UPDATE_EVERY_S = 1.0
 """How often the running counts of open alerts are re-published and re-stored: an attack of
 thousands of events a second costs one update per alert per second, not one per round."""
-"""Events evaluated between yields to the event loop, so a critical write is not held up."""
+_RETRY_PAUSE_S = 0.05
+"""Pause before the first retry of a failed correlation call, doubled for each next one."""
+
+
+@dataclass(frozen=True)
+class _Round:
+    """A round evaluated, its stateless alerts published, its correlation updates still to apply."""
+
+    started: float
+    now_ms: int
+    raised: list[apb.Alert]
+    updates: list[Update]
 
 
 class Detector:
@@ -75,7 +93,8 @@ class Detector:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._updated: dict[str, apb.Alert] = {}  # open alerts whose count moved, by id: flushed every second
+        # Open alerts whose count moved, by id, with the round's time: flushed every second.
+        self._updated: dict[str, tuple[Firing, int]] = {}
         self.webhook = (
             WebhookSender(
                 cfg.webhook_url,
@@ -93,6 +112,7 @@ class Detector:
         self.alerts_raised = 0
         self.alerts_updated = 0
         self.redis_errors = 0
+        self.redis_retries = 0
         self.degraded_updates = 0
         self.publish_errors = 0
         self.store_errors = 0
@@ -172,6 +192,8 @@ class Detector:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._background:  # the last rounds' correlation calls, alerts on their way to the store
+            await asyncio.wait(self._background, timeout=5)
         await self._flush()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
@@ -187,8 +209,17 @@ class Detector:
         """Publish and store the latest version of every alert whose count moved since the last flush."""
         if not self._updated:
             return
-        latest = list(self._updated.values())
+        moved = list(self._updated.values())
         self._updated.clear()
+        if self._state is not None:
+            # Another processor may have counted more of the same alert since this one's last round,
+            # and flush after it: the count goes out as it is now, so the last version written wins
+            # with the latest count, whichever processor writes it.
+            try:
+                await asyncio.wait_for(self._state.refresh_counts([f for f, _ in moved]), self.cfg.redis_timeout_s)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
+        latest = [alert_of_firing(firing, now_ms) for firing, now_ms in moved]
         await self._publish(latest)
         self._deliver(latest, [])
 
@@ -200,6 +231,7 @@ class Detector:
                 self._roles.refresh()
 
     async def _run(self) -> None:
+        settling: asyncio.Task[None] | None = None
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -213,12 +245,24 @@ class Detector:
                     self._pending_events -= len(batch)
                     events.extend(batch)
                 try:
-                    await self.process(events)
+                    evaluated = await self._evaluate(events)
                 except Exception:  # a bug in one round must not stop detection for good
                     log.exception("detection round of %d events failed", len(events))
+                    continue
+                # This round's stateless alerts (P0) are out while the previous round's correlation
+                # call may still be in flight (retries included); the calls themselves stay one at a
+                # time, in round order.
+                if settling is not None:
+                    await asyncio.wait([settling])  # not gather: cancelling this loop must not cancel it
+                settling = self._background_task(self._settle_logged(evaluated))
 
     async def process(self, events: Sequence[pb.Event]) -> list[apb.Alert]:
-        """One round: evaluate, update shared state, publish, then store and deliver in the background."""
+        """One round: evaluate, publish the alerts of rules without state, update the shared state and
+        publish what it raised, then store and deliver in the background. Every alert raised or updated."""
+        return await self._settle(await self._evaluate(events))
+
+    async def _evaluate(self, events: Sequence[pb.Event]) -> _Round:
+        """Evaluate a round and publish the alerts of rules without state at once (nothing slow first)."""
         started = time.perf_counter()
         rules = self.rules
         result = Evaluation()
@@ -226,47 +270,73 @@ class Detector:
             if i:
                 await asyncio.sleep(0)
             evaluate(rules, events[i : i + _CHUNK], self._roles, into=result)
-        hits, updates = result.hits, result.updates
         self.evaluated += len(events)
         self.rounds += 1
         now_ms = int(time.time() * 1000)
         raised: list[apb.Alert] = []
-        if hits:
-            new = [alert_of_hit(h, now_ms) for h in hits]
-            await self._publish(new)
-            raised += new
-            self.alerts_raised += len(new)
-            self._deliver(new, new)
-        if updates:
+        if result.hits:
+            raised = [alert_of_hit(h, now_ms) for h in result.hits]
+            await self._publish(raised)
+            self.alerts_raised += len(raised)
+            self._deliver(raised, raised)
+        return _Round(started, now_ms, raised, list(result.updates.values()))
+
+    async def _settle_logged(self, evaluated: _Round) -> None:
+        try:
+            await self._settle(evaluated)
+        except Exception:
+            log.exception("correlation of a detection round failed")
+
+    async def _settle(self, evaluated: _Round) -> list[apb.Alert]:
+        """The round's correlation and suppression: one script call, then the alerts it opened published."""
+        raised = evaluated.raised
+        if evaluated.updates:
+            now_ms = evaluated.now_ms
             fired: list[apb.Alert] = []
             opened: list[apb.Alert] = []
-            if self._state is None:
-                self.degraded_updates += len(updates)
-            else:
-                try:
-                    firings = await asyncio.wait_for(
-                        self._state.apply(list(updates.values()), now_ms), self.cfg.redis_timeout_s
-                    )
-                except (RedisError, OSError, TimeoutError) as exc:
-                    self.redis_errors += 1
-                    self.degraded_updates += len(updates)
-                    log.warning("correlation state not updated (%d groups lost): %s", len(updates), exc)
-                    firings = []
-                for firing in firings:
-                    alert = alert_of_firing(firing, now_ms)
-                    fired.append(alert)
-                    if firing.new:
-                        opened.append(alert)
-                    else:
-                        self._updated[alert.alert_id] = alert
+            for firing in await self._correlate(evaluated.updates, now_ms):
+                alert = alert_of_firing(firing, now_ms)
+                fired.append(alert)
+                if firing.new:
+                    opened.append(alert)
+                else:
+                    self._updated[alert.alert_id] = (firing, now_ms)
             if opened:
                 await self._publish(opened)
                 self._deliver(opened, opened)
-            raised += fired
+            raised = raised + fired
             self.alerts_raised += len(opened)
             self.alerts_updated += len(fired) - len(opened)
-        self.round_us.add(int((time.perf_counter() - started) * 1e6))
+        self.round_us.add(int((time.perf_counter() - evaluated.started) * 1e6))
         return raised
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _correlate(self, updates: list[Update], now_ms: int) -> list[Firing]:
+        """The round's one script call, retried (the same round: see :mod:`.state`) when it fails or
+        its answer does not come in time; an empty list when Redis stays unreachable."""
+        if self._state is None:
+            self.degraded_updates += len(updates)
+            return []
+        batch = self._state.prepare(updates)
+        timeout = self.cfg.redis_timeout_s
+        for attempt in range(self.cfg.redis_attempts):
+            try:
+                return await asyncio.wait_for(self._state.apply(batch, now_ms), timeout)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.redis_errors += 1
+                error = exc
+            if attempt + 1 < self.cfg.redis_attempts:
+                self.redis_retries += 1
+                await asyncio.sleep(_RETRY_PAUSE_S * 2**attempt)
+                timeout *= 2
+        self.degraded_updates += len(updates)
+        log.warning("correlation state not updated (%d groups lost): %s", len(updates), error)
+        return []
 
     async def _publish(self, alerts: list[apb.Alert]) -> None:
         if self._redis is None:
@@ -283,9 +353,7 @@ class Detector:
     def _deliver(self, alerts: list[apb.Alert], new: list[apb.Alert]) -> None:
         """Store every alert (an update rewrites its rows); page only for new ones."""
         if self._store is not None:
-            task = asyncio.create_task(self._put(alerts))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background_task(self._put(alerts))
         if self.webhook is not None:
             for alert in new:
                 self.webhook.send(alert)
@@ -309,6 +377,7 @@ class Detector:
                 "alerts_raised": self.alerts_raised,
                 "alerts_updated": self.alerts_updated,
                 "redis_errors": self.redis_errors,
+                "redis_retries": self.redis_retries,
                 "degraded_updates": self.degraded_updates,
                 "publish_errors": self.publish_errors,
                 "store_errors": self.store_errors,

@@ -9,11 +9,11 @@ does not grow with the number of events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from auditmesh.detection import fields
-from auditmesh.detection.fields import RoleDirectory
+from auditmesh.detection.fields import Getter, RoleDirectory
+from auditmesh.detection.index import EVENT_ID, VALUE, Candidate, merge
 from auditmesh.detection.rules import Correlation, Detection, RuleSet
 from auditmesh.store import occurred_ms
 from auditpb.v1 import audit_pb2 as pb
@@ -47,6 +47,7 @@ class Update:
     does not count twice)."""
     event_ids: list[str] = field(default_factory=list)
     last: pb.Event | None = None
+    last_ms: int = -1
     first_received_us: int = 0
 
     def add(self, ev: pb.Event, member: str, ms: int) -> None:
@@ -56,10 +57,12 @@ class Update:
         self.ids.append(ev.event_id)
         if len(self.event_ids) < SAMPLE:
             self.event_ids.append(ev.event_id)
-        if self.last is None or ms >= occurred_ms(self.last):
+        if ms >= self.last_ms:
             self.last = ev
-        if not self.first_received_us or (ev.received_at_us and ev.received_at_us < self.first_received_us):
-            self.first_received_us = ev.received_at_us
+            self.last_ms = ms
+        received = ev.received_at_us
+        if not self.first_received_us or (received and received < self.first_received_us):
+            self.first_received_us = received
 
     @property
     def key(self) -> str:
@@ -69,62 +72,89 @@ class Update:
 @dataclass
 class Evaluation:
     hits: list[Hit] = field(default_factory=list)
-    updates: dict[str, Update] = field(default_factory=dict)
+    updates: dict[tuple[str, tuple[tuple[str, str], ...]], Update] = field(default_factory=dict)
+    """By (rule name, group)."""
     evaluated: int = 0
 
 
 def evaluate(
     rules: RuleSet, events: Iterable[pb.Event], roles: RoleDirectory | None = None, into: Evaluation | None = None
 ) -> Evaluation:
-    """Match every event against every detection rule and aggregate the batch's contributions
-    (added to ``into`` when given, so a round evaluated in chunks aggregates as one batch)."""
+    """Match every event against the rule set and aggregate the batch's contributions (added to
+    ``into`` when given, so a round evaluated in chunks aggregates as one batch).
+
+    The verdicts are those of each rule's predicate (:attr:`Detection.matches`) on every event;
+    the index only skips the predicates that cannot hold (see :mod:`auditmesh.detection.index`).
+    """
     out = into if into is not None else Evaluation()
+    index = rules.index
+    gates = index.gates if roles is not None else index.gates_without_roles
+    ungated = index.ungated
+    hits, updates = out.hits, out.updates
+    n = 0
     for ev in events:
-        out.evaluated += 1
-        ms = 0
-        for detection in rules.candidates(ev.event_type):
-            if not detection.matches(ev, roles):
+        n += 1
+        found: Sequence[Candidate] = ungated
+        for read, table in gates:
+            key = read(ev, roles)
+            if key is not None:
+                more = table.get(key)
+                if more is not None:
+                    found = merge(found, more) if found else more
+        if not found:
+            continue
+        ms = -1
+        for compiled, check in found:
+            if check is not None and not check(ev, roles):
                 continue
-            ms = ms or occurred_ms(ev)
+            if ms < 0:
+                ms = occurred_ms(ev)
+            detection = compiled.detection
             if detection.generate:
                 if detection.suppression_ms:
-                    group = _group(ev, roles, detection.suppression_by, detection.suppression_by)
+                    group = _group(ev, roles, detection.suppression_by, compiled.suppress_reads)
                     if group is not None:
-                        _update(out, detection, group).add(ev, ev.event_id, ms)
+                        _update(updates, detection, group).add(ev, ev.event_id, ms)
                 else:
-                    out.hits.append(Hit(detection, ev))
-            for correlation in rules.users_of(detection.name):
-                group = _group(ev, roles, correlation.group_by, correlation.group_fields[detection.name])
+                    hits.append(Hit(detection, ev))
+            for use in compiled.uses:
+                correlation = use.correlation
+                group = _group(ev, roles, correlation.group_by, use.reads)
                 if group is None:
                     continue
-                if correlation.kind == "event_count":
+                if use.member == EVENT_ID:
                     member = ev.event_id
-                elif correlation.kind == "value_count":
-                    value = fields.getter(correlation.value_field)(ev, roles)
+                elif use.member == VALUE:
+                    assert use.value is not None
+                    value = use.value(ev, roles)
                     if value is None:
                         continue
                     member = value
                 else:
-                    member = str(correlation.rules.index(detection.name))
-                _update(out, correlation, group).add(ev, member, ms)
+                    member = use.position
+                _update(updates, correlation, group).add(ev, member, ms)
+    out.evaluated += n
     return out
 
 
-def _update(out: Evaluation, rule: Correlation | Detection, group: tuple[tuple[str, str], ...]) -> Update:
-    probe = Update(rule, group)
-    found = out.updates.get(probe.key)
+def _update(
+    updates: dict[tuple[str, tuple[tuple[str, str], ...]], Update],
+    rule: Correlation | Detection,
+    group: tuple[tuple[str, str], ...],
+) -> Update:
+    found = updates.get((rule.name, group))
     if found is None:
-        out.updates[probe.key] = found = probe
+        updates[(rule.name, group)] = found = Update(rule, group)
     return found
 
 
 def _group(
-    ev: pb.Event, roles: RoleDirectory | None, names: tuple[str, ...], read: tuple[str, ...]
+    ev: pb.Event, roles: RoleDirectory | None, names: tuple[str, ...], reads: tuple[Getter, ...]
 ) -> tuple[tuple[str, str], ...] | None:
     """The group's (name, value) pairs; None when the event lacks one of the fields."""
     group: list[tuple[str, str]] = []
-    for name, source in zip(names, read, strict=True):
-        value = fields.getter(source)(ev, roles)
+    for name, read in zip(names, reads, strict=True):
+        value = read(ev, roles)
         if value is None:
             return None
         group.append((name, value))

@@ -14,12 +14,13 @@ does, empty otherwise.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["FIELDS", "ATTRIBUTE_PREFIX", "Getter", "RoleDirectory", "getter", "is_known"]
+__all__ = ["FIELDS", "ATTRIBUTE_PREFIX", "Getter", "RoleDirectory", "folded_getter", "getter", "is_known"]
 
 ATTRIBUTE_PREFIX = "attributes."
 
@@ -47,12 +48,16 @@ def _attribute(key: str) -> Getter:
     return get
 
 
+_SEVERITIES = {number: name for name, number in pb.Severity.items()}
+_OUTCOMES = {number: name.removeprefix("OUTCOME_").lower() for name, number in pb.Outcome.items()}
+
+
 def _severity(ev: pb.Event, _roles: RoleDirectory | None) -> str | None:
-    return pb.Severity.Name(ev.severity)
+    return _SEVERITIES.get(ev.severity)
 
 
 def _outcome(ev: pb.Event, _roles: RoleDirectory | None) -> str | None:
-    return pb.Outcome.Name(ev.outcome).removeprefix("OUTCOME_").lower()
+    return _OUTCOMES.get(ev.outcome)
 
 
 def _priority(ev: pb.Event, _roles: RoleDirectory | None) -> str | None:
@@ -109,3 +114,33 @@ def getter(name: str) -> Getter:
     if name.startswith(ATTRIBUTE_PREFIX) and len(name) > len(ATTRIBUTE_PREFIX):
         return _attribute(name[len(ATTRIBUTE_PREFIX) :])
     raise KeyError(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def folded_getter(name: str) -> Getter:
+    """The case-folded value of ``name`` (what a plain, case-insensitive Sigma string is compared
+    with); KeyError when the mapping has no such field. Reads event fields and the enums without
+    going through :func:`getter`, since it runs for every event."""
+    if name in _EVENT_FIELDS:
+        read = operator.attrgetter(name)
+
+        def get_field(ev: pb.Event, _roles: RoleDirectory | None) -> str | None:
+            value: str = read(ev)
+            return value.casefold() if value else None
+
+        return get_field
+    if name in ("severity", "outcome"):
+        table = {k: v.casefold() for k, v in (_SEVERITIES if name == "severity" else _OUTCOMES).items()}
+        read_enum = operator.attrgetter(name)
+
+        def get_enum(ev: pb.Event, _roles: RoleDirectory | None) -> str | None:
+            return table.get(read_enum(ev))
+
+        return get_enum
+    get = getter(name)
+
+    def get_other(ev: pb.Event, roles: RoleDirectory | None) -> str | None:
+        value = get(ev, roles)
+        return None if value is None else value.casefold()
+
+    return get_other

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from sigma.types import (
 
 from auditmesh.detection import fields
 from auditmesh.detection.fields import RoleDirectory
+from auditmesh.detection.index import RuleIndex
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = ["Correlation", "Detection", "RuleError", "RuleSet", "load_rules", "parse_rules"]
@@ -120,8 +121,13 @@ class Detection:
     """Raises alerts of its own (False when only a correlation uses it)."""
     suppression_ms: int = 0
     suppression_by: tuple[str, ...] = ()
-    event_types: frozenset[str] | None = None
-    """The (case-folded) event types the condition requires, when it requires one; None: any."""
+    gate: str = ""
+    """A field whose case-folded value must be one of :attr:`residuals`' keys for the condition to
+    hold (the condition implies it); empty when the condition implies no such field. The index
+    rejects most events with it without running :attr:`matches`."""
+    residuals: Mapping[str, Matcher | None] = field(default_factory=dict, repr=False, compare=False)
+    """Per value of the gate field, what is left of the condition once the field is known to hold
+    it: None when nothing is (the value alone matches)."""
 
 
 @dataclass(frozen=True)
@@ -151,33 +157,11 @@ class RuleSet:
     correlations: tuple[Correlation, ...] = ()
     digest: str = ""
     """Hash of the files the set was loaded from (a reload that changes nothing keeps the set)."""
-    _by_type: dict[str, tuple[Detection, ...]] = field(default_factory=dict, compare=False, repr=False)
-    _any_type: tuple[Detection, ...] = field(default=(), compare=False, repr=False)
-    _users: dict[str, tuple[Correlation, ...]] = field(default_factory=dict, compare=False, repr=False)
+    index: RuleIndex = field(init=False, compare=False, repr=False)
+    """The rules compiled for evaluation (see :mod:`auditmesh.detection.index`)."""
 
     def __post_init__(self) -> None:
-        # Most rules name event types: an event is matched only against the rules that can
-        # match its type (and those that name none), which keeps the pack's cost per event low.
-        by_type: dict[str, list[Detection]] = {}
-        any_type: list[Detection] = []
-        for d in self.detections:
-            if d.event_types is None:
-                any_type.append(d)
-            for t in d.event_types or ():
-                by_type.setdefault(t, []).append(d)
-        order = {d.name: i for i, d in enumerate(self.detections)}
-        merged = {t: tuple(sorted([*ds, *any_type], key=lambda d: order[d.name])) for t, ds in by_type.items()}
-        object.__setattr__(self, "_by_type", merged)
-        object.__setattr__(self, "_any_type", tuple(any_type))
-        users = {d.name: tuple(c for c in self.correlations if d.name in c.rules) for d in self.detections}
-        object.__setattr__(self, "_users", users)
-
-    def candidates(self, event_type: str) -> tuple[Detection, ...]:
-        """The detection rules that can match an event of this type."""
-        return self._by_type.get(event_type.casefold(), self._any_type)
-
-    def users_of(self, detection: str) -> tuple[Correlation, ...]:
-        return self._users.get(detection, ())
+        object.__setattr__(self, "index", RuleIndex(self.detections, self.correlations))
 
 
 def load_rules(directory: str | Path) -> RuleSet:
@@ -288,6 +272,7 @@ def _detection(rule: SigmaRule, name: str, *, generate: bool) -> Detection:
     except SigmaError as exc:
         raise RuleError(_sigma_message(exc), path=path, rule=name) from exc
     matcher = _compile(tree, path, name)
+    gate = _gate(tree)
     suppression_ms, suppression_by = _suppression(rule, name)
     return Detection(
         name=name,
@@ -296,7 +281,8 @@ def _detection(rule: SigmaRule, name: str, *, generate: bool) -> Detection:
         path=path,
         description=rule.description or rule.title,
         matches=matcher,
-        event_types=_implied_types(tree),
+        gate=gate[0] if gate is not None else "",
+        residuals=_residuals(tree, gate, path, name),
         generate=generate,
         suppression_ms=suppression_ms,
         suppression_by=suppression_by,
@@ -360,32 +346,100 @@ def _correlation(rule: SigmaCorrelationRule, name: str) -> Correlation:
     )
 
 
-def _implied_types(node: Any) -> frozenset[str] | None:
-    """Event types an event must have for the condition to hold; None when it does not say."""
+_GATE_COST = {"event_type": 0, "organization_role": 3}
+"""Which field a gate prefers when a condition implies several: the event type first (the most
+selective and cheapest), the derived organization role last (it asks the role relation); the
+others in between, attributes after event fields."""
+
+
+def _gate_cost(name: str) -> int:
+    return _GATE_COST.get(name, 2 if name.startswith(fields.ATTRIBUTE_PREFIX) else 1)
+
+
+def _gate(node: Any) -> tuple[str, frozenset[str]] | None:
+    """(field, case-folded values) such that the condition implies that the field's folded value is
+    one of the values; None when it implies no such test. Only plain case-insensitive strings make
+    gates: they are compared by case-folded equality, exactly what the predicate does."""
     if isinstance(node, ConditionFieldEqualsValueExpression):
         value = node.value
-        if node.field == "event_type" and isinstance(value, SigmaString) and not isinstance(value, SigmaCasedString):
-            if not value.contains_special():
-                return frozenset([str(value.to_plain()).casefold()])
+        if isinstance(value, SigmaString) and not isinstance(value, SigmaCasedString) and not value.contains_special():
+            folded = str(value.to_plain()).casefold()
+            if folded:  # an empty field reads as None and never equals "", an empty attribute does
+                return node.field, frozenset([folded])
         return None
     if isinstance(node, ConditionAND):
-        implied = [t for t in (_implied_types(arg) for arg in node.args) if t is not None]
-        return frozenset.intersection(*implied) if implied else None
+        implied = [g for g in (_gate(arg) for arg in node.args) if g is not None]
+        return min(implied, key=lambda g: (_gate_cost(g[0]), len(g[1]))) if implied else None
     if isinstance(node, ConditionOR):
-        branches = [_implied_types(arg) for arg in node.args]
-        if any(b is None for b in branches):
+        branches = [_gate(arg) for arg in node.args]
+        names = {b[0] for b in branches if b is not None}
+        if not branches or any(b is None for b in branches) or len(names) != 1:
             return None
-        return frozenset().union(*(b for b in branches if b is not None))
+        return names.pop(), frozenset().union(*(b[1] for b in branches if b is not None))
     return None
+
+
+def _residuals(tree: Any, gate: tuple[str, frozenset[str]] | None, path: str, rule: str) -> dict[str, Matcher | None]:
+    if gate is None:
+        return {}
+    out: dict[str, Matcher | None] = {}
+    for value in sorted(gate[1]):
+        left = _residual(tree, gate[0], value, path, rule)
+        if left is not False:  # False: the condition cannot hold with this value after all
+            out[value] = None if left is True else left
+    return out
+
+
+def _residual(node: Any, name: str, folded: str, path: str, rule: str) -> bool | Matcher:
+    """The condition for events whose field ``name`` folds to ``folded``: a constant where that
+    decides it, else a predicate without the tests it decides."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        gate = _gate(node) if node.field == name else None
+        return folded in gate[1] if gate is not None else _compile(node, path, rule)
+    if isinstance(node, ConditionAND | ConditionOR):
+        decisive = isinstance(node, ConditionOR)  # the constant that decides the whole node
+        parts: list[Matcher] = []
+        for arg in node.args:
+            left = _residual(arg, name, folded, path, rule)
+            if left is decisive:
+                return decisive
+            if left is not (not decisive):
+                parts.append(left)  # type: ignore[arg-type]
+        if not parts:
+            return not decisive
+        return _any(parts) if decisive else _all(parts)
+    if isinstance(node, ConditionNOT):
+        left = _residual(node.args[0], name, folded, path, rule)
+        if isinstance(left, bool):
+            return not left
+        inner = left
+        return lambda ev, roles: not inner(ev, roles)
+    return _compile(node, path, rule)
+
+
+def _all(parts: list[Matcher]) -> Matcher:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda ev, roles: a(ev, roles) and b(ev, roles)
+    return lambda ev, roles: all(p(ev, roles) for p in parts)
+
+
+def _any(parts: list[Matcher]) -> Matcher:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda ev, roles: a(ev, roles) or b(ev, roles)
+    return lambda ev, roles: any(p(ev, roles) for p in parts)
 
 
 def _compile(node: Any, path: str, rule: str) -> Matcher:
     if isinstance(node, ConditionAND):
-        parts = [_compile(arg, path, rule) for arg in node.args]
-        return lambda ev, roles: all(p(ev, roles) for p in parts)
+        return _all([_compile(arg, path, rule) for arg in node.args])
     if isinstance(node, ConditionOR):
-        parts = [_compile(arg, path, rule) for arg in node.args]
-        return lambda ev, roles: any(p(ev, roles) for p in parts)
+        return _any([_compile(arg, path, rule) for arg in node.args])
     if isinstance(node, ConditionNOT):
         inner = _compile(node.args[0], path, rule)
         return lambda ev, roles: not inner(ev, roles)

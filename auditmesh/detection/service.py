@@ -51,12 +51,17 @@ def detector_metrics(d: Detector) -> Iterator[str]:
     )
     yield counter(
         "auditmesh_detection_redis_errors_total",
-        "Correlation calls to Redis that failed (their updates are lost: correlation degraded).",
+        "Correlation calls to Redis that failed or timed out (each try counts).",
         d.redis_errors,
     )
     yield counter(
+        "auditmesh_detection_redis_retries_total",
+        "Correlation calls sent again after a failed try (the same round; a repeat is harmless).",
+        d.redis_retries,
+    )
+    yield counter(
         "auditmesh_detection_degraded_updates_total",
-        "Correlation group updates lost to Redis failures.",
+        "Correlation group updates lost: Redis failed through the last try (correlation degraded).",
         d.degraded_updates,
     )
     yield counter("auditmesh_detection_publish_errors_total", "Alert publications that failed.", d.publish_errors)

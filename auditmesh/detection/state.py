@@ -15,8 +15,16 @@ does not). A rule without a suppression window
 raises a new alert each time its condition holds and starts its window afresh.
 
 State lives in Redis only, so it is right however events are spread over processors and outlives
-any of them. A failed call is counted by the caller; the batch's correlations are lost, never its
-events.
+any of them.
+
+A call whose answer is lost (a timeout under load, a dropped connection) may or may not have run,
+so the caller retries it with the same :class:`Round`, and the script makes a second run of a
+round a no-op: windows hold event ids, values and newest times (adding them twice changes
+nothing), an open alert counts distinct event ids, and the alert ids are chosen once per round,
+so a retried round that finds the alert it opened itself still reports it as new. A correlation
+without a suppression window that fired leaves a short marker (``am:d:f:{alert id}``) so that its
+retry reports the same firing instead of starting the window afresh a second time. A round that
+still fails after the caller's last try is counted; its correlations are lost, never its events.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import redis.asyncio as aioredis
 from auditmesh.detection.evaluator import Update
 from auditmesh.detection.rules import Correlation
 
-__all__ = ["CorrelationState", "Firing"]
+__all__ = ["CorrelationState", "Firing", "Round"]
 
 _STATE_LUA = """
 local items = cjson.decode(ARGV[1])
@@ -49,73 +57,81 @@ local function sadd(key, members)
   return added
 end
 for i, it in ipairs(items) do
-  local ok = true
-  local cur = it.c
-  local ck = 'am:d:c:' .. it.k
-  local sk = 'am:d:s:' .. it.k
-  local ek = 'am:d:e:' .. it.k
-  if it.t == 'event_count' or it.t == 'value_count' then
-    local m = it.m
-    local j = 1
-    while j < #m do
-      local args = {}
-      local last = math.min(j + 398, #m - 1)
-      for q = j, last, 2 do
-        args[#args + 1] = m[q + 1]
-        args[#args + 1] = m[q]
+  local fired = nil
+  if it.sms == 0 and it.t ~= 'suppress' then fired = redis.call('GET', 'am:d:f:' .. it.aid) end
+  if fired then
+    out[i] = {1, 1, it.aid, tonumber(fired), now}
+  else
+    local ok = true
+    local cur = it.c
+    local ck = 'am:d:c:' .. it.k
+    local sk = 'am:d:s:' .. it.k
+    local ek = 'am:d:e:' .. it.k
+    if it.t == 'event_count' or it.t == 'value_count' then
+      local m = it.m
+      local j = 1
+      while j < #m do
+        local args = {}
+        local last = math.min(j + 398, #m - 1)
+        for q = j, last, 2 do
+          args[#args + 1] = m[q + 1]
+          args[#args + 1] = m[q]
+        end
+        redis.call('ZADD', ck, 'GT', unpack(args))
+        j = last + 2
       end
-      redis.call('ZADD', ck, 'GT', unpack(args))
-      j = last + 2
+      local top = redis.call('ZREVRANGE', ck, 0, 0, 'WITHSCORES')
+      redis.call('ZREMRANGEBYSCORE', ck, '-inf', '(' .. (tonumber(top[2]) - it.span))
+      cur = redis.call('ZCARD', ck)
+      redis.call('PEXPIRE', ck, it.span + 60000)
+      ok = holds(cur, it.op, it.thr)
+    elseif it.t == 'temporal' or it.t == 'temporal_ordered' then
+      local m = it.m
+      for j = 1, #m, 2 do
+        local old = tonumber(redis.call('HGET', ck, m[j]) or '-1')
+        if m[j + 1] > old then redis.call('HSET', ck, m[j], m[j + 1]) end
+      end
+      redis.call('PEXPIRE', ck, it.span + 60000)
+      local lo, hi, prev = nil, nil, nil
+      for r = 0, it.n - 1 do
+        local v = redis.call('HGET', ck, tostring(r))
+        if not v then ok = false break end
+        v = tonumber(v)
+        if it.t == 'temporal_ordered' and prev ~= nil and v < prev then ok = false break end
+        prev = v
+        if lo == nil or v < lo then lo = v end
+        if hi == nil or v > hi then hi = v end
+      end
+      if ok and hi - lo > it.span then ok = false end
+      cur = it.n
     end
-    local top = redis.call('ZREVRANGE', ck, 0, 0, 'WITHSCORES')
-    redis.call('ZREMRANGEBYSCORE', ck, '-inf', '(' .. (tonumber(top[2]) - it.span))
-    cur = redis.call('ZCARD', ck)
-    redis.call('PEXPIRE', ck, it.span + 60000)
-    ok = holds(cur, it.op, it.thr)
-  elseif it.t == 'temporal' or it.t == 'temporal_ordered' then
-    local m = it.m
-    for j = 1, #m, 2 do
-      local old = tonumber(redis.call('HGET', ck, m[j]) or '-1')
-      if m[j + 1] > old then redis.call('HSET', ck, m[j], m[j + 1]) end
-    end
-    redis.call('PEXPIRE', ck, it.span + 60000)
-    local lo, hi, prev = nil, nil, nil
-    for r = 0, it.n - 1 do
-      local v = redis.call('HGET', ck, tostring(r))
-      if not v then ok = false break end
-      v = tonumber(v)
-      if it.t == 'temporal_ordered' and prev ~= nil and v < prev then ok = false break end
-      prev = v
-      if lo == nil or v < lo then lo = v end
-      if hi == nil or v > hi then hi = v end
-    end
-    if ok and hi - lo > it.span then ok = false end
-    cur = it.n
-  end
-  if it.sms == 0 then
-    if ok then
-      redis.call('DEL', ck)
+    if it.sms == 0 then
+      if ok then
+        redis.call('DEL', ck)
+        if it.t ~= 'suppress' then redis.call('SET', 'am:d:f:' .. it.aid, cur, 'PX', 600000) end
+        out[i] = {1, 1, it.aid, cur, now}
+      else
+        out[i] = {0}
+      end
+    elseif redis.call('EXISTS', sk) == 1 then
+      local added = sadd(ek, it.ids)
+      local count = redis.call('HINCRBY', sk, 'count', added)
+      redis.call('PEXPIRE', ek, redis.call('PTTL', sk))
+      local id = redis.call('HGET', sk, 'id')
+      out[i] = {1, id == it.aid and 1 or 0, id, count, tonumber(redis.call('HGET', sk, 'created'))}
+    elseif ok then
+      redis.call('DEL', ek)
+      if it.t == 'event_count' then
+        sadd(ek, redis.call('ZRANGE', ck, 0, -1))
+      end
+      sadd(ek, it.ids)
+      redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur)
+      redis.call('PEXPIRE', sk, it.sms)
+      redis.call('PEXPIRE', ek, it.sms)
       out[i] = {1, 1, it.aid, cur, now}
     else
       out[i] = {0}
     end
-  elseif redis.call('EXISTS', sk) == 1 then
-    local added = sadd(ek, it.ids)
-    local count = redis.call('HINCRBY', sk, 'count', added)
-    redis.call('PEXPIRE', ek, redis.call('PTTL', sk))
-    out[i] = {1, 0, redis.call('HGET', sk, 'id'), count, tonumber(redis.call('HGET', sk, 'created'))}
-  elseif ok then
-    redis.call('DEL', ek)
-    if it.t == 'event_count' then
-      sadd(ek, redis.call('ZRANGE', ck, 0, -1))
-    end
-    sadd(ek, it.ids)
-    redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur)
-    redis.call('PEXPIRE', sk, it.sms)
-    redis.call('PEXPIRE', ek, it.sms)
-    out[i] = {1, 1, it.aid, cur, now}
-  else
-    out[i] = {0}
   end
 end
 return out
@@ -133,6 +149,14 @@ class Firing:
     created_ms: int
 
 
+@dataclass(frozen=True)
+class Round:
+    """A batch's updates as one script call, alert ids chosen: what a retry sends again."""
+
+    updates: list[Update]
+    payload: str
+
+
 class CorrelationState:
     """Applies a batch's updates to the shared state in one script call."""
 
@@ -140,9 +164,8 @@ class CorrelationState:
         self._client = client
         self._script = client.register_script(_STATE_LUA)
 
-    async def apply(self, updates: list[Update], now_ms: int) -> list[Firing]:
-        if not updates:
-            return []
+    @staticmethod
+    def prepare(updates: list[Update]) -> Round:
         items = []
         for u in updates:
             rule = u.rule
@@ -162,9 +185,28 @@ class CorrelationState:
             else:
                 item.update(t="suppress")
             items.append(item)
-        answers = await self._script(args=[json.dumps(items), now_ms])
+        return Round(updates, json.dumps(items))
+
+    async def refresh_counts(self, firings: list[Firing]) -> None:
+        """Raise each firing's count to its open alert's count in Redis now, in one round trip; a
+        firing whose alert is no longer the open one of its group (or has expired) keeps its count."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for firing in firings:
+                pipe.hmget("am:d:s:" + firing.update.key, "id", "count")
+            answers = await pipe.execute()
+        for firing, (alert_id, count) in zip(firings, answers, strict=True):
+            if alert_id is not None and alert_id.decode() == firing.alert_id and count is not None:
+                firing.count = max(firing.count, int(count))
+
+    async def apply(self, updates: list[Update] | Round, now_ms: int) -> list[Firing]:
+        """One script call for the round (prepared here when given bare updates); safe to repeat
+        with the same :class:`Round` when an earlier call's answer was lost."""
+        batch = updates if isinstance(updates, Round) else self.prepare(updates)
+        if not batch.updates:
+            return []
+        answers = await self._script(args=[batch.payload, now_ms])
         firings: list[Firing] = []
-        for u, answer in zip(updates, answers, strict=True):
+        for u, answer in zip(batch.updates, answers, strict=True):
             if not answer or int(answer[0]) == 0:
                 continue
             alert_id = answer[2].decode() if isinstance(answer[2], bytes) else str(answer[2])

@@ -1,0 +1,243 @@
+"""A correlation round whose Redis call is lost is retried, not dropped: counts stay exact and an
+alert opened by a call whose answer was lost is still raised once, as new.
+
+The faults are real network faults: the detector talks to the real Redis through a TCP relay that
+can cut the connection when it sees the next script call, either before passing it on (the call
+never ran) or after passing it on, in place of the answer (the call ran, the answer is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+from auditmesh.detection.alerts import channel
+from auditmesh.detection.config import DetectionConfig
+from auditmesh.detection.detector import Detector
+from auditmesh.detection.state import _STATE_LUA
+from auditpb.v1 import alerts_pb2 as apb
+from auditpb.v1 import audit_pb2 as pb
+from tests.detection.conftest import PACK, event
+
+T0 = int(time.time() * 1000) - 60_000
+
+
+class Relay:
+    """A TCP relay to Redis that loses the next script call (``cut = "call"``) or its answer
+    (``cut = "answer"``) by closing the caller's connection, or holds script calls back while
+    ``hold`` is set (``held`` says one is waiting)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self.cut = ""
+        self.cuts = 0
+        self.hold = False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        lose_answer = asyncio.Event()
+
+        async def to_redis() -> None:
+            while data := await reader.read(65536):
+                if self.cut and b"EVALSHA" in data:
+                    cut, self.cut = self.cut, ""
+                    self.cuts += 1
+                    if cut == "call":
+                        writer.close()
+                        return
+                    lose_answer.set()
+                if self.hold and b"EVALSHA" in data:
+                    self.held.set()
+                    await self.release.wait()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def to_caller() -> None:
+            while data := await up_reader.read(65536):
+                if lose_answer.is_set():
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            await asyncio.gather(to_redis(), to_caller())
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # the caller's connection was cut, or the test is over
+        finally:
+            writer.close()
+            up_writer.close()
+
+
+def failures(n: int, user: str, start: int) -> list[pb.Event]:
+    return [
+        event("auth.login.failed", at_ms=T0 + i, user_id=user, source_ip="203.0.113.9", outcome=pb.OUTCOME_FAILURE)
+        for i in range(start, start + n)
+    ]
+
+
+def brute_force(alerts: list[apb.Alert]) -> list[apb.Alert]:
+    return [a for a in alerts if a.rule == "brute_force_user"]
+
+
+def test_a_lost_call_or_a_lost_answer_is_retried_and_counts_stay_exact(state_db: str) -> None:
+    """A first round whose answer is lost (the call ran) still raises its alert once, as new; a
+    second whose call is lost (it never ran) is sent again, and the alert's count is every event's."""
+    url = urlparse(state_db)
+    redis.Redis.from_url(state_db).script_load(_STATE_LUA)  # so the first call runs the script itself
+
+    async def go() -> tuple[list[apb.Alert], int, list[apb.Alert], Detector, int]:
+        relay = Relay(url.port or 6379)
+        port = await relay.start()
+        client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}{url.path}")
+        detector = Detector(DetectionConfig(rules_dir=str(PACK), redis_timeout_s=10.0), client, None, "ks")
+        detector.load()
+        try:
+            relay.cut = "answer"
+            first = await detector.process(failures(10, "u-retry", 0))
+            opened = detector.alerts_raised
+            relay.cut = "call"
+            second = await detector.process(failures(990, "u-retry", 10))
+        finally:
+            await client.aclose()
+            await relay.close()
+        return first, opened, second, detector, relay.cuts
+
+    first, opened, second, detector, cuts = asyncio.run(go())
+    assert cuts == 2 and detector.redis_retries == 2 and detector.degraded_updates == 0
+    assert [(a.count, a.group) for a in brute_force(first)] == [(10, "user_id=u-retry")]
+    assert opened == 1  # raised as new by the round whose answer was lost
+    assert [a.count for a in brute_force(second)] == [1000]
+    assert brute_force(second)[0].alert_id == brute_force(first)[0].alert_id
+    assert detector.alerts_raised == 2  # and brute_force_ip once, at the second round's 1,000 from one address
+
+
+TEMPORAL = (
+    "title: a\nname: mfa_off\nlogsource:\n  product: auditmesh\nlevel: low\n"
+    "detection:\n  s:\n    event_type: auth.mfa.disabled\n  condition: s\n---\n"
+    "title: b\nname: payout_changed\nlogsource:\n  product: auditmesh\nlevel: low\n"
+    "detection:\n  s:\n    event_type: payment.payout.changed\n  condition: s\n---\n"
+    "title: t\nname: mfa_and_payout\nlevel: critical\ncorrelation:\n  type: temporal\n"
+    "  rules: [mfa_off, payout_changed]\n  group-by: [user_id]\n  timespan: 10m\n"
+)
+
+
+def test_a_correlation_without_suppression_that_fired_in_a_lost_answer_fires_on_the_retry(
+    state_db: str, tmp_path: Path
+) -> None:
+    """A correlation with no suppression window starts afresh when it fires; if the answer of the call
+    that fired is lost, the retry still reports that firing (once) rather than an emptied window."""
+    (tmp_path / "t.yml").write_text(TEMPORAL)
+    url = urlparse(state_db)
+    redis.Redis.from_url(state_db).script_load(_STATE_LUA)
+
+    async def go() -> tuple[list[apb.Alert], Detector]:
+        relay = Relay(url.port or 6379)
+        port = await relay.start()
+        client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}{url.path}")
+        detector = Detector(DetectionConfig(rules_dir=str(tmp_path), redis_timeout_s=10.0), client, None, "ks")
+        detector.load()
+        try:
+            assert await detector.process([event("auth.mfa.disabled", at_ms=T0, user_id="u-t")]) == []
+            relay.cut = "answer"
+            alerts = await detector.process([event("payment.payout.changed", at_ms=T0 + 1000, user_id="u-t")])
+        finally:
+            await client.aclose()
+            await relay.close()
+        return alerts, detector
+
+    alerts, detector = asyncio.run(go())
+    assert detector.redis_retries == 1
+    assert [(a.rule, a.group) for a in alerts] == [("mfa_and_payout", "user_id=u-t")]
+    assert detector.alerts_raised == 1
+
+
+def test_p0_alerts_go_out_while_the_previous_rounds_correlation_call_is_held(state_db: str) -> None:
+    """The alert of a P0 event is published while an earlier round's correlation call is still waiting
+    on Redis (a slow call or its retries never hold up the stateless alerts), and the held call's
+    alert follows once Redis answers."""
+    url = urlparse(state_db)
+    keyspace = f"ks_{uuid.uuid4().hex[:8]}"
+
+    async def go() -> list[tuple[str, bool]]:
+        relay = Relay(url.port or 6379)
+        port = await relay.start()
+        client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}{url.path}")
+        listener = redis.asyncio.Redis.from_url(state_db)
+        detector = Detector(DetectionConfig(rules_dir=str(PACK), redis_timeout_s=30.0), client, None, keyspace)
+        seen: list[tuple[str, bool]] = []
+        try:
+            async with listener.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel(keyspace))
+                relay.hold = True
+                detector.start()
+                detector.offer(failures(10, "u-held", 0))
+                await asyncio.wait_for(relay.held.wait(), 30)
+                detector.offer([event("auth.account.locked", severity=pb.P0_CRITICAL, user_id="u-p0")])
+                deadline = time.monotonic() + 60
+                while len(seen) < 2 and time.monotonic() < deadline:
+                    message = await pubsub.get_message(timeout=1)  # None also for the subscription's own
+                    if message is None:
+                        continue
+                    seen.append((apb.Alert.FromString(message["data"]).rule, relay.release.is_set()))
+                    relay.release.set()
+        finally:
+            relay.release.set()
+            await detector.shutdown()
+            await client.aclose()
+            await listener.aclose()
+            await relay.close()
+        return seen
+
+    assert asyncio.run(go()) == [("p0_event", False), ("brute_force_user", True)]
+
+
+def test_an_open_alert_goes_out_with_its_latest_count_whichever_processor_flushes_last(state_db: str) -> None:
+    """Two processors count one brute force; the one whose last round saw fewer events flushes its
+    running count last, and still sends the latest count (the stored row is the last one sent)."""
+    keyspace = f"ks_{uuid.uuid4().hex[:8]}"
+
+    async def go() -> list[int]:
+        clients = [redis.asyncio.Redis.from_url(state_db) for _ in range(3)]
+        first, second = (Detector(DetectionConfig(rules_dir=str(PACK)), c, None, keyspace) for c in clients[:2])
+        first.load()
+        second.load()
+        counts: list[int] = []
+        try:
+            async with clients[2].pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel(keyspace))
+                await first.process(failures(10, "u-two", 0))  # opens the alert
+                await first.process(failures(90, "u-two", 10))  # 100, to be flushed
+                await second.process(failures(100, "u-two", 100))  # 200, to be flushed
+                await second._flush()
+                await first._flush()  # last, with its own round's 100
+                deadline = time.monotonic() + 30
+                while len(counts) < 3 and time.monotonic() < deadline:
+                    message = await pubsub.get_message(timeout=1)
+                    if message is not None:
+                        alert = apb.Alert.FromString(message["data"])
+                        if alert.rule == "brute_force_user":
+                            counts.append(alert.count)
+        finally:
+            for c in clients:
+                await c.aclose()
+        return counts
+
+    assert asyncio.run(go()) == [10, 200, 200]

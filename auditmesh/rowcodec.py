@@ -25,13 +25,14 @@ __all__ = [
     "check_columns",
     "event_values",
     "int32",
+    "int8",
     "int64",
     "routing_key",
     "text",
 ]
 
 int64 = struct.Struct(">q").pack
-_INT8 = struct.Struct(">b").pack
+int8 = struct.Struct(">b").pack
 int32 = struct.Struct(">i").pack
 _SHORT = struct.Struct(">H").pack
 
@@ -53,8 +54,8 @@ def event_values(ms: int, ev: pb.Event) -> tuple[bytes, ...]:
     return (
         int64(ms),
         ev.event_id.encode(),
-        _INT8(ev.severity),
-        _INT8(ev.outcome),
+        int8(ev.severity),
+        int8(ev.outcome),
         ev.event_type.encode(),
         ev.organization_id.encode(),
         ev.SerializeToString(),

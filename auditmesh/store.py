@@ -77,8 +77,41 @@ class Row(NamedTuple):
     payload: bytes
 
 
-# One encoded row of a write: its partition's routing key, statement id and values.
-_Entry = tuple[bytes, bytes, tuple[bytes, ...]]
+# One encoded row as the driver's batch keeps it: (prepared, statement id, values).
+_Statement = tuple[bool, bytes, tuple[bytes, ...]]
+# The rows of one partition: its routing key, the rows, and each row's size in bytes as
+# Cassandra counts it (encoded values and _ROW_OVERHEAD).
+_Run = tuple[bytes, list[_Statement], list[int]]
+# The rows of one batch statement and the routing key it is sent with.
+_Chunk = tuple[bytes, list[_Statement]]
+
+
+class _Partition(NamedTuple):
+    """The rows of one partition as they are encoded: its encoded key columns, routing key,
+    rows and their sizes; ``size`` is what a row costs besides its other values."""
+
+    key: tuple[bytes, bytes]
+    route: bytes
+    size: int
+    rows: list[_Statement]
+    sizes: list[int]
+
+
+def _partition(key: str, second: bytes) -> _Partition:
+    """An empty partition of a table keyed by (text ``key``, encoded ``second``)."""
+    first = key.encode()
+    return _Partition(
+        (first, second), rowcodec.routing_key(first, second), _ROW_OVERHEAD + len(first) + len(second), [], []
+    )
+
+
+class _Plan(NamedTuple):
+    """What a write sends: partition markers first, then the rows."""
+
+    markers: list[_Chunk]
+    rows: list[_Chunk]
+    fresh: list[tuple[str, str, int]]
+    partitions: list[tuple[str, str, int]]
 
 
 @dataclass
@@ -290,74 +323,98 @@ class EventStore:
         encoded by :mod:`auditmesh.rowcodec`. ``urgent`` writes (the critical lane) use their
         own connections.
         """
-        by_wedding: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
-        by_user: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
-        locators: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
-        for ev in events:
-            ms = occurred_ms(ev)
-            bucket = bucket_of(ms)
-            values = rowcodec.event_values(ms, ev)
-            if ev.wedding_id:
-                by_wedding.setdefault((ev.wedding_id, bucket), []).append(values)
-            by_user.setdefault((ev.user_id, bucket), []).append(values)
-            event_id, occurred_at = values[1], values[0]  # already encoded for the event tables
-            locators.setdefault(event_ids.locator_partition(ev.event_id), []).append(
-                (event_id, ev.user_id.encode(), rowcodec.int32(bucket), occurred_at)
-            )
-        groups: dict[Any, list[_Entry]] = {}
-        markers: dict[Any, list[_Entry]] = {}
-        fresh: list[tuple[str, str, int]] = []
-        single_node = len(self._cluster.metadata.all_hosts()) <= 1
-        insert_marker = self._ins_partition.query_id
-        for scope, partitions, prepared in (("w", by_wedding, self._ins_wedding), ("u", by_user, self._ins_user)):
-            query_id = prepared.query_id
-            scope_bytes = scope.encode()
-            for (key, bucket), rows in partitions.items():
-                key_bytes, bucket_bytes = rowcodec.text(key), rowcodec.int32(bucket)
-                route = rowcodec.routing_key(key_bytes, bucket_bytes)
-                owner = None if single_node else self._replicas(route)
-                groups.setdefault(owner, []).extend(
-                    (route, query_id, (key_bytes, bucket_bytes, *values)) for values in rows
-                )
-                marker = (scope, key, bucket)
-                if marker not in self._known:
-                    fresh.append(marker)
-                    markers.setdefault(owner, []).append((route, insert_marker, (scope_bytes, key_bytes, bucket_bytes)))
-        for route, entries in self._locator_entries(locators).items():
-            groups.setdefault(None if single_node else self._replicas(route), []).extend(entries)
+        plan = self.encode(events)
         run = functools.partial(self._run, build=self._batch)
         if urgent:
             run = functools.partial(run, session=self._urgent)
         else:
             run = functools.partial(run, slots=self._write_slots)
-        if markers:
+        if plan.markers:
             # A partition is listed before any of its rows is written: a write that fails
             # part-way (and is resent) never leaves rows that a search cannot reach.
-            await run(self._chunks(markers))
-        await run(self._chunks(groups))
-        for marker in fresh:
+            await run(plan.markers)
+        await run(plan.rows)
+        for marker in plan.fresh:
             self._known[marker] = None
             if len(self._known) > _KNOWN_PARTITIONS:
                 self._known.popitem(last=False)
-        written = [("w", key, bucket) for key, bucket in by_wedding]
-        written += [("u", key, bucket) for key, bucket in by_user]
-        return WriteStats(partitions=written)
+        return WriteStats(partitions=plan.partitions)
 
-    def _chunks(self, groups: dict[Any, list[_Entry]]) -> list[list[_Entry]]:
+    def encode(self, events: Iterable[pb.Event]) -> _Plan:
+        """The batches (routing key, statements) that write ``events``; sends nothing.
+
+        Each event's seven values are encoded once and shared by its two table rows; a row is
+        the driver's own ``(prepared, query id, values)`` triple, so a batch takes a list of
+        them as it is, and its size is added up from lengths known per event and per
+        partition, not measured row by row.
+        """
+        weddings: dict[tuple[str, int], _Partition] = {}
+        users: dict[tuple[str, int], _Partition] = {}
+        locators: dict[tuple[str, int], _Partition] = {}
+        wedding_query, user_query = self._ins_wedding.query_id, self._ins_user.query_id
+        locator_query = self._ins_locator.query_id
+        int64, int32, int8 = rowcodec.int64, rowcodec.int32, rowcodec.int8
+        locator_partition = event_ids.locator_partition
+        for ev in events:
+            ts = ev.occurred_at
+            ms = ts.seconds * 1000 + ts.nanos // 1_000_000
+            bucket = ms // BUCKET_MS
+            event_id = ev.event_id.encode()
+            occurred_at = int64(ms)
+            event_type, organization_id = ev.event_type.encode(), ev.organization_id.encode()
+            payload = ev.SerializeToString()
+            values = (occurred_at, event_id, int8(ev.severity), int8(ev.outcome), event_type, organization_id, payload)
+            # Encoded bytes of the values: 8 + 1 + 1 for the fixed-width ones.
+            size = 10 + len(event_id) + len(event_type) + len(organization_id) + len(payload)
+            wedding_id = ev.wedding_id
+            if wedding_id:
+                partition = weddings.get((wedding_id, bucket))
+                if partition is None:
+                    partition = weddings[(wedding_id, bucket)] = _partition(wedding_id, int32(bucket))
+                partition.rows.append((True, wedding_query, partition.key + values))
+                partition.sizes.append(partition.size + size)
+            user_id = ev.user_id
+            partition = users.get((user_id, bucket))
+            if partition is None:
+                partition = users[(user_id, bucket)] = _partition(user_id, int32(bucket))
+            partition.rows.append((True, user_query, partition.key + values))
+            partition.sizes.append(partition.size + size)
+            where = locator_partition(ev.event_id)
+            partition = locators.get(where)
+            if partition is None:
+                partition = locators[where] = _partition(where[0], int64(where[1]))
+            user = user_id.encode()
+            partition.rows.append((True, locator_query, (*partition.key, event_id, user, int32(bucket), occurred_at)))
+            partition.sizes.append(partition.size + len(event_id) + len(user) + 12)
+        groups: dict[Any, list[_Run]] = {}
+        markers: dict[Any, list[_Run]] = {}
+        fresh: list[tuple[str, str, int]] = []
+        single_node = len(self._cluster.metadata.all_hosts()) <= 1
+        insert_marker = self._ins_partition.query_id
+        for scope, partitions in (("w", weddings), ("u", users)):
+            scope_bytes = scope.encode()
+            for (key, bucket), partition in partitions.items():
+                route = partition.route
+                owner = None if single_node else self._replicas(route)
+                groups.setdefault(owner, []).append((route, partition.rows, partition.sizes))
+                marker = (scope, key, bucket)
+                if marker not in self._known:
+                    fresh.append(marker)
+                    row = (True, insert_marker, (scope_bytes, *partition.key))
+                    markers.setdefault(owner, []).append((route, [row], [partition.size + 1]))
+        for partition in locators.values():
+            route = partition.route
+            groups.setdefault(None if single_node else self._replicas(route), []).append(
+                (route, partition.rows, partition.sizes)
+            )
+        written = [("w", key, bucket) for key, bucket in weddings]
+        written += [("u", key, bucket) for key, bucket in users]
+        return _Plan(self._chunks(markers), self._chunks(groups), fresh, written)
+
+    def _chunks(self, groups: dict[Any, list[_Run]]) -> list[_Chunk]:
         """Each group's rows cut into batches of at most ``_BATCH_ROWS`` rows and
         ``max_batch_bytes`` bytes (a single larger row still goes alone)."""
-        return [chunk for rows in groups.values() for chunk in _byte_chunks(rows, self._cfg.max_batch_bytes)]
-
-    def _locator_entries(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> dict[bytes, list[_Entry]]:
-        """Encoded ``events_by_id`` rows by routing key, from (event_id, user_id, bucket,
-        occurred_at) values grouped by :func:`event_ids.locator_partition`."""
-        insert = self._ins_locator.query_id
-        out: dict[bytes, list[_Entry]] = {}
-        for (id_group, block), rows in locators.items():
-            group_bytes, block_bytes = rowcodec.text(id_group), rowcodec.int64(block)
-            route = rowcodec.routing_key(group_bytes, block_bytes)
-            out[route] = [(route, insert, (group_bytes, block_bytes, *row)) for row in rows]
-        return out
+        return [chunk for runs in groups.values() for chunk in _byte_chunks(runs, self._cfg.max_batch_bytes)]
 
     def backfill_locators(self, on_progress: Callable[[int], None] | None = None, *, page: int = 5000) -> int:
         """Write the ``events_by_id`` row of every event in ``events_by_user``: for events stored
@@ -368,16 +425,17 @@ class EventStore:
             fetch_size=page,
         )
         scanned = 0
-        locators: dict[tuple[str, int], list[tuple[bytes, ...]]] = {}
+        locators: dict[tuple[str, int], _Partition] = {}
+        query_id = self._ins_locator.query_id
         for row in self._session.execute(scan, timeout=60):
-            locators.setdefault(event_ids.locator_partition(row.event_id), []).append(
-                (
-                    row.event_id.encode(),
-                    row.user_id.encode(),
-                    rowcodec.int32(row.bucket),
-                    rowcodec.int64(_ms(row.occurred_at)),
-                )
-            )
+            event_id, user = row.event_id.encode(), row.user_id.encode()
+            where = event_ids.locator_partition(row.event_id)
+            partition = locators.get(where)
+            if partition is None:
+                partition = locators[where] = _partition(where[0], rowcodec.int64(where[1]))
+            values = (event_id, user, rowcodec.int32(row.bucket), rowcodec.int64(_ms(row.occurred_at)))
+            partition.rows.append((True, query_id, partition.key + values))
+            partition.sizes.append(partition.size + len(event_id) + len(user) + 12)
             scanned += 1
             if scanned % page == 0:
                 self._write_locators(locators)
@@ -389,22 +447,21 @@ class EventStore:
             on_progress(scanned)
         return scanned
 
-    def _write_locators(self, locators: dict[tuple[str, int], list[tuple[bytes, ...]]]) -> None:
-        chunks = self._chunks(self._locator_entries(locators))
+    def _write_locators(self, locators: dict[tuple[str, int], _Partition]) -> None:
+        chunks = self._chunks({None: [(p.route, p.rows, p.sizes) for p in locators.values()]})
         execute_concurrent(self._session, [(self._batch(c), ()) for c in chunks], concurrency=16)
 
     def _replicas(self, route: bytes) -> frozenset[Any]:
         return frozenset(self._cluster.metadata.get_replicas(self._cfg.keyspace, route))
 
-    def _batch(self, entries: Sequence[_Entry]) -> BatchStatement:
+    def _batch(self, chunk: _Chunk) -> BatchStatement:
         """An unlogged batch of encoded rows, routed to the owner of its first row."""
         batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._consistency)
-        # The statements are already encoded; add them as BatchStatement.add does after bind().
-        add = batch._add_statement_and_params
-        for _, query_id, values in entries:
-            add(True, query_id, values)
+        # The rows are already what BatchStatement.add keeps after bind(): (prepared, query
+        # id, values) triples in a list of this batch's own.
+        route, batch._statements_and_parameters = chunk
         batch.keyspace = self._cfg.keyspace
-        batch.routing_key = entries[0][0]
+        batch.routing_key = route
         return batch
 
     async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:
@@ -476,19 +533,31 @@ def _ms(value: dt.datetime) -> int:
     return (value.replace(tzinfo=None) - _EPOCH) // _ONE_MS
 
 
-def _byte_chunks(entries: list[_Entry], max_bytes: int) -> Iterable[list[_Entry]]:
-    """Consecutive runs of at most ``_BATCH_ROWS`` entries and ``max_bytes`` encoded bytes."""
-    chunk: list[_Entry] = []
+def _byte_chunks(runs: Iterable[_Run], max_bytes: int) -> Iterable[_Chunk]:
+    """The rows of consecutive runs, in order, cut into chunks of at most ``_BATCH_ROWS`` rows
+    and ``max_bytes`` bytes (sizes as given with the rows); each chunk carries the routing key
+    of the run its first row came from."""
+    chunk: list[_Statement] = []
     size = 0
-    for entry in entries:
-        cost = _ROW_OVERHEAD + sum(len(value) for value in entry[2])
-        if chunk and (len(chunk) == _BATCH_ROWS or size + cost > max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(entry)
-        size += cost
+    route = b""
+    for run_route, rows, sizes in runs:
+        if not chunk:
+            route = run_route
+        total = sum(sizes)
+        if len(chunk) + len(rows) <= _BATCH_ROWS and size + total <= max_bytes:  # the whole run fits
+            chunk.extend(rows)
+            size += total
+            continue
+        for row, cost in zip(rows, sizes, strict=True):
+            if chunk and (len(chunk) == _BATCH_ROWS or size + cost > max_bytes):
+                yield route, chunk
+                chunk, size = [], 0
+            if not chunk:
+                route = run_route
+            chunk.append(row)
+            size += cost
     if chunk:
-        yield chunk
+        yield route, chunk
 
 
 def _never_sent(error: BaseException) -> bool:

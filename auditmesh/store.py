@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import io
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -24,11 +26,12 @@ from cassandra.cluster import (
     Cluster,
     ExecutionProfile,
     NoHostAvailable,
+    ResponseFuture,
     Session,
 )
-from cassandra.concurrent import execute_concurrent
 from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.protocol import BatchMessage
 from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
 from auditmesh import event_ids, rowcodec
@@ -51,6 +54,9 @@ _ROW_OVERHEAD = 200
 _BUSY_RETRIES = 50
 _BUSY_PAUSE_S = 0.02
 _KNOWN_PARTITIONS = 100_000
+_SHORT = struct.Struct(">H").pack
+# A locator row's bucket and occurred_at values, each with its length.
+_BUCKET_AND_TIME = struct.Struct(">iiiq").pack
 _RETRYABLE = (NoHostAvailable, OperationTimedOut, Timeout, Unavailable, ConnectionException, OSError)
 
 
@@ -77,32 +83,72 @@ class Row(NamedTuple):
     payload: bytes
 
 
-# One encoded row as the driver's batch keeps it: (prepared, statement id, values).
-_Statement = tuple[bool, bytes, tuple[bytes, ...]]
-# The rows of one partition: its routing key, the rows, and each row's size in bytes as
-# Cassandra counts it (encoded values and _ROW_OVERHEAD).
-_Run = tuple[bytes, list[_Statement], list[int]]
+# The rows of one partition: its routing key and the rows, each an encoded statement of a
+# BATCH message (rowcodec.statement_head and its values).
+_Run = tuple[bytes, list[bytes]]
 # The rows of one batch statement and the routing key it is sent with.
-_Chunk = tuple[bytes, list[_Statement]]
+_Chunk = tuple[bytes, list[bytes]]
 
 
 class _Partition(NamedTuple):
     """The rows of one partition as they are encoded: its encoded key columns, routing key,
-    rows and their sizes; ``size`` is what a row costs besides its other values."""
+    the start every row's statement shares (statement id and key values), and the rows."""
 
     key: tuple[bytes, bytes]
     route: bytes
-    size: int
-    rows: list[_Statement]
-    sizes: list[int]
+    head: bytes
+    rows: list[bytes]
 
 
-def _partition(key: str, second: bytes) -> _Partition:
-    """An empty partition of a table keyed by (text ``key``, encoded ``second``)."""
+def _partition(query_id: bytes, count: int, key: str, second: bytes) -> _Partition:
+    """An empty partition of a table keyed by (text ``key``, encoded ``second``) whose insert
+    ``query_id`` binds ``count`` values."""
     first = key.encode()
-    return _Partition(
-        (first, second), rowcodec.routing_key(first, second), _ROW_OVERHEAD + len(first) + len(second), [], []
-    )
+    head = rowcodec.statement_head(query_id, count, first, second)
+    return _Partition((first, second), rowcodec.routing_key(first, second), head, [])
+
+
+class _EncodedBatch(BatchStatement):  # type: ignore[misc]
+    """An unlogged batch whose statements are already encoded (``rows``); sent by
+    :func:`_execute_encoded`, which puts them in the BATCH message as they are."""
+
+    rows: list[bytes]
+
+    def clear(self) -> None:
+        super().clear()
+        self.rows = []
+
+
+class _EncodedBatchMessage(BatchMessage):  # type: ignore[misc]
+    """The driver's BATCH message for an :class:`_EncodedBatch`: the driver writes the frame
+    around the statements (type, consistency, flags, timestamp) as for any batch, and the
+    statements go in as the bytes they were encoded to, not value by value."""
+
+    def __init__(self, message: Any, rows: list[bytes]) -> None:
+        self.__dict__.update(message.__dict__)
+        self.rows = rows
+
+    def send_body(self, f: Any, protocol_version: int) -> None:
+        rows, self.queries = self.rows, ()
+        frame = io.BytesIO()
+        BatchMessage.send_body(self, frame, protocol_version)  # the frame of an empty batch
+        body = frame.getvalue()
+        f.write(body[:1])  # the batch type
+        f.write(_SHORT(len(rows)))
+        f.write(b"".join(rows))
+        f.write(body[3:])  # what follows the empty batch's statement count: consistency, flags
+
+
+def _execute_encoded(session: Session, batch: _EncodedBatch, timeout: float) -> ResponseFuture:
+    """``session.execute_async(batch)`` with the BATCH message's statements as encoded: the
+    driver builds its request (routing, retries, timestamps) for the batch as usual, and its
+    message is swapped for one that writes the encoded rows."""
+    future = session._create_response_future(batch, None, False, {}, timeout, EXEC_PROFILE_DEFAULT, None, None)
+    future.message = _EncodedBatchMessage(future.message, batch.rows)
+    future._protocol_handler = session.client_protocol_handler
+    session._on_request(future)
+    future.send_request()
+    return future
 
 
 class _Plan(NamedTuple):
@@ -279,7 +325,10 @@ class EventStore:
 
         def send(index: int, statement: Any) -> None:
             try:
-                future = session.execute_async(statement, timeout=10.0)
+                if isinstance(statement, _EncodedBatch):
+                    future = _execute_encoded(session, statement, 10.0)
+                else:
+                    future = session.execute_async(statement, timeout=10.0)
             except Exception as exc:
                 settle(index, None, exc, statement)
                 return
@@ -343,49 +392,41 @@ class EventStore:
     def encode(self, events: Iterable[pb.Event]) -> _Plan:
         """The batches (routing key, statements) that write ``events``; sends nothing.
 
-        Each event's seven values are encoded once and shared by its two table rows; a row is
-        the driver's own ``(prepared, query id, values)`` triple, so a batch takes a list of
-        them as it is, and its size is added up from lengths known per event and per
-        partition, not measured row by row.
+        Each row is encoded once, straight to the bytes it takes in the BATCH message: its
+        partition's statement head (statement id and key values) followed by its other
+        values, of which an event's seven are encoded once for its two table rows. The
+        driver's own encoding of a batch wrote ~9 values per row one call at a time.
         """
         weddings: dict[tuple[str, int], _Partition] = {}
         users: dict[tuple[str, int], _Partition] = {}
         locators: dict[tuple[str, int], _Partition] = {}
         wedding_query, user_query = self._ins_wedding.query_id, self._ins_user.query_id
         locator_query = self._ins_locator.query_id
-        int64, int32, int8 = rowcodec.int64, rowcodec.int32, rowcodec.int8
-        locator_partition = event_ids.locator_partition
+        int64, int32, value = rowcodec.int64, rowcodec.int32, rowcodec.value
+        event_tail, locator_partition = rowcodec.event_tail, event_ids.locator_partition
         for ev in events:
             ts = ev.occurred_at
             ms = ts.seconds * 1000 + ts.nanos // 1_000_000
             bucket = ms // BUCKET_MS
             event_id = ev.event_id.encode()
-            occurred_at = int64(ms)
-            event_type, organization_id = ev.event_type.encode(), ev.organization_id.encode()
-            payload = ev.SerializeToString()
-            values = (occurred_at, event_id, int8(ev.severity), int8(ev.outcome), event_type, organization_id, payload)
-            # Encoded bytes of the values: 8 + 1 + 1 for the fixed-width ones.
-            size = 10 + len(event_id) + len(event_type) + len(organization_id) + len(payload)
+            tail = event_tail(ms, ev, event_id, ev.SerializeToString())
             wedding_id = ev.wedding_id
             if wedding_id:
                 partition = weddings.get((wedding_id, bucket))
                 if partition is None:
-                    partition = weddings[(wedding_id, bucket)] = _partition(wedding_id, int32(bucket))
-                partition.rows.append((True, wedding_query, partition.key + values))
-                partition.sizes.append(partition.size + size)
+                    partition = weddings[(wedding_id, bucket)] = _partition(wedding_query, 9, wedding_id, int32(bucket))
+                partition.rows.append(partition.head + tail)
             user_id = ev.user_id
             partition = users.get((user_id, bucket))
             if partition is None:
-                partition = users[(user_id, bucket)] = _partition(user_id, int32(bucket))
-            partition.rows.append((True, user_query, partition.key + values))
-            partition.sizes.append(partition.size + size)
+                partition = users[(user_id, bucket)] = _partition(user_query, 9, user_id, int32(bucket))
+            partition.rows.append(partition.head + tail)
             where = locator_partition(ev.event_id)
             partition = locators.get(where)
             if partition is None:
-                partition = locators[where] = _partition(where[0], int64(where[1]))
-            user = user_id.encode()
-            partition.rows.append((True, locator_query, (*partition.key, event_id, user, int32(bucket), occurred_at)))
-            partition.sizes.append(partition.size + len(event_id) + len(user) + 12)
+                partition = locators[where] = _partition(locator_query, 6, where[0], int64(where[1]))
+            located = _BUCKET_AND_TIME(4, bucket, 8, ms)
+            partition.rows.append(b"".join((partition.head, value(event_id), value(user_id.encode()), located)))
         groups: dict[Any, list[_Run]] = {}
         markers: dict[Any, list[_Run]] = {}
         fresh: list[tuple[str, str, int]] = []
@@ -396,17 +437,15 @@ class EventStore:
             for (key, bucket), partition in partitions.items():
                 route = partition.route
                 owner = None if single_node else self._replicas(route)
-                groups.setdefault(owner, []).append((route, partition.rows, partition.sizes))
+                groups.setdefault(owner, []).append((route, partition.rows))
                 marker = (scope, key, bucket)
                 if marker not in self._known:
                     fresh.append(marker)
-                    row = (True, insert_marker, (scope_bytes, *partition.key))
-                    markers.setdefault(owner, []).append((route, [row], [partition.size + 1]))
+                    row = rowcodec.statement_head(insert_marker, 3, scope_bytes, *partition.key)
+                    markers.setdefault(owner, []).append((route, [row]))
         for partition in locators.values():
             route = partition.route
-            groups.setdefault(None if single_node else self._replicas(route), []).append(
-                (route, partition.rows, partition.sizes)
-            )
+            groups.setdefault(None if single_node else self._replicas(route), []).append((route, partition.rows))
         written = [("w", key, bucket) for key, bucket in weddings]
         written += [("u", key, bucket) for key, bucket in users]
         return _Plan(self._chunks(markers), self._chunks(groups), fresh, written)
@@ -428,14 +467,13 @@ class EventStore:
         locators: dict[tuple[str, int], _Partition] = {}
         query_id = self._ins_locator.query_id
         for row in self._session.execute(scan, timeout=60):
-            event_id, user = row.event_id.encode(), row.user_id.encode()
             where = event_ids.locator_partition(row.event_id)
             partition = locators.get(where)
             if partition is None:
-                partition = locators[where] = _partition(where[0], rowcodec.int64(where[1]))
-            values = (event_id, user, rowcodec.int32(row.bucket), rowcodec.int64(_ms(row.occurred_at)))
-            partition.rows.append((True, query_id, partition.key + values))
-            partition.sizes.append(partition.size + len(event_id) + len(user) + 12)
+                partition = locators[where] = _partition(query_id, 6, where[0], rowcodec.int64(where[1]))
+            ids = rowcodec.value(row.event_id.encode()) + rowcodec.value(row.user_id.encode())
+            located = _BUCKET_AND_TIME(4, row.bucket, 8, _ms(row.occurred_at))
+            partition.rows.append(b"".join((partition.head, ids, located)))
             scanned += 1
             if scanned % page == 0:
                 self._write_locators(locators)
@@ -448,20 +486,20 @@ class EventStore:
         return scanned
 
     def _write_locators(self, locators: dict[tuple[str, int], _Partition]) -> None:
-        chunks = self._chunks({None: [(p.route, p.rows, p.sizes) for p in locators.values()]})
-        execute_concurrent(self._session, [(self._batch(c), ()) for c in chunks], concurrency=16)
+        chunks = self._chunks({None: [(p.route, p.rows) for p in locators.values()]})
+        for start in range(0, len(chunks), 16):  # 16 batches at a time
+            sent = [_execute_encoded(self._session, self._batch(c), 60.0) for c in chunks[start : start + 16]]
+            for future in sent:
+                future.result()
 
     def _replicas(self, route: bytes) -> frozenset[Any]:
         return frozenset(self._cluster.metadata.get_replicas(self._cfg.keyspace, route))
 
-    def _batch(self, chunk: _Chunk) -> BatchStatement:
+    def _batch(self, chunk: _Chunk) -> _EncodedBatch:
         """An unlogged batch of encoded rows, routed to the owner of its first row."""
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._consistency)
-        # The rows are already what BatchStatement.add keeps after bind(): (prepared, query
-        # id, values) triples in a list of this batch's own.
-        route, batch._statements_and_parameters = chunk
+        batch = _EncodedBatch(batch_type=BatchType.UNLOGGED, consistency_level=self._consistency)
+        batch.routing_key, batch.rows = chunk
         batch.keyspace = self._cfg.keyspace
-        batch.routing_key = route
         return batch
 
     async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:
@@ -535,20 +573,21 @@ def _ms(value: dt.datetime) -> int:
 
 def _byte_chunks(runs: Iterable[_Run], max_bytes: int) -> Iterable[_Chunk]:
     """The rows of consecutive runs, in order, cut into chunks of at most ``_BATCH_ROWS`` rows
-    and ``max_bytes`` bytes (sizes as given with the rows); each chunk carries the routing key
-    of the run its first row came from."""
-    chunk: list[_Statement] = []
+    and ``max_bytes`` bytes (each row's encoded length and ``_ROW_OVERHEAD``); each chunk
+    carries the routing key of the run its first row came from."""
+    chunk: list[bytes] = []
     size = 0
     route = b""
-    for run_route, rows, sizes in runs:
+    for run_route, rows in runs:
         if not chunk:
             route = run_route
-        total = sum(sizes)
+        total = sum(map(len, rows)) + _ROW_OVERHEAD * len(rows)
         if len(chunk) + len(rows) <= _BATCH_ROWS and size + total <= max_bytes:  # the whole run fits
             chunk.extend(rows)
             size += total
             continue
-        for row, cost in zip(rows, sizes, strict=True):
+        for row in rows:
+            cost = _ROW_OVERHEAD + len(row)
             if chunk and (len(chunk) == _BATCH_ROWS or size + cost > max_bytes):
                 yield route, chunk
                 chunk, size = [], 0

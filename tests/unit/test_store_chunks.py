@@ -5,12 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auditmesh.store import _BATCH_ROWS, _byte_chunks
+from auditmesh.store import _BATCH_ROWS, _ROW_OVERHEAD, _byte_chunks
 
 
-def run(route: bytes, sizes: list[int]) -> tuple[bytes, list[tuple[bool, bytes, tuple[bytes, ...]]], list[int]]:
-    """A partition's rows; each row's values name its route and position so chunks can be checked."""
-    return route, [(True, b"query", (route, str(i).encode())) for i in range(len(sizes))], sizes
+def run(route: bytes, sizes: list[int]) -> tuple[bytes, list[bytes]]:
+    """A partition's rows of the given encoded sizes; each names its route and position (padded
+    to its size) so chunks can be checked."""
+    rows = [f"{route.decode()}:{i}:".encode() for i in range(len(sizes))]
+    return route, [row + b"x" * max(0, size - len(row)) for row, size in zip(rows, sizes, strict=True)]
 
 
 @given(
@@ -22,19 +24,18 @@ def test_chunks_keep_order_and_stay_under_both_bounds(partitions: list[list[int]
     passes the byte bound unless it is a single row larger than the bound on its own; each
     chunk is routed by the partition of its first row."""
     runs = [run(f"p{i}".encode(), sizes) for i, sizes in enumerate(partitions)]
-    size_of = {row[2]: size for _, rows, sizes in runs for row, size in zip(rows, sizes, strict=True)}
     chunks = list(_byte_chunks(runs, max_bytes))
-    assert [row for _, rows in chunks for row in rows] == [row for _, rows, _ in runs for row in rows]
+    assert [row for _, rows in chunks for row in rows] == [row for _, rows in runs for row in rows]
     for route, rows in chunks:
         assert 1 <= len(rows) <= _BATCH_ROWS
-        assert route == rows[0][2][0]
-        total = sum(size_of[row[2]] for row in rows)
+        assert route == rows[0].split(b":")[0]
+        total = sum(_ROW_OVERHEAD + len(row) for row in rows)
         assert total <= max_bytes or len(rows) == 1
 
 
 def test_rows_at_the_event_limit_are_cut_by_bytes_not_rows() -> None:
     """100 rows of ~10 KB (events at the documented limits) make several statements, not one
     of ~1 MB that the store refuses."""
-    chunks = list(_byte_chunks([run(b"p", [10_200] * 100)], 128 * 1024))
+    chunks = list(_byte_chunks([run(b"p", [10_000] * 100)], 128 * 1024))
     assert len(chunks) == 9
     assert max(len(rows) for _, rows in chunks) == 12

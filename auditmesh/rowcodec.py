@@ -23,15 +23,19 @@ __all__ = [
     "LOCATOR_TYPES",
     "PARTITION_TYPES",
     "check_columns",
+    "event_tail",
     "event_values",
     "int32",
+    "int8",
     "int64",
     "routing_key",
+    "statement_head",
     "text",
+    "value",
 ]
 
 int64 = struct.Struct(">q").pack
-_INT8 = struct.Struct(">b").pack
+int8 = struct.Struct(">b").pack
 int32 = struct.Struct(">i").pack
 _SHORT = struct.Struct(">H").pack
 
@@ -53,8 +57,8 @@ def event_values(ms: int, ev: pb.Event) -> tuple[bytes, ...]:
     return (
         int64(ms),
         ev.event_id.encode(),
-        _INT8(ev.severity),
-        _INT8(ev.outcome),
+        int8(ev.severity),
+        int8(ev.outcome),
         ev.event_type.encode(),
         ev.organization_id.encode(),
         ev.SerializeToString(),
@@ -80,3 +84,37 @@ def check_columns(prepared: Any, expected: Sequence[str]) -> None:
             f"schema mismatch for {prepared.query_string!r}: columns {names} have types {list(found)},"
             f" expected {list(expected)}; recreate the schema with `auditmesh schema`"
         )
+
+
+_VALUE_FIXED = struct.Struct(">iqi").pack  # occurred_at's length and value, event_id's length
+_FLAGS_FIXED = struct.Struct(">ibibi").pack  # severity and outcome with their lengths, event_type's length
+
+
+def value(encoded: bytes) -> bytes:
+    """One value as a statement in a BATCH message carries it: its length, then its bytes."""
+    return int32(len(encoded)) + encoded
+
+
+def statement_head(query_id: bytes, count: int, *values: bytes) -> bytes:
+    """The start of a prepared statement inside a BATCH message (native protocol v4, section
+    4.1.7): kind 1, the statement id, the number of values it binds, then ``values``, each
+    with its length. What follows are its remaining values (:func:`event_tail`)."""
+    return b"".join((b"\x01", _SHORT(len(query_id)), query_id, _SHORT(count), *(value(v) for v in values)))
+
+
+def event_tail(ms: int, ev: pb.Event, event_id: bytes, payload: bytes) -> bytes:
+    """The values of :func:`event_values`, each with its length, as they follow a row's
+    key in a statement of a BATCH message (``event_id`` and ``payload`` already encoded)."""
+    event_type, organization_id = ev.event_type.encode(), ev.organization_id.encode()
+    return b"".join(
+        (
+            _VALUE_FIXED(8, ms, len(event_id)),
+            event_id,
+            _FLAGS_FIXED(1, ev.severity, 1, ev.outcome, len(event_type)),
+            event_type,
+            int32(len(organization_id)),
+            organization_id,
+            int32(len(payload)),
+            payload,
+        )
+    )

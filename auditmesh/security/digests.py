@@ -11,9 +11,14 @@ wrote, and the chain is sealed by Ed25519-signed checkpoints.
 - **Checkpoint**: every N digests and every T seconds, also when nothing was written, a
   signature over (chain, checkpoint seq, last digest seq and hash, time).
 - **Chains**: one per processor process and lane (bulk, critical), so concurrent processors
-  and lanes never contend for, or fork, a chain. A digest is written after its group's events
-  and before any request of the group is answered: a failed digest write fails the group,
-  which ingest resends, so every acknowledged event is in some digest.
+  and lanes never contend for, or fork, a chain. A digest is written before any request of
+  its group is answered: a failed digest write fails the group, which ingest resends, so every
+  acknowledged event is in some digest. On the bulk lane it is written after the group's
+  events; on the urgent lanes (critical, wedding day) at the same time as them, which takes a
+  round trip to the store off a P0 event's ack. The price: when such a group's event write
+  fails and its digest's does not, the digest names events that are stored only once the
+  caller resends them (it was not acknowledged, so it does), and until then ``verify``
+  reports them missing.
 
 Everything lives in tables of its own (:func:`auditmesh.schema.statements`), apart from events.
 """

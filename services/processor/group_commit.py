@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,10 +76,15 @@ class GroupCommitter:
         max_events: int,
         write_us: Reservoir,
         digest: Digest | None = None,
+        digest_alongside: bool = False,
     ) -> None:
         """``digest``, when given, chains a digest of each group's events after they are written;
-        when it fails the group fails as a write would (tamper evidence, auditmesh.security.digests)."""
+        when it fails the group fails as a write would (tamper evidence, auditmesh.security.digests).
+        With ``digest_alongside`` (the urgent lanes) the digest row is written at the same time
+        as the events instead of after them, and the group is answered when both are written:
+        one round trip to the store before the ack instead of two."""
         self._digest = digest
+        self._digest_alongside = digest_alongside
         self._write = write
         self._after_write = after_write
         self.write_us = write_us
@@ -142,8 +147,12 @@ class GroupCommitter:
         with _tracer.start_as_current_span("store.write", links=links, attributes=attributes) as span:
             try:
                 written = [ev for entry in group for ev in entry.req.events]
-                stats = await self._write(written)
-                if self._digest is not None:
+                if self._digest is None:
+                    stats = await self._write(written)
+                elif self._digest_alongside:
+                    stats = await _both(self._write(written), self._digest(written))
+                else:
+                    stats = await self._write(written)
                     await self._digest(written)
             except Exception as exc:
                 span.set_status(StatusCode.ERROR, str(exc)[:200])
@@ -161,3 +170,17 @@ class GroupCommitter:
             await self._after_write(stats.partitions)
         for entry in group:
             entry.settle(Outcome(stats=stats, write_us=write_us, grouped_with=len(group)))
+
+
+async def _both(write: Awaitable[WriteStats], digest: Awaitable[None]) -> WriteStats:
+    """Run a write and its digest together; wait for both, and fail if either failed (with the
+    write's error first): a group is answered only when neither is still under way."""
+    stats, digested = await asyncio.gather(write, digest, return_exceptions=True)
+    failure = stats if isinstance(stats, BaseException) else digested
+    if isinstance(failure, BaseException):
+        try:
+            raise failure
+        finally:  # no cycle through this frame keeps the exception and the group alive
+            del stats, digested, failure
+    assert isinstance(stats, WriteStats)
+    return stats

@@ -77,7 +77,13 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             write = functools.partial(store.write, urgent=urgent)
             digest = digests[urgent] if digests is not None else None
             return GroupCommitter(
-                write, versions.bump, slots=slots, max_events=max_group_events, write_us=write_us, digest=digest
+                write,
+                versions.bump,
+                slots=slots,
+                max_events=max_group_events,
+                write_us=write_us,
+                digest=digest,
+                digest_alongside=urgent,
             )
 
         self._normal = committer(False, max_writes, self.write_us)

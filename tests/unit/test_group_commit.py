@@ -224,3 +224,83 @@ def test_a_cancelled_caller_never_makes_its_group_ok_before_the_bump() -> None:
         assert outcome.error is None and outcome.grouped_with == 2
 
     asyncio.run(go())
+
+
+class Chain:
+    """Records each digest; each waits for ``release``; fails with ``error`` when set."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.digests: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.error = error
+
+    async def append(self, events: Iterable[pb.Event]) -> None:
+        self.digests.append([ev.event_id for ev in events])
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def digesting(store: Store, chain: Chain, alongside: bool) -> GroupCommitter:
+    return GroupCommitter(
+        store.write,
+        store.bump,
+        slots=1,
+        max_events=100,
+        write_us=Reservoir(),
+        digest=chain.append,
+        digest_alongside=alongside,
+    )
+
+
+def test_an_urgent_digest_is_written_alongside_its_events_and_answered_after_both() -> None:
+    """With the digest alongside (the urgent lanes), the digest starts while the events are still
+    being written, and the request is answered only once both are done: the ack never comes
+    before the digest row, nor before the events."""
+
+    async def go() -> None:
+        store, chain = Store(), Chain()
+        submitted = asyncio.ensure_future(digesting(store, chain, True).submit(request(pb.LANE_CRITICAL, "p0")))
+        await ticks()
+        assert store.writes == [["p0"]] and chain.digests == [["p0"]]  # both under way at once
+        store.release.set()
+        await ticks()
+        assert not submitted.done()  # the events are written, the digest is not yet
+        chain.release.set()
+        outcome = await submitted
+        assert outcome.error is None and store.bumps == 1
+
+    asyncio.run(go())
+
+
+def test_a_bulk_digest_still_follows_its_events() -> None:
+    """Without it (the bulk lane), the digest starts only once the events are written."""
+
+    async def go() -> None:
+        store, chain = Store(), Chain()
+        chain.release.set()
+        submitted = asyncio.ensure_future(digesting(store, chain, False).submit(request(pb.LANE_NORMAL, "a")))
+        await ticks()
+        assert store.writes == [["a"]] and chain.digests == []
+        store.release.set()
+        assert (await submitted).error is None
+        assert chain.digests == [["a"]]
+
+    asyncio.run(go())
+
+
+def test_a_failed_urgent_digest_fails_the_group_after_the_write_ends() -> None:
+    """A digest that fails alongside a write that succeeds fails the group as retryable (the
+    caller resends), and the answer waits for the write to end."""
+
+    async def go() -> None:
+        store, chain = Store(), Chain(StoreUnavailable("digest chain: timeout"))
+        chain.release.set()
+        submitted = asyncio.ensure_future(digesting(store, chain, True).submit(request(pb.LANE_CRITICAL, "p0")))
+        await ticks()
+        assert chain.digests == [["p0"]] and not submitted.done()  # the digest failed; the write goes on
+        store.release.set()
+        outcome = await submitted
+        assert isinstance(outcome.error, StoreUnavailable) and store.bumps == 0
+
+    asyncio.run(go())

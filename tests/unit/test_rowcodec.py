@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from cassandra import cqltypes
-from cassandra.query import SimpleStatement
+from cassandra import ConsistencyLevel, cqltypes
+from cassandra.protocol import BatchMessage, ProtocolHandler
+from cassandra.query import BatchType, SimpleStatement
 from hypothesis import given
 from hypothesis import strategies as st
 
 from auditmesh import rowcodec
 from auditmesh.errors import PermanentError
+from auditmesh.store import _EncodedBatchMessage
 from auditpb.v1 import audit_pb2 as pb
 
 V4 = 4
@@ -75,3 +78,48 @@ def test_check_columns_accepts_the_schema_and_names_a_mismatch() -> None:
         rowcodec.check_columns(
             _prepared(cqltypes.VarcharType, cqltypes.VarcharType, cqltypes.LongType), rowcodec.PARTITION_TYPES
         )
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(min_value=-(2**62), max_value=2**62),
+            st.text(max_size=40),
+            st.sampled_from(list(pb.Severity.values())),
+            st.sampled_from(list(pb.Outcome.values())),
+            st.text(max_size=40),
+            st.text(max_size=40),
+            st.text(max_size=60),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    timestamp=st.one_of(st.none(), st.integers(min_value=0, max_value=2**62)),
+)
+def test_encoded_batches_are_the_drivers_batch_messages(
+    rows: list[tuple[int, str, int, int, str, str, str]], timestamp: int | None
+) -> None:
+    """A batch of rows encoded by statement_head and event_tail, sent through the store's
+    BATCH message, is byte for byte the message the driver makes of the same rows bound
+    value by value (batch type, statements, consistency, flags, timestamp)."""
+    query_id, bucket = b"q" * 16, rowcodec.int32(12)
+    triples, encoded = [], []
+    for ms, event_id, severity, outcome, event_type, organization_id, key in rows:
+        ev = pb.Event(
+            event_id=event_id,
+            severity=severity,  # type: ignore[arg-type]
+            outcome=outcome,  # type: ignore[arg-type]
+            event_type=event_type,
+            organization_id=organization_id,
+        )
+        key_bytes = rowcodec.text(key)
+        triples.append((True, query_id, (key_bytes, bucket, *rowcodec.event_values(ms, ev))))
+        head = rowcodec.statement_head(query_id, 9, key_bytes, bucket)
+        encoded.append(head + rowcodec.event_tail(ms, ev, rowcodec.text(event_id), ev.SerializeToString()))
+
+    def message(queries: list[Any]) -> Any:
+        return BatchMessage(BatchType.UNLOGGED, queries, ConsistencyLevel.LOCAL_QUORUM, None, timestamp, None)
+
+    ours = _EncodedBatchMessage(message([]), encoded)
+    expected = ProtocolHandler.encode_message(message(triples), 3, V4, None, False)
+    assert ProtocolHandler.encode_message(ours, 3, V4, None, False) == expected

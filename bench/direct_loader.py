@@ -35,7 +35,7 @@ from auditmesh import rowcodec
 from auditmesh.config import StoreConfig
 from auditmesh.event_ids import locator_partition, new_client_prefix
 from auditmesh.priority import CalendarSnapshot, assign_priority
-from auditmesh.store import _KNOWN_PARTITIONS, _byte_chunks, bucket_of, occurred_ms
+from auditmesh.store import _BATCH_ROWS, _KNOWN_PARTITIONS, _ROW_OVERHEAD, bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 
@@ -123,7 +123,7 @@ def _by_replica(events: list[pb.Event], prepared: dict[str, Any], known: _Known,
         route = rowcodec.routing_key(group_bytes, block_bytes)
         flat.extend((route, prepared["id"].query_id, (group_bytes, block_bytes, *row)) for row in rows)
     statements: list[Any] = []
-    for chunk in _byte_chunks(flat, StoreConfig().max_batch_bytes):
+    for chunk in _chunks(flat, StoreConfig().max_batch_bytes):
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
         for _, query_id, values in chunk:
             batch._add_statement_and_params(True, query_id, values)
@@ -131,6 +131,24 @@ def _by_replica(events: list[pb.Event], prepared: dict[str, Any], known: _Known,
         batch.routing_key = chunk[0][0]
         statements.append(batch)
     return statements
+
+
+def _chunks(
+    flat: list[tuple[bytes, bytes, tuple[bytes, ...]]], max_bytes: int
+) -> Iterator[list[tuple[bytes, bytes, tuple[bytes, ...]]]]:
+    """Consecutive rows cut into batches within the store's bounds: at most ``_BATCH_ROWS`` rows
+    and ``max_bytes`` bytes (values plus ``_ROW_OVERHEAD`` per row)."""
+    chunk: list[tuple[bytes, bytes, tuple[bytes, ...]]] = []
+    size = 0
+    for entry in flat:
+        cost = _ROW_OVERHEAD + sum(map(len, entry[2]))
+        if chunk and (len(chunk) == _BATCH_ROWS or size + cost > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 def _events(index: int) -> Iterator[list[pb.Event]]:

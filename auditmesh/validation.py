@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from auditmesh.config import Env
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["Limits", "check_id", "check_timestamp", "validate_batch"]
+__all__ = ["Limits", "check_id", "check_timestamp", "validate_batch", "validate_slices"]
 
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
 _ID = re.compile(r"[\x21-\x7e]+")
@@ -152,18 +152,35 @@ def validate_batch(
 
     A repeated ``event_id`` within one batch keeps its first occurrence and rejects the rest.
     """
-    if now_s is None:
-        now_s = int(time.time())
     valid: list[int] = []
     rejected: list[pb.Rejection] = []
-    seen: set[str] = set()
-    for index, ev in enumerate(events):
-        problem = _check_event(ev, limits, now_s)
-        if problem is None and ev.event_id in seen:
-            problem = ("event_id", "duplicate event_id within the batch")
-        if problem is None:
-            seen.add(ev.event_id)
-            valid.append(index)
-        else:
-            rejected.append(pb.Rejection(index=index, event_id=ev.event_id[:128], field=problem[0], reason=problem[1]))
+    for part_valid, part_rejected in validate_slices(events, limits, max(len(events), 1), now_s):
+        valid += part_valid
+        rejected += part_rejected
     return valid, rejected
+
+
+def validate_slices(
+    events: Sequence[pb.Event], limits: Limits, size: int, now_s: int | None = None
+) -> Iterator[tuple[list[int], list[pb.Rejection]]]:
+    """:func:`validate_batch` ``size`` events at a time (duplicates are still found across the
+    whole batch), so that a caller on an event loop can let other work run between slices."""
+    if now_s is None:
+        now_s = int(time.time())
+    seen: set[str] = set()
+    for begin in range(0, len(events), size):
+        valid: list[int] = []
+        rejected: list[pb.Rejection] = []
+        for index in range(begin, min(begin + size, len(events))):
+            ev = events[index]
+            problem = _check_event(ev, limits, now_s)
+            if problem is None and ev.event_id in seen:
+                problem = ("event_id", "duplicate event_id within the batch")
+            if problem is None:
+                seen.add(ev.event_id)
+                valid.append(index)
+            else:
+                rejected.append(
+                    pb.Rejection(index=index, event_id=ev.event_id[:128], field=problem[0], reason=problem[1])
+                )
+        yield valid, rejected

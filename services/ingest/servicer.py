@@ -23,7 +23,7 @@ from auditmesh.memory import trim_soon
 from auditmesh.priority import CalendarSnapshot, assign_priority
 from auditmesh.serving import ReadBudget, abort_with, respond_concurrently, send_all
 from auditmesh.telemetry.tracing import LANE, context_of, lane_name, traceparent, tracer
-from auditmesh.validation import Limits, validate_batch
+from auditmesh.validation import Limits, validate_slices
 from auditpb.v1 import audit_pb2 as pb
 from services.ingest.router import Router
 
@@ -32,6 +32,8 @@ __all__ = ["IngestServicer", "IngestStats"]
 SERVICE = "auditpb.v1.IngestService"
 log = logging.getLogger("auditmesh.ingest")
 _tracer = tracer("auditmesh.ingest")
+_SLICE_EVENTS = 256
+"""Events validated, or sorted into lanes, between two turns of the event loop."""
 
 
 class IngestStats:
@@ -231,7 +233,16 @@ class IngestServicer:
         self.stats.batches += 1
         events = batch.events
         refused = self._policy.admit(batch) if self._policy is not None else {}
-        valid, rejected = validate_batch(events, self._limits)
+        # A large batch is validated and sorted into lanes a slice at a time, with the loop
+        # free in between: a P0 event arriving meanwhile waits for one slice, not for the batch.
+        sliced = len(events) > _SLICE_EVENTS
+        valid: list[int] = []
+        rejected: list[pb.Rejection] = []
+        for part_valid, part_rejected in validate_slices(events, self._limits, _SLICE_EVENTS):
+            valid += part_valid
+            rejected += part_rejected
+            if sliced:
+                await asyncio.sleep(0)
         if refused:
             valid = [i for i in valid if i not in refused]
             rejected = sorted([*(r for r in rejected if r.index not in refused), *refused.values()], key=_index)
@@ -243,14 +254,17 @@ class IngestServicer:
         cal = self._calendar()
         now_us = received_ns // 1000
         requests: dict[int, pb.ProcessRequest] = {}
-        for index in valid:
-            ev = events[index]
-            ev.received_at_us = now_us
-            lane = assign_priority(ev, cal)
-            req = requests.get(lane)
-            if req is None:
-                req = requests[lane] = pb.ProcessRequest(lane=lane)  # type: ignore[arg-type]
-            req.events.append(ev)
+        for begin in range(0, len(valid), _SLICE_EVENTS):
+            if begin:
+                await asyncio.sleep(0)
+            for index in valid[begin : begin + _SLICE_EVENTS]:
+                ev = events[index]
+                ev.received_at_us = now_us
+                lane = assign_priority(ev, cal)
+                req = requests.get(lane)
+                if req is None:
+                    req = requests[lane] = pb.ProcessRequest(lane=lane)  # type: ignore[arg-type]
+                req.events.append(ev)
         ordered = sorted(requests.values(), key=lambda r: -r.lane)
         span = _tracer.start_span(
             "ingest.batch",

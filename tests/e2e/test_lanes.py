@@ -76,6 +76,31 @@ def batch(tag: str, count: int, severity: int = pb.P3_LOW, wedding: str = "") ->
     return pb.EventBatch(batch_id=tag, events=events)
 
 
+def flood(submit: grpc.UnaryUnaryMultiCallable, tag: str, stop: threading.Event, acks: list[int]) -> None:
+    """Keep one bulk batch coming until ``stop``, counting its acks in ``acks[0]``. The batch is
+    built once and resent (idempotent), so that building batches does not compete with the
+    measured callers for this process's interpreter."""
+    b = batch(tag, BULK_BATCH)
+    while not stop.is_set():
+        try:
+            submit(b, timeout=60)
+            acks[0] += 1
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+
+
+def admitted(submit: grpc.UnaryUnaryMultiCallable, b: pb.EventBatch) -> pb.BatchAck:
+    """Send ``b``, resending while ingest is at its bound; its ack, every event accepted."""
+    while True:
+        try:
+            ack: pb.BatchAck = submit(b, timeout=60)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            continue
+        assert ack.status == pb.ACK_STATUS_OK and ack.accepted == len(b.events), ack
+        return ack
+
+
 def test_past_the_in_flight_bound_callers_get_resource_exhausted_with_retry_info(
     submit: grpc.UnaryUnaryMultiCallable,
 ) -> None:
@@ -111,29 +136,12 @@ def test_a_p0_event_passes_a_saturated_bulk_lane(submit: grpc.UnaryUnaryMultiCal
     stop = threading.Event()
     bulk_acks = [0]
 
-    def flood(n: int) -> None:
-        # One batch per caller, built once and resent (idempotent), so that building batches
-        # does not compete with the measured callers for this process's interpreter.
-        b = batch(f"{run}-bulk-{n}", BULK_BATCH)
-        while not stop.is_set():
-            try:
-                submit(b, timeout=60)
-                bulk_acks[0] += 1
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-
     def bulk_one(tag: str, start: threading.Barrier) -> float:
-        """Send a fresh bulk batch, resending while ingest is at its bound; when it was acked."""
+        """Send a fresh bulk batch until admitted; when it was acked."""
         b = batch(tag, BULK_BATCH)
         start.wait()
-        while True:
-            try:
-                ack = submit(b, timeout=60)
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-                continue
-            assert ack.status == pb.ACK_STATUS_OK and ack.accepted == BULK_BATCH, ack
-            return time.monotonic()
+        admitted(submit, b)
+        return time.monotonic()
 
     def p0_one(tag: str, start: threading.Barrier) -> float:
         b = batch(tag, 1, severity=pb.P0_CRITICAL)
@@ -145,7 +153,7 @@ def test_a_p0_event_passes_a_saturated_bulk_lane(submit: grpc.UnaryUnaryMultiCal
     rounds = 10
     ahead = 0
     with ThreadPoolExecutor(8) as flooders, ThreadPoolExecutor(2) as pair:
-        flooding = [flooders.submit(flood, n) for n in range(8)]
+        flooding = [flooders.submit(flood, submit, f"{run}-bulk-{n}", stop, bulk_acks) for n in range(8)]
         try:
             assert_eventually(lambda: bulk_acks[0] >= 2, timeout=60)  # the backlog has formed
             for i in range(rounds):
@@ -174,28 +182,13 @@ def test_wedding_day_events_are_acknowledged_ahead_of_bulk_events_logged_with_th
     stop = threading.Event()
     bulk_acks = [0]
 
-    def flood(n: int) -> None:
-        b = batch(f"{run}-bulk-{n}", BULK_BATCH)
-        while not stop.is_set():
-            try:
-                submit(b, timeout=60)
-                bulk_acks[0] += 1
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-
     def store(b: pb.EventBatch) -> float:
         """Send ``b``, resending while ingest is at its bound; the moment of its ack, which
         names the batch's wedding when the calendar says it is today."""
-        while True:
-            try:
-                ack = submit(b, timeout=60)
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-                continue
-            assert ack.status == pb.ACK_STATUS_OK and ack.accepted == len(b.events), ack
-            today = b.events[0].wedding_id == WEDDING_TODAY
-            assert list(ack.wedding_day) == ([WEDDING_TODAY] if today else []), ack.wedding_day
-            return time.monotonic()
+        ack = admitted(submit, b)
+        today = b.events[0].wedding_id == WEDDING_TODAY
+        assert list(ack.wedding_day) == ([WEDDING_TODAY] if today else []), ack.wedding_day
+        return time.monotonic()
 
     def ordinary(tag: str, start: threading.Barrier) -> float:
         start.wait()
@@ -211,7 +204,7 @@ def test_wedding_day_events_are_acknowledged_ahead_of_bulk_events_logged_with_th
     rounds = 8
     ahead: list[int] = []  # per round: wedding-day batches acknowledged before the ordinary one
     with ThreadPoolExecutor(8) as flooders, ThreadPoolExecutor(2) as pair:
-        flooding = [flooders.submit(flood, n) for n in range(8)]
+        flooding = [flooders.submit(flood, submit, f"{run}-bulk-{n}", stop, bulk_acks) for n in range(8)]
         try:
             assert_eventually(lambda: bulk_acks[0] >= 2, timeout=60)  # the backlog has formed
             for i in range(rounds):

@@ -3,6 +3,7 @@ forecast, asks the policy and hands the target to the actuator, recording each d
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -44,15 +45,20 @@ class Engine:
         weddings: Callable[[], Sequence[Wedding]] = lambda: (),
         members: Callable[[], Sequence[str]] = lambda: (),
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` is the wall clock: the calendar and the stamps of decisions. ``timer`` measures
+        intervals (cool-downs, the age of load reports) and must not jump when the wall clock is
+        stepped, or a step forward would end a cool-down early and age every report out at once."""
         self.cfg = cfg
         self.window = window
         self.actuator = actuator
         self._weddings = weddings
         self._members = members
         self._clock = clock
+        self._timer = timer
         # The cool-downs count from the scaler's start: it has seen no load yet.
-        self.state = PolicyState(last_change_s=clock())
+        self.state = PolicyState(last_change_s=timer())
         self.decisions: deque[tuple[Decision, bool]] = deque(maxlen=cfg.decisions_kept)
         self.manual_emergency = False
         self.emergency = False
@@ -62,11 +68,15 @@ class Engine:
         self.signals = Signals()
         self.storage_recommendation = ""
 
+    def report(self, report: spb.LoadReport) -> None:
+        """A load report, received now."""
+        self.window.add(report, self._timer())
+
     async def tick(self) -> Decision:
-        now_s = self._clock()
+        now_s, at = self._clock(), self._timer()
         now = dt.datetime.fromtimestamp(now_s, dt.UTC)
         current = self.actuator.replicas()
-        signals = self.window.signals(now_s, self.cfg.policy.queue_min_events)
+        signals = self.window.signals(at, self.cfg.policy.queue_min_events)
         weddings = self._weddings()
         floor, floor_reason = predictive_floor(self.cfg.forecast, weddings, now, current)
         live = len(active_weddings(weddings, now, self.cfg.forecast.wedding_hours))
@@ -79,11 +89,12 @@ class Engine:
             self.state,
             signals,
             current,
-            now_s,
+            at,
             floor=floor,
             floor_reason=floor_reason,
             emergency=self.emergency,
         )
+        decision = dataclasses.replace(decision, at_s=now_s)
         decision.inputs["live_weddings"] = float(live)
         self.signals = signals
         self.floor = int(decision.inputs["floor"])
@@ -146,7 +157,7 @@ class Engine:
                 )
             )
         members = set(self._members())
-        for _key, (report, age) in sorted(self.window.latest(now_s).items()):
+        for _key, (report, age) in sorted(self.window.latest(self._timer()).items()):
             rate = sum(
                 lane.events_in_per_s if report.service == "ingest" else lane.events_out_per_s for lane in report.lanes
             )

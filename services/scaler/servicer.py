@@ -4,7 +4,6 @@ ExternalScaler contract over the same engine."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +27,7 @@ class ScalerServicer(spb_grpc.ScalerServiceServicer):
     ) -> spb.ReportSummary:
         count = 0
         async for report in request_iterator:
-            self._engine.window.add(report, time.time())
+            self._engine.report(report)
             count += 1
         return spb.ReportSummary(reports=count)
 

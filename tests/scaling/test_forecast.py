@@ -92,13 +92,15 @@ def test_a_live_wedding_with_a_missed_latency_target_turns_emergency_mode_on_aut
     weddings: list[Wedding] = list(live)
     cfg = EngineConfig(policy=PolicyConfig(min_replicas=1, max_replicas=12, emergency_replicas=5, up_after=99))
     window = ReportWindow()
-    engine = Engine(cfg, window, KedaActuator(lambda: 1), weddings=lambda: weddings, clock=lambda: clock[0])
+    engine = Engine(
+        cfg, window, KedaActuator(lambda: 1), weddings=lambda: weddings, clock=lambda: clock[0], timer=lambda: clock[0]
+    )
     slow = spb.LoadReport(
         service="ingest",
         instance="ingest-a",
         latencies=[spb.StageLatency(stage="ingest_handling:normal", p99_us=120_000, count=50)],
     )
-    window.add(slow, clock[0])
+    engine.report(slow)
     decision = asyncio.run(engine.tick())
     assert engine.emergency and engine.emergency_source == "automatic"
     assert (decision.rule, decision.target) == ("floor", 5) and "emergency" in decision.reason

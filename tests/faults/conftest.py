@@ -293,7 +293,10 @@ def search_load(layout: MeshLayout, load: SteadyLoad) -> Found:
             token = ""
             while True:
                 req = pb.SearchRequest(wedding_id=wedding, page_size=1000, page_token=token, max_pages=100)
-                pages = list(stub.Search(req, timeout=30))
+                # A check of what is stored, not of latency: right after a fault (a Cassandra node
+                # just restarted, a cold JVM replaying hints on this two-core host) one call for
+                # up to 100 pages has taken over 30 s.
+                pages = list(stub.Search(req, timeout=120))
                 for page in pages:
                     seen.update(ev.event_id for ev in page.events)
                 token = pages[-1].next_page_token

@@ -8,7 +8,9 @@
     am:d:e:{rule}|{group}   the ids of the events the open alert has counted (a set, same expiry)
 
 The window of a correlation is measured in event time: after adding a batch, members older than
-the newest member minus the timespan are dropped. When the condition holds and the group has no
+the newest member minus the timespan are dropped (under a ``gte``/``gt`` condition only once the
+untrimmed count reaches the threshold: trimming cannot make a count that falls short hold, and
+skipping it saves two of a group's commands in the common case). When the condition holds and the group has no
 open alert, a new alert opens (its count is the correlation's value: events or distinct values);
 while one is open, every matching event not counted before adds to its count (a resent batch
 does not). A rule without a suppression window
@@ -41,7 +43,8 @@ from auditmesh.detection.rules import Correlation
 __all__ = ["CorrelationState", "Firing", "Round"]
 
 _STATE_LUA = """
-local items = cjson.decode(ARGV[1])
+local payload = cjson.decode(ARGV[1])
+local rules, items = payload.r, payload.i
 local now = tonumber(ARGV[2])
 local out = {}
 local function holds(v, op, thr)
@@ -56,7 +59,16 @@ local function sadd(key, members)
   end
   return added
 end
+local function ids_of(it)
+  -- event_count sends its members (event ids) only: they are the ids it counted
+  if it.ids then return it.ids end
+  local ids = {}
+  for q = 1, #it.m, 2 do ids[#ids + 1] = it.m[q] end
+  return ids
+end
 for i, it in ipairs(items) do
+  local rule = rules[it.r + 1]
+  it.t, it.sms, it.span, it.op, it.thr, it.n = rule.t, rule.sms, rule.span, rule.op, rule.thr, rule.n
   local fired = nil
   if it.sms == 0 and it.t ~= 'suppress' then fired = redis.call('GET', 'am:d:f:' .. it.aid) end
   if fired then
@@ -80,9 +92,14 @@ for i, it in ipairs(items) do
         redis.call('ZADD', ck, 'GT', unpack(args))
         j = last + 2
       end
-      local top = redis.call('ZREVRANGE', ck, 0, 0, 'WITHSCORES')
-      redis.call('ZREMRANGEBYSCORE', ck, '-inf', '(' .. (tonumber(top[2]) - it.span))
       cur = redis.call('ZCARD', ck)
+      -- A window trimmed holds no more than untrimmed: under a gte/gt threshold it is trimmed
+      -- only once the untrimmed count reaches it (so it stays near the threshold in size).
+      if (it.op ~= 'gte' and it.op ~= 'gt') or holds(cur, it.op, it.thr) then
+        local top = redis.call('ZREVRANGE', ck, 0, 0, 'WITHSCORES')
+        redis.call('ZREMRANGEBYSCORE', ck, '-inf', '(' .. (tonumber(top[2]) - it.span))
+        cur = redis.call('ZCARD', ck)
+      end
       redis.call('PEXPIRE', ck, it.span + 60000)
       ok = holds(cur, it.op, it.thr)
     elseif it.t == 'temporal' or it.t == 'temporal_ordered' then
@@ -114,7 +131,7 @@ for i, it in ipairs(items) do
         out[i] = {0}
       end
     elseif redis.call('EXISTS', sk) == 1 then
-      local added = sadd(ek, it.ids)
+      local added = sadd(ek, ids_of(it))
       local count = redis.call('HINCRBY', sk, 'count', added)
       redis.call('PEXPIRE', ek, redis.call('PTTL', sk))
       local id = redis.call('HGET', sk, 'id')
@@ -124,7 +141,7 @@ for i, it in ipairs(items) do
       if it.t == 'event_count' then
         sadd(ek, redis.call('ZRANGE', ck, 0, -1))
       end
-      sadd(ek, it.ids)
+      sadd(ek, ids_of(it))
       redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur)
       redis.call('PEXPIRE', sk, it.sms)
       redis.call('PEXPIRE', ek, it.sms)
@@ -166,26 +183,37 @@ class CorrelationState:
 
     @staticmethod
     def prepare(updates: list[Update]) -> Round:
+        """The round's payload: each rule's constants once, each group's members, and the alert ids
+        chosen now (one random base per round, the group's index after it: 32 hex digits)."""
+        rules: list[dict[str, object]] = []
+        rule_index: dict[str, int] = {}
         items = []
-        for u in updates:
+        base = uuid.uuid4().hex[:24]
+        for i, u in enumerate(updates):
             rule = u.rule
+            r = rule_index.get(rule.name)
+            if r is None:
+                r = rule_index[rule.name] = len(rules)
+                if isinstance(rule, Correlation):
+                    constants: dict[str, object] = {
+                        "t": rule.kind,
+                        "span": rule.timespan_ms,
+                        "op": rule.op,
+                        "thr": rule.threshold,
+                        "n": len(rule.rules),
+                    }
+                else:
+                    constants = {"t": "suppress"}
+                constants["sms"] = rule.suppression_ms
+                rules.append(constants)
             members: list[str | int] = []
             for member, ms in u.members.items():
                 members += [member, ms]
-            item: dict[str, object] = {
-                "k": u.key,
-                "c": u.matches,
-                "ids": u.ids,
-                "m": members,
-                "sms": rule.suppression_ms,
-                "aid": uuid.uuid4().hex,
-            }
-            if isinstance(rule, Correlation):
-                item.update(t=rule.kind, span=rule.timespan_ms, op=rule.op, thr=rule.threshold, n=len(rule.rules))
-            else:
-                item.update(t="suppress")
+            item: dict[str, object] = {"r": r, "k": u.key, "c": u.matches, "m": members, "aid": f"{base}{i:08x}"}
+            if not (isinstance(rule, Correlation) and rule.kind == "event_count"):
+                item["ids"] = u.ids  # event_count's members are its event ids
             items.append(item)
-        return Round(updates, json.dumps(items))
+        return Round(updates, json.dumps({"r": rules, "i": items}))
 
     async def refresh_counts(self, firings: list[Firing]) -> None:
         """Raise each firing's count to its open alert's count in Redis now, in one round trip; a

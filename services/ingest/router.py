@@ -11,6 +11,7 @@ and wedding-day requests travel on links of their own, within budgets of their o
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import random
@@ -32,38 +33,74 @@ _LANE_ORDER = {pb.LANE_CRITICAL: 0, pb.LANE_WEDDING_DAY: 1, pb.LANE_NORMAL: 2}
 
 
 class Budget:
-    """A bound on events and bytes in flight; waiting callers are admitted in arrival order."""
+    """A bound on events and bytes in flight; waiting callers are admitted in arrival order.
+
+    Room is handed to the first waiter when it frees up (``release`` is synchronous and never
+    waits), so a waiter that is cancelled or times out holds nothing: no lock is taken across an
+    await. An ``asyncio.Condition`` waited on under ``wait_for`` is not safe here: a caller
+    cancelled twice (its call ends, then its stream is abandoned) while the waiters contend for
+    the condition's lock leaves that lock held by a finished task, and every later release then
+    waits forever (Python 3.11's ``wait_for`` stops waiting for the inner task on a second
+    cancel).
+    """
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.events = 0
         self.bytes = 0
-        self._changed = asyncio.Condition()
+        self._waiters: collections.deque[tuple[int, int, asyncio.Future[None]]] = collections.deque()
 
     def _fits(self, events: int, size: int) -> bool:
         if self.events == 0:
             return True  # one oversized batch alone is still admitted: limits per batch guard size
         return self.events + events <= self.max_events and self.bytes + size <= self.max_bytes
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for room."""
+        return sum(not fut.done() for _, _, fut in self._waiters)
+
     async def acquire(self, events: int, size: int, wait_s: float) -> None:
         """Reserve room or raise :class:`Overloaded` after ``wait_s``."""
-        if not self._fits(events, size):
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self._fits(events, size)), wait_s)
-                except TimeoutError:
-                    raise Overloaded(
-                        f"ingest has {self.events} events in flight (limit {self.max_events})", 500
-                    ) from None
-        self.events += events
-        self.bytes += size
+        if not self._waiters and self._fits(events, size):
+            self.events += events
+            self.bytes += size
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((events, size, granted))
+        try:
+            async with asyncio.timeout(wait_s):
+                await granted
+        except BaseException as exc:
+            if granted.done() and not granted.cancelled():
+                self.release(events, size)  # room handed over just as the wait ended: give it back
+            else:
+                granted.cancel()
+                self._admit()  # a waiter ahead of others gave up: those behind it may fit
+            if isinstance(exc, TimeoutError):
+                raise Overloaded(f"ingest has {self.events} events in flight (limit {self.max_events})", 500) from None
+            raise
 
-    async def release(self, events: int, size: int) -> None:
+    def release(self, events: int, size: int) -> None:
         self.events -= events
         self.bytes -= size
-        async with self._changed:
-            self._changed.notify_all()
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand room to waiters in arrival order, for as long as the first one fits."""
+        waiters = self._waiters
+        while waiters:
+            events, size, granted = waiters[0]
+            if granted.done():
+                waiters.popleft()
+                continue
+            if not self._fits(events, size):
+                return
+            waiters.popleft()
+            self.events += events
+            self.bytes += size
+            granted.set_result(None)
 
 
 def _channel(

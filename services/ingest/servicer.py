@@ -224,7 +224,7 @@ class IngestServicer:
             try:
                 return await self._router.send(req)
             finally:
-                await budget.release(len(req.events), size)
+                budget.release(len(req.events), size)
 
     async def _ingest(self, batch: pb.EventBatch, size: int, parent: Context | None = None) -> pb.BatchAck:
         """Validate, prioritise and forward one batch; one ``ingest.batch`` span (started when the

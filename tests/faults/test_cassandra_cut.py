@@ -231,11 +231,7 @@ def test_store_hung_bounds_bind_and_memory_stays_flat(
     try:
         stats = load.stop()
     except AssertionError as exc:
-        if _ingest_answers(layout):
-            raise
-        # The open defect of docs/failover.md, told apart from any other failure by its symptom:
-        # ingest answers not even a new one-event stream.
-        pytest.xfail(f"open defect (docs/failover.md): ingest stopped answering after the hung store; {exc}")
+        raise AssertionError(f"{exc}; ingest answers a new one-event stream: {_ingest_answers(layout)}") from None
     result = _search_when_back(layout, load)
     record(
         "Cassandra hung ~8 s for this mesh (bounds lowered to bind)",

@@ -9,8 +9,10 @@ load rather than grow. Per round: one script call for every correlation and supp
 of the round, one pipelined PUBLISH of its alerts, then the Cassandra writes of the alerts and
 the webhook deliveries in the background. Alerts of detection rules without a window (any P0
 event) are published as soon as their round is evaluated, and a round's correlation call runs in
-a task of its own while the next round is evaluated (the calls stay one at a time, in order), so
-P0 alerts never wait for Redis, not even for an earlier round's call; updates of open alerts
+a task of its own while the next round is evaluated (the calls stay one at a time, in order); a
+batch holding a P0 event is evaluated without waiting for earlier rounds' calls (up to
+``_MAX_UNSETTLED`` rounds ahead), so P0 alerts never wait for Redis, not even while a slow call
+or its retries hold up the rounds before them; updates of open alerts
 (their running counts) are coalesced and published and stored once a second.
 
 A failed or timed-out correlation call is retried with the same round (``redis_retries``; the
@@ -57,6 +59,9 @@ _CHUNK = 500
 _UPDATE_EVERY_S = 1.0
 """How often the running counts of open alerts are re-published and re-stored: an attack of
 thousands of events a second costs one update per alert per second, not one per round."""
+_MAX_UNSETTLED = 8
+"""Most rounds evaluated ahead of their correlation calls, when batches holding P0 events keep
+the evaluation going while Redis is slow."""
 _RETRY_PAUSE_S = 0.05
 """Pause before the first retry of a failed correlation call, doubled for each next one."""
 
@@ -91,6 +96,8 @@ class Detector:
         self._urgent: deque[Sequence[pb.Event]] = deque()  # batches holding a P0 event: evaluated first
         self._pending_events = 0
         self._wake = asyncio.Event()
+        self._urgent_queued = asyncio.Event()
+        self._unsettled = 0  # rounds evaluated whose correlation call has not ended yet
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         # Open alerts whose count moved, by id, with the round's time: flushed every second.
@@ -144,6 +151,8 @@ class Detector:
         (self._urgent if urgent else self._pending).append(events)
         self._pending_events += len(events)
         self._wake.set()
+        if urgent:
+            self._urgent_queued.set()
 
     def load(self) -> bool:
         """Load the rule files when they changed; False (rules kept) when they do not parse."""
@@ -249,12 +258,15 @@ class Detector:
                 except Exception:  # a bug in one round must not stop detection for good
                     log.exception("detection round of %d events failed", len(events))
                     continue
-                # This round's stateless alerts (P0) are out while the previous round's correlation
-                # call may still be in flight (retries included); the calls themselves stay one at a
-                # time, in round order.
-                if settling is not None:
-                    await asyncio.wait([settling])  # not gather: cancelling this loop must not cancel it
-                settling = self._background_task(self._settle_logged(evaluated))
+                # This round's stateless alerts (P0) are out while earlier rounds' correlation calls
+                # may still be in flight (retries included). The calls stay one at a time, in round
+                # order: each round's call waits for the one before it. The next round is evaluated
+                # once the previous call is done (so evaluation does not race ahead of Redis), or at
+                # once when a batch holding a P0 event is waiting, within _MAX_UNSETTLED rounds.
+                if settling is not None and not settling.done():
+                    await self._until_settled_or_urgent(settling)
+                self._unsettled += 1
+                settling = self._background_task(self._settle_after(settling, evaluated))
 
     async def process(self, events: Sequence[pb.Event]) -> list[apb.Alert]:
         """One round: evaluate, publish the alerts of rules without state, update the shared state and
@@ -280,6 +292,33 @@ class Detector:
             self.alerts_raised += len(raised)
             self._deliver(raised, raised)
         return _Round(started, now_ms, raised, list(result.updates.values()))
+
+    async def _until_settled_or_urgent(self, settling: asyncio.Task[None]) -> None:
+        """Wait for ``settling`` (not gather: cancelling this must not cancel it), but no longer than
+        until a batch holding a P0 event is queued, unless too many rounds are unsettled already."""
+        if self._urgent and self._unsettled < _MAX_UNSETTLED:
+            return
+        self._urgent_queued.clear()
+        urgent = asyncio.ensure_future(self._urgent_queued.wait())
+        try:
+            while not settling.done():
+                if self._unsettled >= _MAX_UNSETTLED:
+                    await asyncio.wait([settling])
+                    return
+                await asyncio.wait([settling, urgent], return_when=asyncio.FIRST_COMPLETED)
+                if urgent.done():
+                    return
+        finally:
+            urgent.cancel()
+
+    async def _settle_after(self, previous: asyncio.Task[None] | None, evaluated: _Round) -> None:
+        """Settle a round once the round before it is settled: the correlation calls stay in order."""
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self._settle_logged(evaluated)
+        finally:
+            self._unsettled -= 1
 
     async def _settle_logged(self, evaluated: _Round) -> None:
         try:

@@ -42,6 +42,11 @@ class Budget:
     the condition's lock leaves that lock held by a finished task, and every later release then
     waits forever (Python 3.11's ``wait_for`` stops waiting for the inner task on a second
     cancel).
+
+    Arrival order holds for every waiter: a batch larger than the whole bound (admitted only once
+    nothing is in flight) holds the batches behind it until the budget drains. With the default
+    bounds a batch is at most a tenth of its lane's events, so this does not arise; a waiter that
+    may pass others could instead wait for ever.
     """
 
     def __init__(self, max_events: int, max_bytes: int) -> None:

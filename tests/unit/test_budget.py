@@ -18,29 +18,48 @@ async def _settle() -> None:
 
 def test_waiters_cancelled_twice_while_contending_leave_the_budget_working() -> None:
     """The ingest wedge: calls that end while their batches wait for room cancel each wait twice
-    (the call, then its stream). Every later release and acquire must still go through, and the
-    budget must count exactly what its holders hold."""
+    (the call, then its stream), in one turn of the loop or in two. Every later release and
+    acquire must still go through, and the budget must count exactly what its holders hold."""
 
     async def scenario() -> None:
         budget = Budget(max_events=2, max_bytes=1 << 30)
         await budget.acquire(2, 1, 1.0)
-        waiters = [asyncio.ensure_future(budget.acquire(1, 1, 5.0)) for _ in range(4)]
+        waiters = [asyncio.ensure_future(budget.acquire(1, 1, 5.0)) for _ in range(6)]
         await _settle()
-        assert budget.waiting == 4
-        budget.release(2, 1)  # room for two of the four
-        for waiter in waiters[1:]:
+        assert budget.waiting == 6
+        budget.release(2, 1)  # room for the first two: handed over, neither has resumed yet
+        for waiter in waiters[1:3]:  # one granted, one waiting: twice in one turn
+            assert waiter.cancel()
             waiter.cancel()
+        for waiter in waiters[3:]:  # still waiting: once, then again on the next turn
+            assert waiter.cancel()
         await asyncio.sleep(0)
-        for waiter in waiters[1:]:
+        for waiter in waiters[3:]:
             waiter.cancel()
         outcomes = await asyncio.gather(*waiters, return_exceptions=True)
-        held = sum(outcome is None for outcome in outcomes)
         assert outcomes[0] is None, outcomes
-        assert all(o is None or isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
-        assert (budget.events, budget.bytes, budget.waiting) == (held, held, 0)
-        budget.release(held, held)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes[1:]), outcomes
+        assert (budget.events, budget.bytes, budget.waiting) == (1, 1, 0)
+        budget.release(1, 1)
         await asyncio.wait_for(budget.acquire(2, 2, 1.0), 1.0)
         assert budget.events == 2
+
+    asyncio.run(scenario())
+
+
+def test_room_given_back_by_a_cancelled_waiter_goes_to_the_next_one() -> None:
+    async def scenario() -> None:
+        budget = Budget(max_events=1, max_bytes=1 << 30)
+        await budget.acquire(1, 1, 1.0)
+        first = asyncio.ensure_future(budget.acquire(1, 1, 5.0))
+        second = asyncio.ensure_future(budget.acquire(1, 1, 5.0))
+        await _settle()
+        budget.release(1, 1)  # handed to the first, which is cancelled before it resumes
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(second, 1.0)
+        assert (budget.events, budget.waiting) == (1, 0)
 
     asyncio.run(scenario())
 

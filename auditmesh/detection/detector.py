@@ -296,18 +296,15 @@ class Detector:
     async def _until_settled_or_urgent(self, settling: asyncio.Task[None]) -> None:
         """Wait for ``settling`` (not gather: cancelling this must not cancel it), but no longer than
         until a batch holding a P0 event is queued, unless too many rounds are unsettled already."""
-        if self._urgent and self._unsettled < _MAX_UNSETTLED:
+        if self._unsettled >= _MAX_UNSETTLED:
+            await asyncio.wait([settling])
+            return
+        if self._urgent:
             return
         self._urgent_queued.clear()
         urgent = asyncio.ensure_future(self._urgent_queued.wait())
         try:
-            while not settling.done():
-                if self._unsettled >= _MAX_UNSETTLED:
-                    await asyncio.wait([settling])
-                    return
-                await asyncio.wait([settling, urgent], return_when=asyncio.FIRST_COMPLETED)
-                if urgent.done():
-                    return
+            await asyncio.wait([settling, urgent], return_when=asyncio.FIRST_COMPLETED)
         finally:
             urgent.cancel()
 

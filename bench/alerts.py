@@ -8,7 +8,7 @@ off side by side in one run.
     python -m bench.alerts --eval     # evaluation alone, CPU us/event, no services (seconds)
 
 Throughput: full-speed SDK load (bench.pipeline's load processes) with the rule pack off, on,
-on, off, each phase from an empty keyspace and a quiet store; each configuration's figure is
+on, off, each phase from an empty keyspace, an empty Redis database and a quiet store; each configuration's figure is
 the mean of its two phases. Latency: a probe in this process logs, through its own SDK client,
 P0 events (alert: ``p0_event``) and ten failed logins for a fresh user (alert:
 ``brute_force_user``, timed from the tenth), and times each to the alert reaching its
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
@@ -125,6 +126,9 @@ class Probe:
 def _phase(name: str, rules_on: bool, args: argparse.Namespace, run_dir: Path, rate: float) -> dict[str, Any]:
     drop_keyspace(StoreConfig(keyspace=KEYSPACE))
     create_schema(StoreConfig(keyspace=KEYSPACE))
+    # Correlation windows and open alerts of the previous phase (the load's users are the same in
+    # every phase) would otherwise turn this phase's new alerts into updates of open ones.
+    redis.Redis.from_url(REDIS_URL).flushdb()
     env = {"AUDITMESH_TOKEN_KEY": "bench", "AUDITMESH_REDIS_URL": REDIS_URL}
     if rules_on:
         env["AUDITMESH_DETECTION_RULES"] = str(RULES)

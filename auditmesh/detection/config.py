@@ -29,6 +29,10 @@ class DetectionConfig:
     """Tries of a round's correlation call before its updates are given up (counted as degraded)
     (AUDITMESH_DETECTION_REDIS_ATTEMPTS). A retry sends the same round again, which the state
     script makes safe."""
+    store_updates_s: float = 10.0
+    """How often the running counts of open alerts are re-stored in Cassandra
+    (AUDITMESH_DETECTION_STORE_UPDATES_S): ``ListAlerts`` shows a count at most this much older
+    than the one ``SubscribeAlerts`` streams (published every second). A new alert is stored at once."""
     webhook_url: str = ""
     """Where new alerts are POSTed (AUDITMESH_ALERT_WEBHOOK_URL); empty: no webhook."""
     webhook_secret: str = ""
@@ -48,6 +52,7 @@ class DetectionConfig:
             max_pending_events=e.integer("AUDITMESH_DETECTION_MAX_PENDING_EVENTS", cls.max_pending_events, minimum=1),
             redis_timeout_s=e.number("AUDITMESH_DETECTION_REDIS_TIMEOUT_S", cls.redis_timeout_s, minimum=0.01),
             redis_attempts=e.integer("AUDITMESH_DETECTION_REDIS_ATTEMPTS", cls.redis_attempts, minimum=1),
+            store_updates_s=e.number("AUDITMESH_DETECTION_STORE_UPDATES_S", cls.store_updates_s, minimum=0.0),
             webhook_url=e.text("AUDITMESH_ALERT_WEBHOOK_URL", cls.webhook_url),
             webhook_secret=e.text("AUDITMESH_ALERT_WEBHOOK_SECRET", cls.webhook_secret),
             webhook_attempts=e.integer("AUDITMESH_ALERT_WEBHOOK_ATTEMPTS", cls.webhook_attempts, minimum=1),

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 
 from auditmesh.detection.alerts import AlertStore, alert_of_firing, alert_of_hit, channel
 from auditmesh.detection.config import DetectionConfig
-from auditmesh.detection.evaluator import Evaluation, Update, evaluate
+from auditmesh.detection.evaluator import Evaluation, Hit, Update, evaluate
 from auditmesh.detection.roles import RoleFile
 from auditmesh.detection.rules import RuleError, RuleSet, load_rules
 from auditmesh.detection.state import CorrelationState, Firing
@@ -57,8 +57,9 @@ _ROUND_EVENTS = 5000
 _CHUNK = 500
 """Events evaluated between yields to the event loop, so a critical write is not held up."""
 _UPDATE_EVERY_S = 1.0
-"""How often the running counts of open alerts are re-published and re-stored: an attack of
-thousands of events a second costs one update per alert per second, not one per round."""
+"""How often the running counts of open alerts are re-published: an attack of thousands of events
+a second costs one update per alert per second, not one per round. They are re-stored less often
+(``DetectionConfig.store_updates_s``)."""
 _MAX_UNSETTLED = 8
 """Most rounds evaluated ahead of their correlation calls, when batches holding P0 events keep
 the evaluation going while Redis is slow."""
@@ -102,6 +103,9 @@ class Detector:
         self._background: set[asyncio.Task[None]] = set()
         # Open alerts whose count moved, by id, with the round's time: flushed every second.
         self._updated: dict[str, tuple[Firing, int]] = {}
+        # Open alerts whose count moved since they were last stored, by id: stored every store_updates_s.
+        self._unstored: dict[str, tuple[Firing, int]] = {}
+        self._stored_at = time.monotonic()
         self.webhook = (
             WebhookSender(
                 cfg.webhook_url,
@@ -203,7 +207,7 @@ class Detector:
         self._tasks = []
         if self._background:  # the last rounds' correlation calls, alerts on their way to the store
             await asyncio.wait(self._background, timeout=5)
-        await self._flush()
+        await self._flush(final=True)
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         if self.webhook is not None:
@@ -214,23 +218,32 @@ class Detector:
             await asyncio.sleep(_UPDATE_EVERY_S)
             await self._flush()
 
-    async def _flush(self) -> None:
-        """Publish and store the latest version of every alert whose count moved since the last flush."""
-        if not self._updated:
-            return
-        moved = list(self._updated.values())
-        self._updated.clear()
+    async def _flush(self, final: bool = False) -> None:
+        """Publish the latest version of every alert whose count moved since the last flush; every
+        ``store_updates_s`` (and when ``final``) store the latest version of each one moved since it
+        was last stored."""
+        if self._updated:
+            moved = list(self._updated.values())
+            self._unstored.update(self._updated)
+            self._updated.clear()
+            await self._publish(await self._latest(moved))
+        now = time.monotonic()
+        if self._unstored and (final or now - self._stored_at >= self.cfg.store_updates_s):
+            self._stored_at = now
+            moved = list(self._unstored.values())
+            self._unstored.clear()
+            self._deliver(await self._latest(moved), [])
+
+    async def _latest(self, moved: list[tuple[Firing, int]]) -> list[apb.Alert]:
+        """The alerts with their counts as they are in Redis now: another processor may have counted
+        more of the same alert since this one's last round, and flush after it, so whichever
+        processor sends or stores last sends the latest count."""
         if self._state is not None:
-            # Another processor may have counted more of the same alert since this one's last round,
-            # and flush after it: the count goes out as it is now, so the last version written wins
-            # with the latest count, whichever processor writes it.
             try:
                 await asyncio.wait_for(self._state.refresh_counts([f for f, _ in moved]), self.cfg.redis_timeout_s)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
-        latest = [alert_of_firing(firing, now_ms) for firing, now_ms in moved]
-        await self._publish(latest)
-        self._deliver(latest, [])
+        return [alert_of_firing(firing, now_ms) for firing, now_ms in moved]
 
     async def _watch(self) -> None:
         while True:
@@ -247,12 +260,7 @@ class Detector:
             while self._urgent or self._pending:
                 # Batches holding P0 events make rounds of their own, ahead of the others: their
                 # alerts are not held up by the evaluation of a bulk backlog.
-                queue = self._urgent or self._pending
-                events: list[pb.Event] = []
-                while queue and len(events) < _ROUND_EVENTS:
-                    batch = queue.popleft()
-                    self._pending_events -= len(batch)
-                    events.extend(batch)
+                events = self._take(self._urgent or self._pending)
                 try:
                     evaluated = await self._evaluate(events)
                 except Exception:  # a bug in one round must not stop detection for good
@@ -271,27 +279,49 @@ class Detector:
     async def process(self, events: Sequence[pb.Event]) -> list[apb.Alert]:
         """One round: evaluate, publish the alerts of rules without state, update the shared state and
         publish what it raised, then store and deliver in the background. Every alert raised or updated."""
-        return await self._settle(await self._evaluate(events))
+        return await self._settle(await self._evaluate(events), every=True)
+
+    def _take(self, queue: deque[Sequence[pb.Event]]) -> list[pb.Event]:
+        """Batches off the front of a queue, up to a round's worth of events."""
+        events: list[pb.Event] = []
+        while queue and len(events) < _ROUND_EVENTS:
+            batch = queue.popleft()
+            self._pending_events -= len(batch)
+            events.extend(batch)
+        return events
 
     async def _evaluate(self, events: Sequence[pb.Event]) -> _Round:
-        """Evaluate a round and publish the alerts of rules without state at once (nothing slow first)."""
+        """Evaluate a round and publish the alerts of rules without state at once (nothing slow first).
+        A batch holding a P0 event that is queued while the round is evaluated joins it at the next
+        chunk, and the alerts found so far go out then: a P0 alert waits for one chunk, not a round."""
         started = time.perf_counter()
         rules = self.rules
         result = Evaluation()
+        raised: list[apb.Alert] = []
         for i in range(0, len(events), _CHUNK):
             if i:
                 await asyncio.sleep(0)
+                if self._urgent:
+                    urgent = self._take(self._urgent)
+                    evaluate(rules, urgent, self._roles, into=result)
+                    self.evaluated += len(urgent)
+                    raised += await self._raise(result.hits[len(raised) :])
             evaluate(rules, events[i : i + _CHUNK], self._roles, into=result)
         self.evaluated += len(events)
         self.rounds += 1
+        raised += await self._raise(result.hits[len(raised) :])
+        return _Round(started, int(time.time() * 1000), raised, list(result.updates.values()))
+
+    async def _raise(self, hits: list[Hit]) -> list[apb.Alert]:
+        """Alerts of rules without state: published at once, then stored and delivered."""
+        if not hits:
+            return []
         now_ms = int(time.time() * 1000)
-        raised: list[apb.Alert] = []
-        if result.hits:
-            raised = [alert_of_hit(h, now_ms) for h in result.hits]
-            await self._publish(raised)
-            self.alerts_raised += len(raised)
-            self._deliver(raised, raised)
-        return _Round(started, now_ms, raised, list(result.updates.values()))
+        raised = [alert_of_hit(h, now_ms) for h in hits]
+        await self._publish(raised)
+        self.alerts_raised += len(raised)
+        self._deliver(raised, raised)
+        return raised
 
     async def _until_settled_or_urgent(self, settling: asyncio.Task[None]) -> None:
         """Wait for ``settling`` (not gather: cancelling this must not cancel it), but no longer than
@@ -323,26 +353,27 @@ class Detector:
         except Exception:
             log.exception("correlation of a detection round failed")
 
-    async def _settle(self, evaluated: _Round) -> list[apb.Alert]:
-        """The round's correlation and suppression: one script call, then the alerts it opened published."""
+    async def _settle(self, evaluated: _Round, every: bool = False) -> list[apb.Alert]:
+        """The round's correlation and suppression: one script call, then the alerts it opened published.
+        Returns the alerts opened (with ``every``: and every open alert the round added to)."""
         raised = evaluated.raised
         if evaluated.updates:
             now_ms = evaluated.now_ms
-            fired: list[apb.Alert] = []
-            opened: list[apb.Alert] = []
-            for firing in await self._correlate(evaluated.updates, now_ms):
-                alert = alert_of_firing(firing, now_ms)
-                fired.append(alert)
-                if firing.new:
-                    opened.append(alert)
-                else:
-                    self._updated[alert.alert_id] = (firing, now_ms)
+            firings = await self._correlate(evaluated.updates, now_ms)
+            opened = [alert_of_firing(firing, now_ms) for firing in firings if firing.new]
+            for firing in firings:
+                if not firing.new:
+                    self._updated[firing.alert_id] = (firing, now_ms)
             if opened:
                 await self._publish(opened)
                 self._deliver(opened, opened)
-            raised = raised + fired
+            if every:
+                by_id = {alert.alert_id: alert for alert in opened}
+                raised = raised + [by_id.get(f.alert_id) or alert_of_firing(f, now_ms) for f in firings]
+            else:
+                raised = raised + opened
             self.alerts_raised += len(opened)
-            self.alerts_updated += len(fired) - len(opened)
+            self.alerts_updated += len(firings) - len(opened)
         self.round_us.add(int((time.perf_counter() - evaluated.started) * 1e6))
         return raised
 

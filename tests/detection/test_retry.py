@@ -213,6 +213,38 @@ def test_p0_alerts_go_out_while_an_earlier_rounds_correlation_call_is_held(state
     assert asyncio.run(go()) == [("p0_event", False), ("p0_event", False), ("brute_force_user", True)]
 
 
+def test_a_p0_batch_queued_while_a_round_is_evaluated_joins_it_at_the_next_chunk(state_db: str) -> None:
+    """A batch holding a P0 event that arrives while a bulk round of 5,000 events is being evaluated
+    does not wait for the round: it is evaluated at the next chunk, and its alert is published then,
+    before the rest of the round is evaluated."""
+    keyspace = f"ks_{uuid.uuid4().hex[:8]}"
+
+    async def go() -> tuple[list[str], list[str], int]:
+        client = redis.asyncio.Redis.from_url(state_db)
+        detector = Detector(DetectionConfig(rules_dir=str(PACK)), client, None, keyspace)
+        detector.load()
+        bulk = [event("guestlist.viewed", user_id=f"u-bulk-{k % 50}") for k in range(5000)]
+        published: list[str] = []
+        try:
+            async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel(keyspace))
+                round_task = asyncio.create_task(detector._evaluate(bulk))
+                await asyncio.sleep(0)  # the round evaluates its first chunk, then yields
+                detector.offer([event("auth.account.locked", severity=pb.P0_CRITICAL, user_id="u-p0-mid")])
+                evaluated = await round_task
+                deadline = time.monotonic() + 30
+                while not published and time.monotonic() < deadline:
+                    message = await pubsub.get_message(timeout=1)
+                    if message is not None:
+                        published.append(apb.Alert.FromString(message["data"]).rule)
+        finally:
+            await client.aclose()
+        return [a.rule for a in evaluated.raised], published, detector.queue_events
+
+    raised, published, still_queued = asyncio.run(go())
+    assert raised == ["p0_event"] and published == ["p0_event"] and still_queued == 0, (raised, published, still_queued)
+
+
 def test_an_open_alert_goes_out_with_its_latest_count_whichever_processor_flushes_last(state_db: str) -> None:
     """Two processors count one brute force; the one whose last round saw fewer events flushes its
     running count last, and still sends the latest count (the stored row is the last one sent)."""

@@ -12,8 +12,9 @@ event) are published as soon as their round is evaluated, and a round's correlat
 a task of its own while the next round is evaluated (the calls stay one at a time, in order); a
 batch holding a P0 event is evaluated without waiting for earlier rounds' calls (up to
 ``_MAX_UNSETTLED`` rounds ahead), so P0 alerts never wait for Redis, not even while a slow call
-or its retries hold up the rounds before them; updates of open alerts
-(their running counts) are coalesced and published and stored once a second.
+or its retries hold up the rounds before them; one that arrives while a round is evaluated joins
+it at the next chunk, so it does not wait for the round either. Updates of open alerts (their
+running counts) are coalesced, published once a second and stored every ``store_updates_s``.
 
 A failed or timed-out correlation call is retried with the same round (``redis_retries``; the
 state script makes a repeat harmless), so a call lost under load costs time, not counts. When

@@ -217,7 +217,10 @@ class Detector:
     async def _flush_updates(self) -> None:
         while True:
             await asyncio.sleep(_UPDATE_EVERY_S)
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # one bad flush must not stop the running counts for good
+                log.exception("open alerts' counts not flushed")
 
     async def _flush(self, final: bool = False) -> None:
         """Publish the latest version of every alert whose count moved since the last flush; every
@@ -227,24 +230,32 @@ class Detector:
             moved = list(self._updated.values())
             self._unstored.update(self._updated)
             self._updated.clear()
-            await self._publish(await self._latest(moved))
+            alerts, _ = await self._latest(moved)
+            await self._publish(alerts)
         now = time.monotonic()
         if self._unstored and (final or now - self._stored_at >= self.cfg.store_updates_s):
             self._stored_at = now
-            moved = list(self._unstored.values())
-            self._unstored.clear()
-            self._deliver(await self._latest(moved), [])
+            due = dict(self._unstored)
+            alerts, fresh = await self._latest(list(due.values()))
+            if not fresh and not final:
+                return  # kept for the next tick: a count not re-read could undo a higher one stored
+            for alert_id, entry in due.items():  # those that moved again meanwhile stay due
+                if self._unstored.get(alert_id) is entry:
+                    del self._unstored[alert_id]
+            self._deliver(alerts, [])
 
-    async def _latest(self, moved: list[tuple[Firing, int]]) -> list[apb.Alert]:
-        """The alerts with their counts as they are in Redis now: another processor may have counted
-        more of the same alert since this one's last round, and flush after it, so whichever
-        processor sends or stores last sends the latest count."""
+    async def _latest(self, moved: list[tuple[Firing, int]]) -> tuple[list[apb.Alert], bool]:
+        """The alerts with their counts as they are in Redis now, and whether Redis answered:
+        another processor may have counted more of the same alert since this one's last round,
+        and flush after it, so whichever processor sends or stores last sends the latest count."""
+        fresh = True
         if self._state is not None:
             try:
                 await asyncio.wait_for(self._state.refresh_counts([f for f, _ in moved]), self.cfg.redis_timeout_s)
             except (RedisError, OSError, TimeoutError) as exc:
+                fresh = False
                 log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
-        return [alert_of_firing(firing, now_ms) for firing, now_ms in moved]
+        return [alert_of_firing(firing, now_ms) for firing, now_ms in moved], fresh
 
     async def _watch(self) -> None:
         while True:
@@ -282,10 +293,10 @@ class Detector:
         publish what it raised, then store and deliver in the background. Every alert raised or updated."""
         return await self._settle(await self._evaluate(events), every=True)
 
-    def _take(self, queue: deque[Sequence[pb.Event]]) -> list[pb.Event]:
-        """Batches off the front of a queue, up to a round's worth of events."""
+    def _take(self, queue: deque[Sequence[pb.Event]], most: int = _ROUND_EVENTS) -> list[pb.Event]:
+        """Batches off the front of a queue, until they hold ``most`` events or more."""
         events: list[pb.Event] = []
-        while queue and len(events) < _ROUND_EVENTS:
+        while queue and len(events) < most:
             batch = queue.popleft()
             self._pending_events -= len(batch)
             events.extend(batch)
@@ -293,8 +304,9 @@ class Detector:
 
     async def _evaluate(self, events: Sequence[pb.Event]) -> _Round:
         """Evaluate a round and publish the alerts of rules without state at once (nothing slow first).
-        A batch holding a P0 event that is queued while the round is evaluated joins it at the next
-        chunk, and the alerts found so far go out then: a P0 alert waits for one chunk, not a round."""
+        Batches holding a P0 event that are queued while the round is evaluated join it at the next
+        chunk (a chunk's worth at a time), and the alerts found so far go out then: a P0 alert
+        waits for one chunk, not a round."""
         started = time.perf_counter()
         rules = self.rules
         result = Evaluation()
@@ -303,7 +315,7 @@ class Detector:
             if i:
                 await asyncio.sleep(0)
                 if self._urgent:
-                    urgent = self._take(self._urgent)
+                    urgent = self._take(self._urgent, _CHUNK)
                     evaluate(rules, urgent, self._roles, into=result)
                     self.evaluated += len(urgent)
                     raised += await self._raise(result.hits[len(raised) :])

@@ -12,14 +12,19 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import pytest
 import redis
 
-from auditmesh.detection.alerts import channel
+from auditmesh.config import StoreConfig
+from auditmesh.detection import detector as detector_module
+from auditmesh.detection.alerts import AlertStore, channel
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
 from auditmesh.detection.state import _STATE_LUA
+from auditmesh.store import EventStore
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import audit_pb2 as pb
 from tests.detection.conftest import PACK, event
@@ -213,41 +218,101 @@ def test_p0_alerts_go_out_while_an_earlier_rounds_correlation_call_is_held(state
     assert asyncio.run(go()) == [("p0_event", False), ("p0_event", False), ("brute_force_user", True)]
 
 
-def test_a_p0_batch_queued_while_a_round_is_evaluated_joins_it_at_the_next_chunk(state_db: str) -> None:
+def test_a_p0_batch_queued_while_a_round_is_evaluated_joins_it_at_the_next_chunk(
+    state_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A batch holding a P0 event that arrives while a bulk round of 5,000 events is being evaluated
-    does not wait for the round: it is evaluated at the next chunk, and its alert is published then,
-    before the rest of the round is evaluated."""
+    does not wait for the round: it is evaluated at the round's next chunk and its alert is
+    published then (after two calls of ``evaluate``: the first chunk, then the P0 batch), once."""
     keyspace = f"ks_{uuid.uuid4().hex[:8]}"
+    chunks = 0
+    real_evaluate = detector_module.evaluate
 
-    async def go() -> tuple[list[str], list[str], int]:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal chunks
+        chunks += 1
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(detector_module, "evaluate", counted)
+
+    async def go() -> tuple[list[tuple[int, list[str]]], list[str], int]:
         client = redis.asyncio.Redis.from_url(state_db)
         detector = Detector(DetectionConfig(rules_dir=str(PACK)), client, None, keyspace)
         detector.load()
+        publish = detector._publish
+        published: list[tuple[int, list[str]]] = []  # (evaluate calls so far, rules) per publish
+
+        async def recorded(alerts: list[apb.Alert]) -> None:
+            published.append((chunks, [a.rule for a in alerts]))
+            await publish(alerts)
+
+        detector._publish = recorded  # type: ignore[method-assign]
         bulk = [event("guestlist.viewed", user_id=f"u-bulk-{k % 50}") for k in range(5000)]
-        published: list[str] = []
+        received: list[str] = []
         try:
             async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel(keyspace))
                 round_task = asyncio.create_task(detector._evaluate(bulk))
                 await asyncio.sleep(0)  # the round evaluates its first chunk, then yields
                 detector.offer([event("auth.account.locked", severity=pb.P0_CRITICAL, user_id="u-p0-mid")])
-                evaluated = await round_task
-                deadline = time.monotonic() + 30
-                while not published and time.monotonic() < deadline:
-                    message = await pubsub.get_message(timeout=1)
+                await round_task
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:  # every message, to see a second one if there is
+                    message = await pubsub.get_message(timeout=0.5)
                     if message is not None:
-                        published.append(apb.Alert.FromString(message["data"]).rule)
+                        received.append(apb.Alert.FromString(message["data"]).rule)
         finally:
             await client.aclose()
-        return [a.rule for a in evaluated.raised], published, detector.queue_events
+        return published, received, detector.queue_events
 
-    raised, published, still_queued = asyncio.run(go())
-    assert raised == ["p0_event"] and published == ["p0_event"] and still_queued == 0, (raised, published, still_queued)
+    published, received, still_queued = asyncio.run(go())
+    assert published == [(2, ["p0_event"])] and received == ["p0_event"], (published, received)
+    assert still_queued == 0
+
+
+def test_running_counts_are_stored_every_store_updates_s_and_at_shutdown(
+    store_config: StoreConfig, state_db: str
+) -> None:
+    """An open alert is stored when it opens; its running count is published at every flush but
+    stored only once ``store_updates_s`` has passed, and at shutdown whatever moved since."""
+    user = f"u-st-{uuid.uuid4().hex[:6]}"
+
+    async def go() -> list[int]:
+        store = EventStore.connect(store_config)
+        client = redis.asyncio.Redis.from_url(state_db)
+        alerts = AlertStore(store.session, store_config.keyspace)
+        cfg = DetectionConfig(rules_dir=str(PACK), store_updates_s=3600)
+        detector = Detector(cfg, client, alerts, f"ks_{uuid.uuid4().hex[:8]}")
+        detector.load()
+
+        async def stored() -> int:
+            if detector._background:
+                await asyncio.wait(detector._background)
+            page = await alerts.list(apb.AlertFilter(rule="brute_force_user"), page_size=1000)
+            mine = [a.count for a in page.alerts if a.group == f"user_id={user}"]
+            assert len(mine) <= 1, mine
+            return mine[0] if mine else 0
+
+        counts: list[int] = []
+        try:
+            await detector.process(failures(10, user, 0))  # opens the alert: stored at once
+            counts.append(await stored())
+            await detector.process(failures(90, user, 10))
+            await detector._flush()  # published; stored only an hour after the last store
+            counts.append(await stored())
+            await detector.shutdown()  # stores what moved
+            counts.append(await stored())
+        finally:
+            await client.aclose()
+            store.close()
+        return counts
+
+    assert asyncio.run(go()) == [10, 10, 100]
 
 
 def test_an_open_alert_goes_out_with_its_latest_count_whichever_processor_flushes_last(state_db: str) -> None:
     """Two processors count one brute force; the one whose last round saw fewer events flushes its
-    running count last, and still sends the latest count (the stored row is the last one sent)."""
+    running count last, and still sends the latest count, re-read from Redis."""
     keyspace = f"ks_{uuid.uuid4().hex[:8]}"
 
     async def go() -> list[int]:

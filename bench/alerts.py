@@ -2,7 +2,7 @@
 subscriber), normal and P0, and what the rule pack costs in sustained throughput, rules on vs
 off side by side in one run.
 
-    python -m bench.alerts            # about 8 minutes; writes bench/results/alerts-latest.json
+    python -m bench.alerts            # about 9 minutes; writes bench/results/alerts-latest.json
     python -m bench.alerts --smoke    # a few seconds per phase (what to run on a shared host)
     python -m bench.pipeline --alerts # the same phases after the pipeline benchmark
     python -m bench.alerts --eval     # evaluation alone, CPU us/event, no services (seconds)
@@ -128,7 +128,8 @@ def _phase(name: str, rules_on: bool, args: argparse.Namespace, run_dir: Path, r
     create_schema(StoreConfig(keyspace=KEYSPACE))
     # Correlation windows and open alerts of the previous phase (the load's users are the same in
     # every phase) would otherwise turn this phase's new alerts into updates of open ones.
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    with redis.Redis.from_url(REDIS_URL) as r:  # the benchmark's own database (AUDITMESH_BENCH_REDIS_URL)
+        r.flushdb()
     env = {"AUDITMESH_TOKEN_KEY": "bench", "AUDITMESH_REDIS_URL": REDIS_URL}
     if rules_on:
         env["AUDITMESH_DETECTION_RULES"] = str(RULES)

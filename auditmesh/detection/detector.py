@@ -207,7 +207,10 @@ class Detector:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._background:  # the last rounds' correlation calls, alerts on their way to the store
-            await asyncio.wait(self._background, timeout=5)
+            # Long enough for a call that is being retried to use its last try.
+            tries = self.cfg.redis_attempts
+            retrying_s = self.cfg.redis_timeout_s * (2**tries - 1) + _RETRY_PAUSE_S * (2 ** (tries - 1) - 1)
+            await asyncio.wait(self._background, timeout=max(5.0, retrying_s + 0.5))
         await self._flush(final=True)
         if self._background:
             await asyncio.wait(self._background, timeout=5)

@@ -9,10 +9,10 @@ off side by side in one run.
 
 Throughput: full-speed SDK load (bench.pipeline's load processes) with the rule pack off, on,
 on, off, each phase from an empty keyspace, an empty Redis database and a quiet store; each
-configuration's figure is the mean of its two phases. Latency: a probe in this process logs, through its own SDK client,
-P0 events (alert: ``p0_event``) and ten failed logins for a fresh user (alert:
-``brute_force_user``, timed from the tenth), and times each to the alert reaching its
-subscriber; once during the rules-on full-speed phases ("full load") and once at a fixed
+configuration's figure is the mean of its two phases. Latency: a probe in this process logs,
+through its own SDK client, P0 events (alert: ``p0_event``) and ten failed logins for a fresh
+user (alert: ``brute_force_user``, timed from the tenth), and times each to the alert reaching
+its subscriber; once during the rules-on full-speed phases ("full load") and once at a fixed
 moderate rate. The probe's clock is the one of log(), so the figures include the SDK's
 batching, ingest, the processor's detection round, Redis pub/sub and the query service.
 """

@@ -85,7 +85,9 @@ class Limits:
 
 
 def _check_event(ev: pb.Event, limits: Limits, now_s: int) -> tuple[str, str] | None:
-    """Return (field, reason) for the first problem of ``ev``, or None when it is valid."""
+    """Return (field, reason) for the first problem of ``ev``, or None when it is valid.
+
+    The definition of a valid event; :class:`_Bounds` only finds most valid ones sooner."""
     max_id = limits.max_id_len
     event_id = ev.event_id
     if not event_id:
@@ -133,16 +135,79 @@ def _check_event(ev: pb.Event, limits: Limits, now_s: int) -> tuple[str, str] | 
             return name, f"longer than {max_text} characters"
     attributes = ev.attributes
     if attributes:
-        if len(attributes) > limits.max_attributes:
-            return "attributes", f"more than {limits.max_attributes} entries"
-        size = 0
-        for key, value in attributes.items():
-            if not key:
-                return "attributes", "empty key"
-            size += len(key.encode()) + len(value.encode())
-            if size > limits.max_attribute_bytes:
-                return f"attributes[{key[:64]}]", f"attributes exceed {limits.max_attribute_bytes} bytes"
+        return _check_attributes(attributes, limits)
     return None
+
+
+def _check_attributes(attributes: Mapping[str, str], limits: Limits) -> tuple[str, str] | None:
+    if len(attributes) > limits.max_attributes:
+        return "attributes", f"more than {limits.max_attributes} entries"
+    size = 0
+    for key, value in attributes.items():
+        if not key:
+            return "attributes", "empty key"
+        size += len(key.encode()) + len(value.encode())
+        if size > limits.max_attribute_bytes:
+            return f"attributes[{key[:64]}]", f"attributes exceed {limits.max_attribute_bytes} bytes"
+    return None
+
+
+class _Bounds:
+    """The limits as one batch's events are checked against them, for :meth:`valid`."""
+
+    def __init__(self, limits: Limits, now_s: int) -> None:
+        self.limits = limits
+        self.max_id = limits.max_id_len
+        self.max_text = limits.max_text_len
+        self.oldest = max(_MIN_SECONDS, now_s - limits.max_past_s)
+        self.newest = min(_MAX_SECONDS, now_s + limits.max_future_s)
+
+    def valid(self, ev: pb.Event, event_id: str) -> bool:
+        """True only for events :func:`_check_event` accepts (``event_id`` is ``ev``'s, read once
+        by the caller); False means "ask it", not "invalid".
+
+        Each field is read once, and the checks are the cheap forms of the full ones: event
+        types already matched are looked up, and an id is printable ASCII without spaces by
+        three string methods rather than a regex (which costs about three times as much)."""
+        max_id = self.max_id
+        max_text = self.max_text
+        user_id = ev.user_id
+        event_type = ev.event_type
+        occurred = ev.occurred_at
+        seconds = occurred.seconds
+        attributes = ev.attributes
+        return (
+            0 < len(event_id) <= max_id
+            and 0 < len(user_id) <= max_id
+            and len(ev.wedding_id) <= max_id
+            and len(ev.organization_id) <= max_id
+            and len(event_type) <= max_text
+            and event_type in _KNOWN_TYPES
+            and ev.severity in _SEVERITIES
+            and ev.outcome in _OUTCOMES
+            and self.oldest <= seconds <= self.newest
+            and (seconds != 0 or occurred.nanos != 0)
+            and 0 <= occurred.nanos <= _MAX_NANOS
+            and len(ev.source_service) <= max_text
+            and len(ev.source_ip) <= max_text
+            and len(ev.resource_type) <= max_text
+            and len(ev.resource_id) <= max_text
+            and (not attributes or _check_attributes(attributes, self.limits) is None)
+            and event_id.isascii()
+            and event_id.isprintable()
+            and " " not in event_id
+        )
+
+
+_KNOWN_TYPES: set[str] = set()
+"""Event types of valid events seen (so they match ``_EVENT_TYPE``), at most
+``_MAX_KNOWN_TYPES`` of them: a caller inventing types cannot grow it without bound."""
+_MAX_KNOWN_TYPES = 4096
+
+
+def _learn_type(event_type: str) -> None:
+    if len(_KNOWN_TYPES) < _MAX_KNOWN_TYPES:
+        _KNOWN_TYPES.add(event_type)
 
 
 def validate_batch(
@@ -167,20 +232,24 @@ def validate_slices(
     whole batch), so that a caller on an event loop can let other work run between slices."""
     if now_s is None:
         now_s = int(time.time())
+    bounds = _Bounds(limits, now_s)
     seen: set[str] = set()
     for begin in range(0, len(events), size):
         valid: list[int] = []
         rejected: list[pb.Rejection] = []
-        for index in range(begin, min(begin + size, len(events))):
-            ev = events[index]
-            problem = _check_event(ev, limits, now_s)
-            if problem is None and ev.event_id in seen:
-                problem = ("event_id", "duplicate event_id within the batch")
-            if problem is None:
-                seen.add(ev.event_id)
+        for index, ev in enumerate(events[begin : begin + size], begin):
+            event_id = ev.event_id
+            if bounds.valid(ev, event_id) and event_id not in seen:
+                seen.add(event_id)
                 valid.append(index)
-            else:
-                rejected.append(
-                    pb.Rejection(index=index, event_id=ev.event_id[:128], field=problem[0], reason=problem[1])
-                )
+                continue
+            problem = _check_event(ev, limits, now_s)
+            if problem is None:
+                _learn_type(ev.event_type)
+                if event_id not in seen:
+                    seen.add(event_id)
+                    valid.append(index)
+                    continue
+                problem = ("event_id", "duplicate event_id within the batch")
+            rejected.append(pb.Rejection(index=index, event_id=event_id[:128], field=problem[0], reason=problem[1]))
         yield valid, rejected

@@ -54,6 +54,8 @@ class Redactor:
         event in :data:`REDACTED_ATTRIBUTE`)."""
         masked: list[str] = []
         attributes = event.attributes
+        if not attributes:
+            return masked
         for key in list(attributes):
             if key == REDACTED_ATTRIBUTE:
                 continue

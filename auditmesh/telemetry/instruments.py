@@ -66,6 +66,26 @@ class _LaneCounts:
         self.forward_us = Reservoir(2_000)
 
 
+class Forwarded(Protocol):
+    """What ingest forwards to a processor, as far as the lane counts read it."""
+
+    @property
+    def lane(self) -> pb.Lane.ValueType: ...
+
+    @property
+    def count(self) -> int:
+        """Events in the request."""
+        ...
+
+    @property
+    def received_at_us(self) -> int:
+        """When ingest received the first of them."""
+        ...
+
+
+R = TypeVar("R", bound=Forwarded)
+
+
 class LaneWatch:
     """Ingest's requests to processors, per lane: events sent and acknowledged, in flight, the
     time from ingest stamping the events (after validation) to routing them (priority, lane and
@@ -74,13 +94,11 @@ class LaneWatch:
     def __init__(self) -> None:
         self.lanes = {lane: _LaneCounts() for lane in LANES}
 
-    async def forward(
-        self, req: pb.ProcessRequest, send: Callable[[pb.ProcessRequest], Awaitable[pb.ProcessResponse]]
-    ) -> pb.ProcessResponse:
+    async def forward(self, req: R, send: Callable[[R], Awaitable[pb.ProcessResponse]]) -> pb.ProcessResponse:
         counts = self.lanes.get(req.lane) or self.lanes[pb.LANE_NORMAL]
-        events = len(req.events)
+        events = req.count
         if events:
-            counts.handling_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
+            counts.handling_us.add(time.time_ns() // 1000 - req.received_at_us)
         counts.events_in += events
         counts.in_flight_events += events
         token = counts.in_flight.enter()

@@ -23,6 +23,7 @@ from auditpb.v1 import audit_pb2 as pb
 from services.ingest.app import create
 from services.ingest.calendar import CalendarView
 from services.ingest.config import IngestConfig
+from services.ingest.forward import Forward
 from services.ingest.router import Budget, ProcessorLink, Router
 from services.ingest.servicer import SERVICE
 
@@ -36,7 +37,7 @@ class _WatchedRouter(Router):
         super().__init__(*args, **kwargs)
         self.lanes = LaneWatch()
 
-    async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+    async def send(self, req: Forward) -> pb.ProcessResponse:
         return await self.lanes.forward(req, super().send)
 
 

@@ -24,12 +24,13 @@ import grpc
 from auditmesh.errors import Overloaded, StoreUnavailable
 from auditmesh.metrics import Reservoir
 from auditpb.v1 import audit_pb2 as pb
-from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from services.ingest.forward import Forward
 
 __all__ = ["Budget", "ProcessorLink", "Router"]
 
 log = logging.getLogger("auditmesh.ingest")
 _LANE_ORDER = {pb.LANE_CRITICAL: 0, pb.LANE_WEDDING_DAY: 1, pb.LANE_NORMAL: 2}
+_PROCESS = "/auditpb.v1.ProcessorService/Process"
 
 
 class Budget:
@@ -134,7 +135,7 @@ class ProcessorLink:
         self._timeout_s = timeout_s
         self._max_message_bytes = max_message_bytes
         self._seq = itertools.count(1)
-        self._queue: asyncio.PriorityQueue[tuple[int, int, pb.ProcessRequest]] = asyncio.PriorityQueue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Forward]] = asyncio.PriorityQueue()
         self._waiting: dict[int, asyncio.Future[pb.ProcessResponse]] = {}
         self.connected = asyncio.Event()
         self.in_flight_events = 0
@@ -152,13 +153,13 @@ class ProcessorLink:
             self._task = None
         self._fail_all("ingest is shutting down")
 
-    async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+    async def send(self, req: Forward) -> pb.ProcessResponse:
         """Send one request and wait for its answer; raises StoreUnavailable when none comes."""
         seq = next(self._seq)
         req.seq = seq
         future: asyncio.Future[pb.ProcessResponse] = asyncio.get_running_loop().create_future()
         self._waiting[seq] = future
-        count = len(req.events)
+        count = req.count
         self.in_flight_events += count
         self._queue.put_nowait((_LANE_ORDER.get(req.lane, 2), seq, req))
         try:
@@ -175,15 +176,13 @@ class ProcessorLink:
                 future.set_exception(StoreUnavailable(reason, 200))
         self._waiting.clear()
 
-    async def _requests(
-        self, queue: asyncio.PriorityQueue[tuple[int, int, pb.ProcessRequest]]
-    ) -> AsyncIterator[pb.ProcessRequest]:
+    async def _requests(self, queue: asyncio.PriorityQueue[tuple[int, int, Forward]]) -> AsyncIterator[bytes]:
         while True:
             _, seq, req = await queue.get()
             if seq in self._waiting:
-                if self._handoff_us is not None and req.events:
-                    self._handoff_us.add(time.time_ns() // 1000 - req.events[0].received_at_us)
-                yield req
+                if self._handoff_us is not None and req.count:
+                    self._handoff_us.add(time.time_ns() // 1000 - req.received_at_us)
+                yield req.serialize()
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -205,7 +204,9 @@ class ProcessorLink:
                 await asyncio.wait_for(channel.channel_ready(), 5)
                 # A fresh queue per stream: a request can never be taken by a stream that died.
                 self._queue = asyncio.PriorityQueue()
-                call = pb_grpc.ProcessorServiceStub(channel).Process(self._requests(self._queue))
+                # Requests go as the bytes :class:`Forward` encodes (no serializer).
+                process = channel.stream_stream(_PROCESS, None, pb.ProcessResponse.FromString)
+                call = process(self._requests(self._queue))
                 self.connected.set()
                 log.info("connected to processor %s", self.target)
                 backoff = 0.05
@@ -309,7 +310,7 @@ class Router:
             return self.wedding_day_budget
         return self.budget
 
-    async def send(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
+    async def send(self, req: Forward) -> pb.ProcessResponse:
         live: list[ProcessorLink] = []
         if req.lane == pb.LANE_CRITICAL:
             live = [link for link in self.critical_links if link.connected.is_set()]

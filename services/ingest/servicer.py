@@ -25,6 +25,7 @@ from auditmesh.serving import ReadBudget, abort_with, respond_concurrently, send
 from auditmesh.telemetry.tracing import LANE, context_of, lane_name, traceparent, tracer
 from auditmesh.validation import Limits, validate_slices
 from auditpb.v1 import audit_pb2 as pb
+from services.ingest.forward import Forward
 from services.ingest.router import Router
 
 __all__ = ["IngestServicer", "IngestStats"]
@@ -127,7 +128,7 @@ class IngestServicer:
         budget.take(len(raw))
         try:
             parent = context_of(batch.traceparent) or context_of(context.invocation_metadata())
-            return await self._ingest(batch, len(raw), parent)
+            return await self._ingest(batch, parent)
         except RetryableError as exc:
             await abort_with(context, exc)
         except Exception as exc:
@@ -196,7 +197,7 @@ class IngestServicer:
         if too_large:
             return pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_REFUSED, message=too_large)
         try:
-            return await self._ingest(batch, size, context_of(batch.traceparent))
+            return await self._ingest(batch, context_of(batch.traceparent))
         except RetryableError as exc:
             return pb.BatchAck(
                 batch_id=batch.batch_id,
@@ -211,22 +212,22 @@ class IngestServicer:
                 batch_id=batch.batch_id, status=pb.ACK_STATUS_RETRY, message="internal error", retry_after_ms=1000
             )
 
-    async def _send(self, req: pb.ProcessRequest, size: int) -> pb.ProcessResponse:
+    async def _send(self, req: Forward) -> pb.ProcessResponse:
         """Send one lane's events within that lane's in-flight budget."""
         attributes: dict[str, str | int] = {
             LANE: lane_name(req.lane),
-            "auditmesh.events": len(req.events),
+            "auditmesh.events": req.count,
         }
         with _tracer.start_as_current_span("ingest.forward", kind=SpanKind.CLIENT, attributes=attributes) as span:
             req.traceparent = traceparent(span)
             budget = self._router.budget_for(req.lane)
-            await budget.acquire(len(req.events), size, self._admit_wait_s)
+            await budget.acquire(req.count, req.size, self._admit_wait_s)
             try:
                 return await self._router.send(req)
             finally:
-                budget.release(len(req.events), size)
+                budget.release(req.count, req.size)
 
-    async def _ingest(self, batch: pb.EventBatch, size: int, parent: Context | None = None) -> pb.BatchAck:
+    async def _ingest(self, batch: pb.EventBatch, parent: Context | None = None) -> pb.BatchAck:
         """Validate, prioritise and forward one batch; one ``ingest.batch`` span (started when the
         lanes are known, so the sampler can always keep critical ones, but timed from receipt)."""
         received_ns = time.time_ns()
@@ -253,7 +254,7 @@ class IngestServicer:
             self._policy.redact(events[i] for i in valid)
         cal = self._calendar()
         now_us = received_ns // 1000
-        requests: dict[int, pb.ProcessRequest] = {}
+        lanes: dict[int, list[pb.Event]] = {}
         for begin in range(0, len(valid), _SLICE_EVENTS):
             if begin:
                 await asyncio.sleep(0)
@@ -261,35 +262,45 @@ class IngestServicer:
                 ev = events[index]
                 ev.received_at_us = now_us
                 lane = assign_priority(ev, cal)
-                req = requests.get(lane)
-                if req is None:
-                    req = requests[lane] = pb.ProcessRequest(lane=lane)  # type: ignore[arg-type]
-                req.events.append(ev)
-        ordered = sorted(requests.values(), key=lambda r: -r.lane)
+                same = lanes.get(lane)
+                if same is None:
+                    lanes[lane] = [ev]
+                else:
+                    same.append(ev)
+        order = sorted(lanes, reverse=True)
         span = _tracer.start_span(
             "ingest.batch",
             context=parent,
             kind=SpanKind.SERVER,
             start_time=received_ns,
             attributes={
-                LANE: lane_name(ordered[0].lane),
+                LANE: lane_name(order[0]),
                 "auditmesh.events": len(events),
                 "auditmesh.rejected": len(rejected),
             },
         )
         if span.is_recording():
             trace_id = f"{span.get_span_context().trace_id:032x}"
-            for req in ordered:
-                for ev in req.events:
+            for lane in order:
+                for ev in lanes[lane]:
                     ev.trace_id = trace_id
             span.set_attribute("auditmesh.weddings", len({events[i].wedding_id for i in valid}))
-            span.set_attribute("auditmesh.lanes", [lane_name(r.lane) for r in ordered])
+            span.set_attribute("auditmesh.lanes", [lane_name(lane) for lane in order])
             handle = _tracer.start_span("ingest.handle", context=set_span_in_context(span), start_time=received_ns)
             handle.end()
+        # Each event is encoded here, once, as it is final (see Forward).
+        ordered: list[Forward] = []
+        for lane in order:
+            req = Forward(lane)
+            same = lanes[lane]
+            for begin in range(0, len(same), _SLICE_EVENTS):
+                if begin:
+                    await asyncio.sleep(0)
+                for ev in same[begin : begin + _SLICE_EVENTS]:
+                    req.add(ev)
+            ordered.append(req)
         with use_span(span, end_on_exit=False):
-            answers = await asyncio.gather(
-                *(self._send(r, size * len(r.events) // len(valid)) for r in ordered), return_exceptions=True
-            )
+            answers = await asyncio.gather(*(self._send(r) for r in ordered), return_exceptions=True)
         failed = next((a for a in answers if isinstance(a, BaseException) or not a.ok), None)
         del answers
         if failed is not None:
@@ -318,7 +329,7 @@ class IngestServicer:
         accepted = len(valid)
         self.stats.accepted += accepted
         ack = pb.BatchAck(batch_id=batch.batch_id, status=pb.ACK_STATUS_OK, accepted=accepted, rejected=rejected)
-        wedding_day = requests.get(pb.LANE_WEDDING_DAY)
+        wedding_day = lanes.get(pb.LANE_WEDDING_DAY)
         if wedding_day is not None:  # the caller may batch these weddings' events apart from now on
-            ack.wedding_day.extend(sorted({ev.wedding_id for ev in wedding_day.events}))
+            ack.wedding_day.extend(sorted({ev.wedding_id for ev in wedding_day}))
         return ack

@@ -11,6 +11,7 @@ import grpc
 
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from services.ingest.forward import Forward
 from services.ingest.router import Budget, ProcessorLink, Router
 
 
@@ -55,7 +56,7 @@ def test_a_slow_processor_gets_fewer_requests() -> None:
             async def sender(n: int) -> None:
                 for i in range(20):
                     events = [pb.Event(event_id=f"s{n}-{i}-{k}") for k in range(10)]
-                    answer = await router.send(pb.ProcessRequest(lane=pb.LANE_NORMAL, events=events))
+                    answer = await router.send(Forward(pb.LANE_NORMAL, events))
                     assert answer.ok
 
             await asyncio.gather(*(sender(n) for n in range(8)))

@@ -12,6 +12,7 @@ import grpc
 
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
+from services.ingest.forward import Forward
 from services.ingest.router import Budget, ProcessorLink, Router
 
 
@@ -57,11 +58,9 @@ def test_a_wedding_day_request_is_not_answered_behind_a_slow_bulk_request() -> N
             await asyncio.wait_for(asyncio.gather(*(ln.connected.wait() for ln in every)), 10)
             assert router.budget_for(pb.LANE_WEDDING_DAY) is router.wedding_day_budget
             assert router.budget_for(pb.LANE_NORMAL) is router.budget
-            bulk = asyncio.create_task(router.send(pb.ProcessRequest(lane=pb.LANE_NORMAL, events=[pb.Event()])))
+            bulk = asyncio.create_task(router.send(Forward(pb.LANE_NORMAL, [pb.Event()])))
             await asyncio.sleep(0.1)  # the bulk request is on its stream, held by the processor
-            answer = await asyncio.wait_for(
-                router.send(pb.ProcessRequest(lane=pb.LANE_WEDDING_DAY, events=[pb.Event()])), 5
-            )
+            answer = await asyncio.wait_for(router.send(Forward(pb.LANE_WEDDING_DAY, [pb.Event()])), 5)
             assert answer.ok and not bulk.done()
             processor.release.set()
             assert (await asyncio.wait_for(bulk, 5)).ok

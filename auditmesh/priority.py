@@ -67,9 +67,13 @@ def snapshot_calendar(entries: Iterable[CalendarEntry], now: dt.datetime) -> Cal
     )
 
 
+_WEDDING_DATA_HEADS = tuple(f"{word}." for word in sorted(WEDDING_DATA))
+
+
 def _touches_wedding_data(ev: pb.Event) -> bool:
-    head = ev.event_type.split(".", 1)[0]
-    return head in WEDDING_DATA or ev.resource_type in WEDDING_DATA
+    """The event type's first word, or the resource type, is one of :data:`WEDDING_DATA`."""
+    event_type = ev.event_type
+    return event_type.startswith(_WEDDING_DATA_HEADS) or event_type in WEDDING_DATA or ev.resource_type in WEDDING_DATA
 
 
 def assign_priority(ev: pb.Event, cal: CalendarSnapshot) -> int:

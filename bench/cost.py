@@ -3,6 +3,7 @@
     python -m bench.cost            # full run, ~6 min: writes bench/results/cost-latest.json and the README section
     python -m bench.cost --smoke    # seconds per phase; writes cost-smoke-latest.json only
     python -m bench.cost --sdk-only # phase 1 alone (no Cassandra, no Redis); prints, writes nothing
+    python -m bench.cost --ingest-only  # phase 2 alone (Cassandra for the calendar); prints, writes nothing
 
 Phases, one after another on the same machine:
 
@@ -330,6 +331,9 @@ def main() -> int:
     parser.add_argument("--processors", default="1,2,3", help="processor counts of the mesh phases")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--sdk-only", action="store_true", help="only the SDK client alone; print its result")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="only one ingest process with stand-in processors; print its result"
+    )
     args = parser.parse_args()
     counts = [int(p) for p in args.processors.split(",")]
     if args.smoke:
@@ -338,6 +342,13 @@ def main() -> int:
         sdk = sdk_alone(Path(tempfile.mkdtemp(prefix="auditmesh-cost-")), args.warmup, args.duration)
         print(f"sdk alone: {sdk['eps']:,.0f} ev/s, {sdk['sdk_cpu_us_per_event']} us/event", flush=True)
         return 0 if sdk["eps"] and sdk["acked"] == sdk["sent"] else 1
+    if args.ingest_only:
+        infra("up")
+        create_schema(StoreConfig(keyspace=KEYSPACE))  # ingest reads the wedding calendar from it
+        log_dir = Path(tempfile.mkdtemp(prefix="auditmesh-cost-"))
+        ingest = ingest_alone(Supervisor(log_dir), log_dir, args.warmup, args.duration)
+        print(f"ingest alone: {ingest['eps']:,.0f} ev/s, {ingest['cpu_us_per_event']}", flush=True)
+        return 0 if ingest["eps"] and ingest["acked"] == ingest["sent"] else 1
     quiet_s = 10.0 if args.smoke else 120.0
     infra("up")
     log_dir = Path(tempfile.mkdtemp(prefix="auditmesh-cost-"))

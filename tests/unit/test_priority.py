@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from auditmesh.priority import CalendarEntry, assign_priority, snapshot_calendar
 from auditpb.v1 import audit_pb2 as pb
 
@@ -52,3 +54,22 @@ def test_resource_type_counts_as_wedding_data() -> None:
     e = ev(resource_type="payment")
     assign_priority(e, cal)
     assert e.priority == 400
+
+
+@pytest.mark.parametrize(
+    ("event_type", "bonus"),
+    [
+        ("guestlist.viewed", True),
+        ("guest_list.export.bulk", True),
+        ("payment", True),
+        ("timeline.updated", True),
+        ("guestlists.viewed", False),
+        ("auth.payment.viewed", False),
+        ("paymentx", False),
+        ("", False),
+    ],
+)
+def test_the_event_types_first_word_decides_the_wedding_data_bonus(event_type: str, bonus: bool) -> None:
+    e = ev(event_type=event_type)
+    assign_priority(e, snapshot_calendar([], FRIDAY_NOON))
+    assert e.priority == 100 + (300 if bonus else 0)

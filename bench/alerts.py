@@ -47,6 +47,7 @@ from auditmesh.synthetic import Synthetic
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import alerts_pb2_grpc as apb_grpc
 from auditpb.v1 import audit_pb2 as pb
+from bench.cost import cpu_us_per_event
 from bench.pipeline import run_pipeline_phase
 from bench.report import BENCH_REDIS_URL, RESULTS, git_commit, machine, update_readme, wait_for_quiet_store
 
@@ -173,6 +174,7 @@ def _phase(name: str, rules_on: bool, args: argparse.Namespace, run_dir: Path, r
         "rate": rate,
         "eps": phase["eps"],
         "latency": latency,
+        "cpu_us_per_event": cpu_us_per_event(phase["resources"], phase["eps"]),
         "alerts_raised": sum(d.get("alerts_raised", 0) for d in detection),
         "dropped": sum(d.get("dropped", 0) for d in detection),
         "redis_errors": sum(d.get("redis_errors", 0) for d in detection),
@@ -186,6 +188,23 @@ def _merge_latency(phases: list[dict[str, Any]], kind: str) -> dict[str, Any]:
         "count": sum(c["count"] for c in counts),
         "p50_ms": max((c["p50_ms"] for c in values), default=None),
         "p99_ms": max((c["p99_ms"] for c in values), default=None),
+    }
+
+
+_KINDS = ["sdk_client", "ingest", "processor", "query", "cassandra", "redis"]
+"""Process kinds in the order the CPU row lists them; others follow."""
+
+
+def _kind_order(kind: str) -> int:
+    return _KINDS.index(kind) if kind in _KINDS else len(_KINDS)
+
+
+def _mean_cpu(phases: list[dict[str, Any]]) -> dict[str, float]:
+    """CPU us per acknowledged event by process kind, the mean over ``phases``."""
+    kinds = {k for p in phases for k, v in p["cpu_us_per_event"].items() if v is not None}
+    return {
+        kind: round(statistics.mean(p["cpu_us_per_event"].get(kind) or 0.0 for p in phases), 2)
+        for kind in sorted(kinds, key=_kind_order)
     }
 
 
@@ -213,6 +232,17 @@ def render(data: dict[str, Any]) -> str:
         f"| sustained throughput, rules on vs off | cost <= 10% | {on:,.0f} vs {off:,.0f} ev/s ({cost:+.1f}% cost;"
         f" phases off, on, on, off: {phases}) |"
     )
+    on_cpu, off_cpu = data.get("cpu_on"), data.get("cpu_off")
+    if on_cpu and off_cpu:
+        parts = [
+            f"{kind} {on_cpu.get(kind, 0.0):,.1f} vs {off_cpu.get(kind, 0.0):,.1f}"
+            for kind in sorted(on_cpu.keys() | off_cpu.keys(), key=_kind_order)
+        ]
+        total_on, total_off = sum(on_cpu.values()), sum(off_cpu.values())
+        rows.append(
+            f"| CPU per acknowledged event, rules on vs off (us, full speed) | - | {', '.join(parts)};"
+            f" all {total_on:,.1f} vs {total_off:,.1f} ({(total_on - total_off) / total_off * 100:+.1f}%) |"
+        )
     m = data["machine"]
     rows.append("")
     rows.append(
@@ -244,6 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "moderate_phase": moderate,
         "eps_on": statistics.mean(p["eps"] for p in on),
         "eps_off": statistics.mean(p["eps"] for p in off),
+        "cpu_on": _mean_cpu(on),
+        "cpu_off": _mean_cpu(off),
         "full_normal": _merge_latency(on, "normal"),
         "full_p0": _merge_latency(on, "p0"),
         "moderate_normal": _merge_latency([moderate], "normal"),

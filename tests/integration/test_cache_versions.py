@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from auditmesh.cache import _VERSION_TTL_S, PageCache, VersionBumper
+from auditmesh.cache import _VERSION_TTL_S, PageCache, VersionBumper, _vkey
 from tests.conftest import slot_redis_url
 
 URL = slot_redis_url(12)
@@ -98,3 +98,17 @@ def test_a_version_hash_that_comes_back_never_serves_an_old_page(clean_db: redis
     assert cached_meanwhile == b"meanwhile"
     assert after is None
     assert clean_db.hget("am:v:w:wed-1", "11") == b"1"
+
+
+def test_any_id_bumps_the_hash_the_reader_reads(clean_db: redis.Redis) -> None:
+    """Ids are not restricted to a charset: quotes, backslashes, separators, control characters,
+    non-ASCII and large buckets reach the very hash and field the reader side derives."""
+    odd = ['wed"1', "wed\\2", " wed\n3\t", "wed:4,5", "wed\x005", "mariée-6", "婚礼-7", "🎉-8", "w" * 128]
+    partitions = [("w", key, 400_000 + i) for i, key in enumerate(odd)] + [("u", odd[0], 2**40)]
+    asyncio.run(_scenario([("bump", partitions), ("bump", partitions[:1])]))
+    for scope, key, bucket in partitions:
+        versions = clean_db.hgetall(_vkey(scope, key))
+        expected = b"2" if (scope, key, bucket) == partitions[0] else b"1"
+        assert versions[str(bucket).encode()] == expected, (scope, key)
+        assert b"e" in versions
+    assert len(clean_db.keys("am:v:*")) == len(partitions)

@@ -98,3 +98,19 @@ def test_merkle_root_is_rfc_6962() -> None:
 
     assert merkle_root([a]) == a
     assert merkle_root([a, b, c]) == node(node(a, b), c)
+
+
+def _rfc_6962(leaves: list[bytes]) -> bytes:
+    """The RFC's definition, word for word: split at the largest power of two below n."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\x01" + _rfc_6962(leaves[:k]) + _rfc_6962(leaves[k:])).digest()
+
+
+def test_merkle_root_is_rfc_6962_for_every_size() -> None:
+    """Every tree size up to 1,100 (past the 500-event group and several powers of two)."""
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(1100)]
+    assert merkle_root([]) == hashlib.sha256(b"").digest()
+    for n in range(1, 1101):
+        assert merkle_root(leaves[:n]) == _rfc_6962(leaves[:n]), n

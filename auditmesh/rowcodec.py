@@ -28,6 +28,7 @@ __all__ = [
     "int32",
     "int8",
     "int64",
+    "keyed_head",
     "routing_key",
     "statement_head",
     "text",
@@ -100,6 +101,17 @@ def statement_head(query_id: bytes, count: int, *values: bytes) -> bytes:
     4.1.7): kind 1, the statement id, the number of values it binds, then ``values``, each
     with its length. What follows are its remaining values (:func:`event_tail`)."""
     return b"".join((b"\x01", _SHORT(len(query_id)), query_id, _SHORT(count), *(value(v) for v in values)))
+
+
+def keyed_head(head: bytes, first: bytes, second: bytes) -> tuple[bytes, bytes]:
+    """The routing key and the statement start of a row keyed by (``first``, ``second``):
+    ``routing_key(first, second)`` and ``head + value(first) + value(second)``, where ``head`` is
+    :func:`statement_head` with no values; one call per partition a batch writes."""
+    n, m = len(first), len(second)
+    return (
+        b"".join((_SHORT(n), first, b"\x00", _SHORT(m), second, b"\x00")),
+        b"".join((head, int32(n), first, int32(m), second)),
+    )
 
 
 def event_tail(ms: int, ev: pb.Event, event_id: bytes, payload: bytes) -> bytes:

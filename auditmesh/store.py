@@ -100,12 +100,19 @@ class _Partition(NamedTuple):
     rows: list[bytes]
 
 
+_HEADS: dict[tuple[bytes, int], bytes] = {}
+"""The statement start (no values yet) of each prepared insert: a handful, one per statement."""
+
+
 def _partition(query_id: bytes, count: int, key: str, second: bytes) -> _Partition:
     """An empty partition of a table keyed by (text ``key``, encoded ``second``) whose insert
     ``query_id`` binds ``count`` values."""
     first = key.encode()
-    head = rowcodec.statement_head(query_id, count, first, second)
-    return _Partition((first, second), rowcodec.routing_key(first, second), head, [])
+    head = _HEADS.get((query_id, count))
+    if head is None:
+        head = _HEADS[(query_id, count)] = rowcodec.statement_head(query_id, count)
+    route, start = rowcodec.keyed_head(head, first, second)
+    return _Partition((first, second), route, start, [])
 
 
 class _EncodedBatch(BatchStatement):  # type: ignore[misc]

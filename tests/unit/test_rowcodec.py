@@ -63,6 +63,12 @@ def test_keys_and_routing_match_the_driver(key: str, bucket: int) -> None:
     assert rowcodec.routing_key(key_bytes) == key_bytes
     statement.routing_key = [key_bytes, bucket_bytes, key_bytes]
     assert rowcodec.routing_key(key_bytes, bucket_bytes, key_bytes) == statement.routing_key
+    query_id = bytes(range(16))
+    head = rowcodec.statement_head(query_id, 9)
+    assert rowcodec.keyed_head(head, key_bytes, bucket_bytes) == (
+        rowcodec.routing_key(key_bytes, bucket_bytes),
+        rowcodec.statement_head(query_id, 9, key_bytes, bucket_bytes),
+    )
 
 
 def _prepared(*types: type) -> SimpleNamespace:

@@ -41,11 +41,12 @@ _VERSION_TTL_S = 8 * 86400
 _RETRY_AFTER_FAILURE_S = 1.0
 # One call per written batch, whatever the number of partitions in it.
 # ARGV[1]: a fresh epoch seed; ARGV[2]: TTL of the hashes; ARGV[3]: a JSON array of
-# [hash, bucket], one per (hash, bucket) bumped. A bucket's first bump may be its
-# hash's first (only then does the hash get its epoch and TTL), so an existing bucket costs one
-# command. The hashes travel in one argument, not as KEYS: redis-py packs a command's arguments
-# one by one in Python (about 1 ms for the ~440 partitions of a 500-event batch, against
-# ~0.1 ms for one JSON string), and the cache needs a single Redis instance anyway.
+# [hash, bucket as a string] (a JSON number would reach Redis as a Lua double: 1e+17), one per
+# (hash, bucket) bumped. A bucket's first bump may be its hash's first (only then does the hash
+# get its epoch and TTL), so an existing bucket costs one command. The hashes travel in one
+# argument, not as KEYS: redis-py packs a command's arguments one by one in Python (about 1 ms
+# for the ~440 partitions of a 500-event batch, against ~0.1 ms for one JSON string), and the
+# cache needs a single Redis instance anyway.
 _BUMP_LUA = """
 local items = cjson.decode(ARGV[3])
 for i, item in ipairs(items) do
@@ -112,7 +113,7 @@ class VersionBumper:
     async def bump(self, partitions: Iterable[tuple[str, str, int]]) -> None:
         if self._client is None or self._script is None:
             return
-        items = [[_vkey(scope, key), bucket] for scope, key, bucket in partitions]
+        items = [[_vkey(scope, key), str(bucket)] for scope, key, bucket in partitions]
         if not items:
             return
         payload = json.dumps(items, ensure_ascii=False, separators=(",", ":"))

@@ -24,7 +24,7 @@ SAMPLE = 20
 """Triggering event ids kept per alert; the count says how many there were in all."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     """One event matched a detection rule that raises an alert per event."""
 
@@ -32,7 +32,7 @@ class Hit:
     event: pb.Event
 
 
-@dataclass
+@dataclass(slots=True)
 class Update:
     """What one batch adds to one group of a correlation (or of a suppressed detection rule)."""
 
@@ -45,7 +45,6 @@ class Update:
     ids: list[str] = field(default_factory=list)
     """Every matching event's id (an open alert's count is of distinct ids, so a resent batch
     does not count twice)."""
-    event_ids: list[str] = field(default_factory=list)
     last: pb.Event | None = None
     last_ms: int = -1
     first_received_us: int = 0
@@ -55,14 +54,17 @@ class Update:
             self.members[member] = ms
         self.matches += 1
         self.ids.append(ev.event_id)
-        if len(self.event_ids) < SAMPLE:
-            self.event_ids.append(ev.event_id)
         if ms >= self.last_ms:
             self.last = ev
             self.last_ms = ms
         received = ev.received_at_us
         if not self.first_received_us or (received and received < self.first_received_us):
             self.first_received_us = received
+
+    @property
+    def event_ids(self) -> list[str]:
+        """The first ``SAMPLE`` matching events' ids, the alert's sample."""
+        return self.ids[:SAMPLE]
 
     @property
     def key(self) -> str:

@@ -107,11 +107,7 @@ def keyed_head(head: bytes, first: bytes, second: bytes) -> tuple[bytes, bytes]:
     """The routing key and the statement start of a row keyed by (``first``, ``second``):
     ``routing_key(first, second)`` and ``head + value(first) + value(second)``, where ``head`` is
     :func:`statement_head` with no values; one call per partition a batch writes."""
-    n, m = len(first), len(second)
-    return (
-        b"".join((_SHORT(n), first, b"\x00", _SHORT(m), second, b"\x00")),
-        b"".join((head, int32(n), first, int32(m), second)),
-    )
+    return routing_key(first, second), b"".join((head, int32(len(first)), first, int32(len(second)), second))
 
 
 def event_tail(ms: int, ev: pb.Event, event_id: bytes, payload: bytes) -> bytes:

@@ -47,7 +47,7 @@ from auditmesh.synthetic import Synthetic
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import alerts_pb2_grpc as apb_grpc
 from auditpb.v1 import audit_pb2 as pb
-from bench.cost import cpu_us_per_event
+from bench.cost import cpu_us_per_event, kind_rank
 from bench.pipeline import run_pipeline_phase
 from bench.report import BENCH_REDIS_URL, RESULTS, git_commit, machine, update_readme, wait_for_quiet_store
 
@@ -191,20 +191,12 @@ def _merge_latency(phases: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     }
 
 
-_KINDS = ["sdk_client", "ingest", "processor", "query", "cassandra", "redis"]
-"""Process kinds in the order the CPU row lists them; others follow."""
-
-
-def _kind_order(kind: str) -> int:
-    return _KINDS.index(kind) if kind in _KINDS else len(_KINDS)
-
-
 def _mean_cpu(phases: list[dict[str, Any]]) -> dict[str, float]:
     """CPU us per acknowledged event by process kind, the mean over ``phases``."""
     kinds = {k for p in phases for k, v in p["cpu_us_per_event"].items() if v is not None}
     return {
         kind: round(statistics.mean(p["cpu_us_per_event"].get(kind) or 0.0 for p in phases), 2)
-        for kind in sorted(kinds, key=_kind_order)
+        for kind in sorted(kinds, key=kind_rank)
     }
 
 
@@ -236,7 +228,7 @@ def render(data: dict[str, Any]) -> str:
     if on_cpu and off_cpu:
         parts = [
             f"{kind} {on_cpu.get(kind, 0.0):,.1f} vs {off_cpu.get(kind, 0.0):,.1f}"
-            for kind in sorted(on_cpu.keys() | off_cpu.keys(), key=_kind_order)
+            for kind in sorted(on_cpu.keys() | off_cpu.keys(), key=kind_rank)
         ]
         total_on, total_off = sum(on_cpu.values()), sum(off_cpu.values())
         rows.append(

@@ -49,7 +49,7 @@ from bench.report import BENCH_REDIS_URL, RESULTS, cassandra_pid, git_commit, ma
 
 KEYSPACE = "auditmesh_bench"
 PORT = 31051  # no test mesh uses 31000-31200, whatever its slot
-KIND_ORDER = ("sdk_client", "ingest", "processor", "cassandra", "redis")
+KIND_ORDER = ("sdk_client", "ingest", "processor", "query", "cassandra", "redis")
 
 
 def kind_of(process: str) -> str:
@@ -70,10 +70,11 @@ def cpu_us_per_event(resources: dict[str, dict[str, float]], eps: float) -> dict
         if value is None or math.isnan(value):
             continue
         cores[kind_of(name)] = cores.get(kind_of(name), 0.0) + value
-    return {kind: round(c * 1e6 / eps, 2) for kind, c in sorted(cores.items(), key=lambda kv: _kind_rank(kv[0]))}
+    return {kind: round(c * 1e6 / eps, 2) for kind, c in sorted(cores.items(), key=lambda kv: kind_rank(kv[0]))}
 
 
-def _kind_rank(kind: str) -> int:
+def kind_rank(kind: str) -> int:
+    """A process kind's place in the CPU tables (unknown kinds last)."""
     return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
 

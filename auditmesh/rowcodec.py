@@ -18,10 +18,12 @@ from auditmesh.errors import PermanentError
 from auditpb.v1 import audit_pb2 as pb
 
 __all__ = [
+    "ALERT_TYPES",
     "EVENT_KEY_TYPES",
     "EVENT_VALUE_TYPES",
     "LOCATOR_TYPES",
     "PARTITION_TYPES",
+    "alert_tail",
     "check_columns",
     "event_tail",
     "event_values",
@@ -46,6 +48,8 @@ EVENT_VALUE_TYPES = ("timestamp", "text", "tinyint", "tinyint", "text", "text", 
 PARTITION_TYPES = ("text", "text", "int")  # (scope, key, bucket)
 # (id group, block, event_id, user_id, bucket, occurred_at)
 LOCATOR_TYPES = ("text", "bigint", "text", "text", "int", "timestamp")
+# (scope, day, created_at, alert_id, rule, severity, payload)
+ALERT_TYPES = ("text", "int", "timestamp", "text", "text", "tinyint", "blob")
 _SAME = {"varchar": "text"}
 
 
@@ -123,6 +127,25 @@ def event_tail(ms: int, ev: pb.Event, event_id: bytes, payload: bytes) -> bytes:
             int32(len(organization_id)),
             organization_id,
             int32(len(payload)),
+            payload,
+        )
+    )
+
+
+_ALERT_FIXED = struct.Struct(">iqi").pack  # created_at's length and value, alert_id's length
+_SEVERITY_FIXED = struct.Struct(">ibi").pack  # severity with its length, payload's length
+
+
+def alert_tail(created_ms: int, alert_id: bytes, rule: bytes, severity: int, payload: bytes) -> bytes:
+    """An alert row's values after its key (scope, day), each with its length, as they follow
+    the key in a statement of a BATCH message (:data:`ALERT_TYPES`)."""
+    return b"".join(
+        (
+            _ALERT_FIXED(8, created_ms, len(alert_id)),
+            alert_id,
+            int32(len(rule)),
+            rule,
+            _SEVERITY_FIXED(1, severity, len(payload)),
             payload,
         )
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import io
 import struct
 import threading
 from collections import OrderedDict
@@ -26,15 +25,13 @@ from cassandra.cluster import (
     Cluster,
     ExecutionProfile,
     NoHostAvailable,
-    ResponseFuture,
     Session,
 )
 from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
-from cassandra.protocol import BatchMessage
-from cassandra.query import BatchStatement, BatchType, SimpleStatement
+from cassandra.query import BatchStatement, SimpleStatement
 
-from auditmesh import event_ids, rowcodec
+from auditmesh import cqlbatch, event_ids, rowcodec
 from auditmesh.config import StoreConfig
 from auditmesh.errors import PermanentError, StoreUnavailable
 from auditmesh.priority import CalendarEntry
@@ -46,15 +43,11 @@ DAY_MS = 86_400_000
 # One partition per wedding (or user) and hour: even a wedding logging 25 events/s all day
 # stays under 100k rows per partition, and newest-first reads walk hours in order, no merging.
 BUCKET_MS = 3_600_000
-_BATCH_ROWS = 100
-# Per-row bytes Cassandra counts on top of the encoded values (cell timestamps, TTLs, flags).
-_ROW_OVERHEAD = 200
 # A statement the driver could not send because the connection's socket buffer was full is
 # sent again after a short pause, this many times, before the write counts as failed.
 _BUSY_RETRIES = 50
 _BUSY_PAUSE_S = 0.02
 _KNOWN_PARTITIONS = 100_000
-_SHORT = struct.Struct(">H").pack
 # A locator row's bucket and occurred_at values, each with its length.
 _BUCKET_AND_TIME = struct.Struct(">iiiq").pack
 _RETRYABLE = (NoHostAvailable, OperationTimedOut, Timeout, Unavailable, ConnectionException, OSError)
@@ -83,86 +76,11 @@ class Row(NamedTuple):
     payload: bytes
 
 
-# The rows of one partition: its routing key and the rows, each an encoded statement of a
-# BATCH message (rowcodec.statement_head and its values).
-_Run = tuple[bytes, list[bytes]]
-# The rows of one batch statement and the routing key it is sent with.
-_Chunk = tuple[bytes, list[bytes]]
-
-
-class _Partition(NamedTuple):
-    """The rows of one partition as they are encoded: its encoded key columns, routing key,
-    the start every row's statement shares (statement id and key values), and the rows."""
-
-    key: tuple[bytes, bytes]
-    route: bytes
-    head: bytes
-    rows: list[bytes]
-
-
-_HEADS: dict[tuple[bytes, int], bytes] = {}
-"""The statement start (no values yet) of each prepared insert: a handful, one per statement."""
-
-
-def _partition(query_id: bytes, count: int, key: str, second: bytes) -> _Partition:
-    """An empty partition of a table keyed by (text ``key``, encoded ``second``) whose insert
-    ``query_id`` binds ``count`` values."""
-    first = key.encode()
-    head = _HEADS.get((query_id, count))
-    if head is None:
-        head = _HEADS[(query_id, count)] = rowcodec.statement_head(query_id, count)
-    route, start = rowcodec.keyed_head(head, first, second)
-    return _Partition((first, second), route, start, [])
-
-
-class _EncodedBatch(BatchStatement):  # type: ignore[misc]
-    """An unlogged batch whose statements are already encoded (``rows``); sent by
-    :func:`_execute_encoded`, which puts them in the BATCH message as they are."""
-
-    rows: list[bytes]
-
-    def clear(self) -> None:
-        super().clear()
-        self.rows = []
-
-
-class _EncodedBatchMessage(BatchMessage):  # type: ignore[misc]
-    """The driver's BATCH message for an :class:`_EncodedBatch`: the driver writes the frame
-    around the statements (type, consistency, flags, timestamp) as for any batch, and the
-    statements go in as the bytes they were encoded to, not value by value."""
-
-    def __init__(self, message: Any, rows: list[bytes]) -> None:
-        self.__dict__.update(message.__dict__)
-        self.rows = rows
-
-    def send_body(self, f: Any, protocol_version: int) -> None:
-        rows, self.queries = self.rows, ()
-        frame = io.BytesIO()
-        BatchMessage.send_body(self, frame, protocol_version)  # the frame of an empty batch
-        body = frame.getvalue()
-        f.write(body[:1])  # the batch type
-        f.write(_SHORT(len(rows)))
-        f.write(b"".join(rows))
-        f.write(body[3:])  # what follows the empty batch's statement count: consistency, flags
-
-
-def _execute_encoded(session: Session, batch: _EncodedBatch, timeout: float) -> ResponseFuture:
-    """``session.execute_async(batch)`` with the BATCH message's statements as encoded: the
-    driver builds its request (routing, retries, timestamps) for the batch as usual, and its
-    message is swapped for one that writes the encoded rows."""
-    future = session._create_response_future(batch, None, False, {}, timeout, EXEC_PROFILE_DEFAULT, None, None)
-    future.message = _EncodedBatchMessage(future.message, batch.rows)
-    future._protocol_handler = session.client_protocol_handler
-    session._on_request(future)
-    future.send_request()
-    return future
-
-
 class _Plan(NamedTuple):
     """What a write sends: partition markers first, then the rows."""
 
-    markers: list[_Chunk]
-    rows: list[_Chunk]
+    markers: list[cqlbatch.Chunk]
+    rows: list[cqlbatch.Chunk]
     fresh: list[tuple[str, str, int]]
     partitions: list[tuple[str, str, int]]
 
@@ -332,8 +250,8 @@ class EventStore:
 
         def send(index: int, statement: Any) -> None:
             try:
-                if isinstance(statement, _EncodedBatch):
-                    future = _execute_encoded(session, statement, 10.0)
+                if isinstance(statement, cqlbatch.EncodedBatch):
+                    future = cqlbatch.execute(session, statement, 10.0)
                 else:
                     future = session.execute_async(statement, timeout=10.0)
             except Exception as exc:
@@ -404,13 +322,14 @@ class EventStore:
         values, of which an event's seven are encoded once for its two table rows. The
         driver's own encoding of a batch wrote ~9 values per row one call at a time.
         """
-        weddings: dict[tuple[str, int], _Partition] = {}
-        users: dict[tuple[str, int], _Partition] = {}
-        locators: dict[tuple[str, int], _Partition] = {}
+        weddings: dict[tuple[str, int], cqlbatch.Partition] = {}
+        users: dict[tuple[str, int], cqlbatch.Partition] = {}
+        locators: dict[tuple[str, int], cqlbatch.Partition] = {}
         wedding_query, user_query = self._ins_wedding.query_id, self._ins_user.query_id
         locator_query = self._ins_locator.query_id
         int64, int32, value = rowcodec.int64, rowcodec.int32, rowcodec.value
         event_tail, locator_partition = rowcodec.event_tail, event_ids.locator_partition
+        new = cqlbatch.partition
         for ev in events:
             ts = ev.occurred_at
             ms = ts.seconds * 1000 + ts.nanos // 1_000_000
@@ -421,21 +340,21 @@ class EventStore:
             if wedding_id:
                 partition = weddings.get((wedding_id, bucket))
                 if partition is None:
-                    partition = weddings[(wedding_id, bucket)] = _partition(wedding_query, 9, wedding_id, int32(bucket))
+                    partition = weddings[(wedding_id, bucket)] = new(wedding_query, 9, wedding_id, int32(bucket))
                 partition.rows.append(partition.head + tail)
             user_id = ev.user_id
             partition = users.get((user_id, bucket))
             if partition is None:
-                partition = users[(user_id, bucket)] = _partition(user_query, 9, user_id, int32(bucket))
+                partition = users[(user_id, bucket)] = new(user_query, 9, user_id, int32(bucket))
             partition.rows.append(partition.head + tail)
             where = locator_partition(ev.event_id)
             partition = locators.get(where)
             if partition is None:
-                partition = locators[where] = _partition(locator_query, 6, where[0], int64(where[1]))
+                partition = locators[where] = new(locator_query, 6, where[0], int64(where[1]))
             located = _BUCKET_AND_TIME(4, bucket, 8, ms)
             partition.rows.append(b"".join((partition.head, value(event_id), value(user_id.encode()), located)))
-        groups: dict[Any, list[_Run]] = {}
-        markers: dict[Any, list[_Run]] = {}
+        groups: dict[Any, list[cqlbatch.Run]] = {}
+        markers: dict[Any, list[cqlbatch.Run]] = {}
         fresh: list[tuple[str, str, int]] = []
         single_node = len(self._cluster.metadata.all_hosts()) <= 1
         insert_marker = self._ins_partition.query_id
@@ -457,10 +376,10 @@ class EventStore:
         written += [("u", key, bucket) for key, bucket in users]
         return _Plan(self._chunks(markers), self._chunks(groups), fresh, written)
 
-    def _chunks(self, groups: dict[Any, list[_Run]]) -> list[_Chunk]:
+    def _chunks(self, groups: dict[Any, list[cqlbatch.Run]]) -> list[cqlbatch.Chunk]:
         """Each group's rows cut into batches of at most ``_BATCH_ROWS`` rows and
         ``max_batch_bytes`` bytes (a single larger row still goes alone)."""
-        return [chunk for runs in groups.values() for chunk in _byte_chunks(runs, self._cfg.max_batch_bytes)]
+        return [chunk for runs in groups.values() for chunk in cqlbatch.byte_chunks(runs, self._cfg.max_batch_bytes)]
 
     def backfill_locators(self, on_progress: Callable[[int], None] | None = None, *, page: int = 5000) -> int:
         """Write the ``events_by_id`` row of every event in ``events_by_user``: for events stored
@@ -471,13 +390,13 @@ class EventStore:
             fetch_size=page,
         )
         scanned = 0
-        locators: dict[tuple[str, int], _Partition] = {}
+        locators: dict[tuple[str, int], cqlbatch.Partition] = {}
         query_id = self._ins_locator.query_id
         for row in self._session.execute(scan, timeout=60):
             where = event_ids.locator_partition(row.event_id)
             partition = locators.get(where)
             if partition is None:
-                partition = locators[where] = _partition(query_id, 6, where[0], rowcodec.int64(where[1]))
+                partition = locators[where] = cqlbatch.partition(query_id, 6, where[0], rowcodec.int64(where[1]))
             ids = rowcodec.value(row.event_id.encode()) + rowcodec.value(row.user_id.encode())
             located = _BUCKET_AND_TIME(4, row.bucket, 8, _ms(row.occurred_at))
             partition.rows.append(b"".join((partition.head, ids, located)))
@@ -492,22 +411,19 @@ class EventStore:
             on_progress(scanned)
         return scanned
 
-    def _write_locators(self, locators: dict[tuple[str, int], _Partition]) -> None:
+    def _write_locators(self, locators: dict[tuple[str, int], cqlbatch.Partition]) -> None:
         chunks = self._chunks({None: [(p.route, p.rows) for p in locators.values()]})
         for start in range(0, len(chunks), 16):  # 16 batches at a time
-            sent = [_execute_encoded(self._session, self._batch(c), 60.0) for c in chunks[start : start + 16]]
+            sent = [cqlbatch.execute(self._session, self._batch(c), 60.0) for c in chunks[start : start + 16]]
             for future in sent:
                 future.result()
 
     def _replicas(self, route: bytes) -> frozenset[Any]:
         return frozenset(self._cluster.metadata.get_replicas(self._cfg.keyspace, route))
 
-    def _batch(self, chunk: _Chunk) -> _EncodedBatch:
+    def _batch(self, chunk: cqlbatch.Chunk) -> cqlbatch.EncodedBatch:
         """An unlogged batch of encoded rows, routed to the owner of its first row."""
-        batch = _EncodedBatch(batch_type=BatchType.UNLOGGED, consistency_level=self._consistency)
-        batch.routing_key, batch.rows = chunk
-        batch.keyspace = self._cfg.keyspace
-        return batch
+        return cqlbatch.EncodedBatch(chunk, self._cfg.keyspace, self._consistency)
 
     async def buckets(self, scope: str, key: str, newest: int, oldest: int) -> list[int]:
         """Time buckets holding data for a wedding ("w") or user ("u"), newest first."""
@@ -576,34 +492,6 @@ _ONE_MS = dt.timedelta(milliseconds=1)
 
 def _ms(value: dt.datetime) -> int:
     return (value.replace(tzinfo=None) - _EPOCH) // _ONE_MS
-
-
-def _byte_chunks(runs: Iterable[_Run], max_bytes: int) -> Iterable[_Chunk]:
-    """The rows of consecutive runs, in order, cut into chunks of at most ``_BATCH_ROWS`` rows
-    and ``max_bytes`` bytes (each row's encoded length and ``_ROW_OVERHEAD``); each chunk
-    carries the routing key of the run its first row came from."""
-    chunk: list[bytes] = []
-    size = 0
-    route = b""
-    for run_route, rows in runs:
-        if not chunk:
-            route = run_route
-        total = sum(map(len, rows)) + _ROW_OVERHEAD * len(rows)
-        if len(chunk) + len(rows) <= _BATCH_ROWS and size + total <= max_bytes:  # the whole run fits
-            chunk.extend(rows)
-            size += total
-            continue
-        for row in rows:
-            cost = _ROW_OVERHEAD + len(row)
-            if chunk and (len(chunk) == _BATCH_ROWS or size + cost > max_bytes):
-                yield route, chunk
-                chunk, size = [], 0
-            if not chunk:
-                route = run_route
-            chunk.append(row)
-            size += cost
-    if chunk:
-        yield route, chunk
 
 
 def _never_sent(error: BaseException) -> bool:

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra.query import BatchStatement, BatchType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from auditmesh import cqlbatch, rowcodec
 from auditmesh.detection.evaluator import Hit, Update
 from auditmesh.detection.rules import Correlation, Detection
 from auditmesh.detection.state import Firing
@@ -34,7 +34,6 @@ __all__ = ["AlertPage", "AlertStore", "BadPageToken", "alert_of_firing", "alert_
 _DAY_MS = 86_400_000
 _MAX_PAGE = 1000
 _MAX_SCAN_ROWS = 5000
-_BATCH_ROWS = 50
 _DEFAULT_RANGE_MS = 7 * _DAY_MS
 _EPOCH = dt.datetime(1970, 1, 1)
 
@@ -173,12 +172,38 @@ async def _execute(session: Any, statement: Any, params: Sequence[Any] = ()) -> 
     return await done
 
 
+async def _send(session: Any, batch: cqlbatch.EncodedBatch) -> None:
+    """Send an encoded batch and wait for its answer without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def answered(_: Any, exc: BaseException | None = None) -> None:
+        # The driver's request is in a reference cycle that only the cyclic collector frees:
+        # emptying the answered batch frees its rows now.
+        batch.clear()
+        loop.call_soon_threadsafe(_settle, done, exc)
+
+    future = cqlbatch.execute(session, batch, 10.0)
+    future.add_callbacks(answered, lambda exc: answered(None, exc))
+    await done
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.done():
+        return
+    if exc is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
+
+
 class AlertStore:
     """Alerts and dead letters in the deployment's keyspace (the schema must exist)."""
 
-    def __init__(self, session: Any, keyspace: str) -> None:
+    def __init__(self, session: Any, keyspace: str, max_batch_bytes: int = 128 * 1024) -> None:
         self._session = session
         self._keyspace = keyspace
+        self._max_batch_bytes = max_batch_bytes
         self._statements: dict[str, Any] = {}
 
     def _stmt(self, name: str) -> Any:
@@ -198,28 +223,38 @@ class AlertStore:
                 " WHERE day = ?",
             }[name]
             found = self._statements[name] = self._session.prepare(text)
+            if name == "put":
+                rowcodec.check_columns(found, rowcodec.ALERT_TYPES)
         return found
 
     async def put(self, alerts: Iterable[apb.Alert]) -> None:
-        """Rows grouped by partition into unlogged batches of at most 50, so a round's alerts cost
-        a few statements (most share the ``all`` scope of the day)."""
+        """Write each alert's rows (one per scope), encoded by :mod:`auditmesh.rowcodec`, in
+        unlogged batches of the rows owned by the same replicas (one batch on a single node):
+        the alerts of a round, or of many rounds written together, cost a request or a few, not
+        one per row. Rows of one alert id repeated in ``alerts`` are written once, the last one."""
         insert = self._stmt("put")
-        partitions: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
-        for alert in alerts:
+        query_id = insert.query_id
+        partitions: dict[tuple[str, int], cqlbatch.Partition] = {}
+        for alert in {a.alert_id: a for a in alerts}.values():
             created = _ms(alert.created_at)
-            payload = alert.SerializeToString()
+            day = created // _DAY_MS
+            day_bytes = rowcodec.int32(day)
+            tail = rowcodec.alert_tail(
+                created, alert.alert_id.encode(), alert.rule.encode(), alert.severity, alert.SerializeToString()
+            )
             for scope in _scopes(alert):
-                day = created // _DAY_MS
-                row = (scope, day, created, alert.alert_id, alert.rule, alert.severity, payload)
-                partitions.setdefault((scope, day), []).append(row)
-        writes = []
-        for rows in partitions.values():
-            for i in range(0, len(rows), _BATCH_ROWS):
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for row in rows[i : i + _BATCH_ROWS]:
-                    batch.add(insert, row)
-                writes.append(_execute(self._session, batch))
-        await asyncio.gather(*writes)
+                partition = partitions.get((scope, day))
+                if partition is None:
+                    partition = partitions[(scope, day)] = cqlbatch.partition(query_id, 7, scope, day_bytes)
+                partition.rows.append(partition.head + tail)
+        metadata = self._session.cluster.metadata
+        single_node = len(metadata.all_hosts()) <= 1
+        groups: dict[Any, list[cqlbatch.Run]] = {}
+        for partition in partitions.values():
+            owner = None if single_node else frozenset(metadata.get_replicas(self._keyspace, partition.route))
+            groups.setdefault(owner, []).append((partition.route, partition.rows))
+        chunks = [chunk for runs in groups.values() for chunk in cqlbatch.byte_chunks(runs, self._max_batch_bytes)]
+        await asyncio.gather(*(_send(self._session, cqlbatch.EncodedBatch(c, self._keyspace)) for c in chunks))
 
     async def dead_letter(self, alert: apb.Alert, url: str, attempts: int, error: str) -> None:
         now = int(time.time() * 1000)

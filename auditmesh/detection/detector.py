@@ -107,6 +107,8 @@ class Detector:
         # Open alerts whose count moved since they were last stored, by id: stored every store_updates_s.
         self._unstored: dict[str, tuple[Firing, int]] = {}
         self._stored_at = time.monotonic()
+        self._unwritten: list[apb.Alert] = []  # delivered, waiting for the write in progress
+        self._writing: asyncio.Task[None] | None = None
         self.webhook = (
             WebhookSender(
                 cfg.webhook_url,
@@ -435,19 +437,26 @@ class Detector:
 
     def _deliver(self, alerts: list[apb.Alert], new: list[apb.Alert]) -> None:
         """Store every alert (an update rewrites its rows); page only for new ones."""
-        if self._store is not None:
-            self._background_task(self._put(alerts))
+        if self._store is not None and alerts:
+            self._unwritten += alerts
+            if self._writing is None or self._writing.done():
+                self._writing = self._background_task(self._write())
         if self.webhook is not None:
             for alert in new:
                 self.webhook.send(alert)
 
-    async def _put(self, alerts: list[apb.Alert]) -> None:
+    async def _write(self) -> None:
+        """Store the alerts delivered so far, then those delivered meanwhile, until none are left:
+        one write at a time, so a later version of an alert is never overtaken by an earlier one,
+        and alerts that arrive during a write go together in the next (group commit)."""
         assert self._store is not None
-        try:
-            await self._store.put(alerts)
-        except Exception as exc:
-            self.store_errors += 1
-            log.warning("%d alerts not stored: %s", len(alerts), exc)
+        while self._unwritten:
+            alerts, self._unwritten = self._unwritten, []
+            try:
+                await self._store.put(alerts)
+            except Exception as exc:
+                self.store_errors += 1
+                log.warning("%d alerts not stored: %s", len(alerts), exc)
 
     def stats(self) -> dict[str, Any]:
         return {

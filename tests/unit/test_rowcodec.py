@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auditmesh import rowcodec
+from auditmesh.cqlbatch import EncodedBatchMessage
 from auditmesh.errors import PermanentError
-from auditmesh.store import _EncodedBatchMessage
 from auditpb.v1 import audit_pb2 as pb
 
 V4 = 4
@@ -126,6 +126,25 @@ def test_encoded_batches_are_the_drivers_batch_messages(
     def message(queries: list[Any]) -> Any:
         return BatchMessage(BatchType.UNLOGGED, queries, ConsistencyLevel.LOCAL_QUORUM, None, timestamp, None)
 
-    ours = _EncodedBatchMessage(message([]), encoded)
+    ours = EncodedBatchMessage(message([]), encoded)
     expected = ProtocolHandler.encode_message(message(triples), 3, V4, None, False)
     assert ProtocolHandler.encode_message(ours, 3, V4, None, False) == expected
+
+
+@given(
+    created_ms=st.integers(min_value=-(2**62), max_value=2**62),
+    alert_id=st.text(max_size=40),
+    rule=st.text(max_size=40),
+    severity=st.sampled_from(list(pb.Severity.values())),
+    payload=st.binary(max_size=300),
+)
+def test_alert_values_match_the_driver(
+    created_ms: int, alert_id: str, rule: str, severity: int, payload: bytes
+) -> None:
+    """An alert row's values after its key are, length by length, what the driver binds."""
+    plain = (created_ms, alert_id, rule, severity, payload)
+    expected = b"".join(
+        rowcodec.value(_DRIVER_TYPES[kind].serialize(v, V4))
+        for kind, v in zip(rowcodec.ALERT_TYPES[2:], plain, strict=True)
+    )
+    assert rowcodec.alert_tail(created_ms, alert_id.encode(), rule.encode(), severity, payload) == expected

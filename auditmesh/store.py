@@ -289,7 +289,7 @@ class EventStore:
         """Durably write events to both tables, their locators and partitions; idempotent.
 
         Rows are grouped by the replicas that own them and sent as unlogged batches of up to
-        ``_BATCH_ROWS`` rows and ``max_batch_bytes`` bytes (the Spark Cassandra Connector's
+        ``cqlbatch.BATCH_ROWS`` rows and ``max_batch_bytes`` bytes (the Spark Cassandra Connector's
         ``replica_set`` grouping): each batch is applied by one coordinator that owns every row
         in it, so it costs one request instead of one per row, without the cross-node fan-out that makes multi-partition
         batches an anti-pattern. Rows of one partition travel together up to the byte bound, and
@@ -377,7 +377,7 @@ class EventStore:
         return _Plan(self._chunks(markers), self._chunks(groups), fresh, written)
 
     def _chunks(self, groups: dict[Any, list[cqlbatch.Run]]) -> list[cqlbatch.Chunk]:
-        """Each group's rows cut into batches of at most ``_BATCH_ROWS`` rows and
+        """Each group's rows cut into batches of at most ``cqlbatch.BATCH_ROWS`` rows and
         ``max_batch_bytes`` bytes (a single larger row still goes alone)."""
         return [chunk for runs in groups.values() for chunk in cqlbatch.byte_chunks(runs, self._cfg.max_batch_bytes)]
 

@@ -33,9 +33,10 @@ from cassandra.query import BatchStatement, BatchType
 
 from auditmesh import rowcodec
 from auditmesh.config import StoreConfig
+from auditmesh.cqlbatch import BATCH_ROWS, ROW_OVERHEAD
 from auditmesh.event_ids import locator_partition, new_client_prefix
 from auditmesh.priority import CalendarSnapshot, assign_priority
-from auditmesh.store import _BATCH_ROWS, _KNOWN_PARTITIONS, _ROW_OVERHEAD, bucket_of, occurred_ms
+from auditmesh.store import _KNOWN_PARTITIONS, bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 
@@ -136,13 +137,13 @@ def _by_replica(events: list[pb.Event], prepared: dict[str, Any], known: _Known,
 def _chunks(
     flat: list[tuple[bytes, bytes, tuple[bytes, ...]]], max_bytes: int
 ) -> Iterator[list[tuple[bytes, bytes, tuple[bytes, ...]]]]:
-    """Consecutive rows cut into batches within the store's bounds: at most ``_BATCH_ROWS`` rows
-    and ``max_bytes`` bytes (values plus ``_ROW_OVERHEAD`` per row)."""
+    """Consecutive rows cut into batches within the store's bounds: at most ``BATCH_ROWS`` rows
+    and ``max_bytes`` bytes (values plus ``ROW_OVERHEAD`` per row)."""
     chunk: list[tuple[bytes, bytes, tuple[bytes, ...]]] = []
     size = 0
     for entry in flat:
-        cost = _ROW_OVERHEAD + sum(map(len, entry[2]))
-        if chunk and (len(chunk) == _BATCH_ROWS or size + cost > max_bytes):
+        cost = ROW_OVERHEAD + sum(map(len, entry[2]))
+        if chunk and (len(chunk) == BATCH_ROWS or size + cost > max_bytes):
             yield chunk
             chunk, size = [], 0
         chunk.append(entry)

@@ -60,6 +60,14 @@ RULES = Path(__file__).resolve().parent.parent / "rules"
 START, END = "<!-- bench:alerts:start -->", "<!-- bench:alerts:end -->"
 
 
+_HOPS = ("to_ingest", "to_alert", "to_subscriber")
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    values = sorted(values)
+    return {"p50_ms": percentile(values, 50) if values else None, "p99_ms": percentile(values, 99) if values else None}
+
+
 class Probe:
     """Logs trigger events at a steady pace and times each to its alert on a live subscription."""
 
@@ -69,8 +77,11 @@ class Probe:
         self._call = apb_grpc.AlertServiceStub(self._channel).SubscribeAlerts(apb.SubscribeAlertsRequest())
         self._call.initial_metadata()
         self._client = AuditClient(layout.ingest_target, source_service="bench-probe")
-        self._sent: dict[str, tuple[str, float]] = {}  # key -> (kind, log time)
+        self._sent: dict[str, tuple[str, float, float]] = {}  # key -> (kind, log time, its wall clock)
         self.latency_ms: dict[str, list[float]] = {"p0": [], "normal": []}
+        # Where the time went, by hop (wall clock, ms): logged -> received by ingest (the alert's
+        # trigger_received_at_us), -> alert created by the detector, -> on the subscription.
+        self.hops_ms: dict[str, dict[str, list[float]]] = {k: {h: [] for h in _HOPS} for k in self.latency_ms}
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._writer = threading.Thread(target=self._write, daemon=True)
@@ -83,11 +94,17 @@ class Probe:
     def _read(self) -> None:
         try:
             for alert in self._call:
-                now = time.perf_counter()
+                now, wall = time.perf_counter(), time.time()
                 key = alert.user_id if alert.rule == "p0_event" else alert.group
                 sent = self._sent.pop(key, None)
                 if sent is not None:
-                    self.latency_ms[sent[0]].append((now - sent[1]) * 1000)
+                    kind, logged, logged_wall = sent
+                    self.latency_ms[kind].append((now - logged) * 1000)
+                    received, created = alert.trigger_received_at_us / 1000, alert.created_at.ToMilliseconds()
+                    hops = self.hops_ms[kind]
+                    hops["to_ingest"].append(received - logged_wall * 1000)
+                    hops["to_alert"].append(created - received)
+                    hops["to_subscriber"].append(wall * 1000 - created)
         except grpc.RpcError:
             pass
 
@@ -97,12 +114,12 @@ class Probe:
             n += 1
             user = f"probe-{self._tag}-{n}"
             if n % 2:
-                self._sent[user] = ("p0", time.perf_counter())
+                self._sent[user] = ("p0", time.perf_counter(), time.time())
                 self._client.log("auth.account.locked", user_id=user, severity=pb.P0_CRITICAL)
                 continue
             for _ in range(9):
                 self._client.log("auth.login.failed", user_id=user, outcome=pb.OUTCOME_FAILURE)
-            self._sent[f"user_id={user}"] = ("normal", time.perf_counter())
+            self._sent[f"user_id={user}"] = ("normal", time.perf_counter(), time.time())
             self._client.log("auth.login.failed", user_id=user, outcome=pb.OUTCOME_FAILURE)
 
     def stop(self) -> dict[str, Any]:
@@ -119,6 +136,7 @@ class Probe:
                 "count": len(values),
                 "p50_ms": percentile(values, 50) if values else None,
                 "p99_ms": percentile(values, 99) if values else None,
+                "hops": {hop: _percentiles(times) for hop, times in self.hops_ms[kind].items()},
             }
         out["missing"] = len(self._sent)
         return out
@@ -219,6 +237,10 @@ def render(data: dict[str, Any]) -> str:
         lat = data[key]
         measured = f"p50 {ms(lat['p50_ms'])}, p99 {ms(lat['p99_ms'])} ({lat['count']} alerts)"
         rows.append(f"| {label} | {target} | {measured} |")
+    hops = ((data["moderate_phase"].get("latency") or {}).get("p0") or {}).get("hops")
+    if hops:
+        parts = [f"{hop.replace('_', ' ')} p50 {ms(t['p50_ms'])}, p99 {ms(t['p99_ms'])}" for hop, t in hops.items()]
+        rows.append(f"| P0 event -> alert, {data['moderate_rate']:,.0f} ev/s, by hop | - | {'; '.join(parts)} |")
     phases = ", ".join(f"{p['eps']:,.0f}" for p in data["throughput_phases"])
     rows.append(
         f"| sustained throughput, rules on vs off | cost <= 10% | {on:,.0f} vs {off:,.0f} ev/s ({cost:+.1f}% cost;"

@@ -29,9 +29,20 @@ from auditmesh.detection.state import Firing
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import audit_pb2 as pb
 
-__all__ = ["AlertPage", "AlertStore", "BadPageToken", "alert_of_firing", "alert_of_hit", "channel", "matches"]
+__all__ = [
+    "REQUEST_TIMEOUT_S",
+    "AlertPage",
+    "AlertStore",
+    "BadPageToken",
+    "alert_of_firing",
+    "alert_of_hit",
+    "channel",
+    "matches",
+]
 
 _DAY_MS = 86_400_000
+REQUEST_TIMEOUT_S = 10.0
+"""How long the driver waits for Cassandra's answer to one alert statement."""
 _MAX_PAGE = 1000
 _MAX_SCAN_ROWS = 5000
 _DEFAULT_RANGE_MS = 7 * _DAY_MS
@@ -167,7 +178,7 @@ async def _execute(session: Any, statement: Any, params: Sequence[Any] = ()) -> 
     def failed(exc: BaseException) -> None:
         loop.call_soon_threadsafe(settle, None, exc)
 
-    future = session.execute_async(statement, params or None, timeout=10.0)
+    future = session.execute_async(statement, params or None, timeout=REQUEST_TIMEOUT_S)
     future.add_callbacks(ok, failed)
     return await done
 
@@ -183,7 +194,7 @@ async def _send(session: Any, batch: cqlbatch.EncodedBatch) -> None:
         batch.clear()
         loop.call_soon_threadsafe(_settle, done, exc)
 
-    future = cqlbatch.execute(session, batch, 10.0)
+    future = cqlbatch.execute(session, batch, REQUEST_TIMEOUT_S)
     future.add_callbacks(answered, lambda exc: answered(None, exc))
     await done
 
@@ -200,7 +211,9 @@ def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
 class AlertStore:
     """Alerts and dead letters in the deployment's keyspace (the schema must exist)."""
 
-    def __init__(self, session: Any, keyspace: str, max_batch_bytes: int = 128 * 1024) -> None:
+    def __init__(self, session: Any, keyspace: str, max_batch_bytes: int) -> None:
+        """``max_batch_bytes``: the event store's bound (``StoreConfig.max_batch_bytes``); an alert
+        batch may span partitions, so Cassandra's batch size limits apply to it."""
         self._session = session
         self._keyspace = keyspace
         self._max_batch_bytes = max_batch_bytes
@@ -222,9 +235,10 @@ class AlertStore:
                 "dead_read": f"SELECT failed_at, alert_id, url, attempts, error FROM {ks}.alert_dead_letters"
                 " WHERE day = ?",
             }[name]
-            found = self._statements[name] = self._session.prepare(text)
-            if name == "put":
+            found = self._session.prepare(text)
+            if name == "put":  # checked before it is kept: a mismatch fails every write, not the first
                 rowcodec.check_columns(found, rowcodec.ALERT_TYPES)
+            self._statements[name] = found
         return found
 
     async def put(self, alerts: Iterable[apb.Alert]) -> None:

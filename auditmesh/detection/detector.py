@@ -39,7 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from auditmesh.detection.alerts import AlertStore, alert_of_firing, alert_of_hit, channel
+from auditmesh.detection.alerts import REQUEST_TIMEOUT_S, AlertStore, alert_of_firing, alert_of_hit, channel
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.evaluator import Evaluation, Hit, Update, evaluate
 from auditmesh.detection.roles import RoleFile
@@ -215,7 +215,11 @@ class Detector:
             await asyncio.wait(self._background, timeout=max(5.0, retrying_s + 0.5))
         await self._flush(final=True)
         if self._background:
-            await asyncio.wait(self._background, timeout=5)
+            # The final alerts may wait behind a write in flight: the driver's request timeout each.
+            await asyncio.wait(self._background, timeout=2 * REQUEST_TIMEOUT_S + 1)
+        if self._unwritten or (self._writing is not None and not self._writing.done()):
+            self.store_errors += 1
+            log.warning("%d alerts not stored at shutdown", len(self._unwritten))
         if self.webhook is not None:
             await self.webhook.close()
 

@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from auditmesh import cache
+from auditmesh.config import StoreConfig
 from auditmesh.detection.alerts import AlertStore, channel
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
@@ -18,15 +19,15 @@ from auditmesh.telemetry.prometheus import counter, gauge
 __all__ = ["build_detector", "build_feed", "close_detector", "detector_metrics"]
 
 
-def build_detector(env: Mapping[str, str], redis_url: str, session: Any, keyspace: str) -> Detector:
+def build_detector(env: Mapping[str, str], redis_url: str, session: Any, store: StoreConfig) -> Detector:
     """The processor's detector (idle when AUDITMESH_DETECTION_RULES is empty). Its Redis client is
     its own: a slow correlation call must not hold up the cache-version bumps."""
     cfg = DetectionConfig.from_env(env)
     client: aioredis.Redis | None = None
     if cfg.rules_dir and redis_url:
         client = cache.connect(redis_url, cfg.redis_timeout_s)
-    store = AlertStore(session, keyspace) if cfg.rules_dir else None
-    return Detector(cfg, client, store, keyspace)
+    alerts = AlertStore(session, store.keyspace, store.max_batch_bytes) if cfg.rules_dir else None
+    return Detector(cfg, client, alerts, store.keyspace)
 
 
 async def close_detector(detector: Detector) -> None:

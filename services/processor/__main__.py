@@ -33,7 +33,7 @@ async def main(stop: asyncio.Event) -> None:
     versions = VersionBumper(redis_client)
     writes = WriteWatch(store)
     chains = await digest_chains(cfg.security, store.session, store.urgent_session, cfg.store)
-    detector = build_detector(os.environ, cfg.redis_url, store.session, cfg.store.keyspace)
+    detector = build_detector(os.environ, cfg.redis_url, store.session, cfg.store)
     server, port, servicer, health_servicer = create(
         cfg,
         writes,

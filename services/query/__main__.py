@@ -30,7 +30,7 @@ async def main(stop: asyncio.Event) -> None:
     server, port, servicer, health_servicer = create(cfg, reads, page_cache)
     feed = build_feed(cfg.redis_url, cfg.store.keyspace) if cfg.redis_url else None
     if feed is not None:
-        alerts = AlertServicer(AlertStore(store.session, cfg.store.keyspace), feed)
+        alerts = AlertServicer(AlertStore(store.session, cfg.store.keyspace, cfg.store.max_batch_bytes), feed)
         alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
         feed.start()
     publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), lambda: {"cache": servicer.cache.stats()})

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+from cassandra import cqltypes
 from cassandra.cluster import Cluster
 
+from auditmesh import cqlbatch
 from auditmesh.config import StoreConfig
 from auditmesh.detection.alerts import AlertStore
+from auditmesh.errors import PermanentError
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import audit_pb2 as pb
 
@@ -42,7 +48,7 @@ def test_stored_rows_read_back_under_every_scope_and_the_last_version_wins(store
     cluster = Cluster([store_config.hosts[0]], port=store_config.port, protocol_version=4)
     session = cluster.connect()
     try:
-        store = AlertStore(session, store_config.keyspace)
+        store = AlertStore(session, store_config.keyspace, store_config.max_batch_bytes)
         asyncio.run(store.put([*alerts, newer]))
         day = 1_764_800_000_000 // 86_400_000
         rows = {}
@@ -73,3 +79,49 @@ def test_stored_rows_read_back_under_every_scope_and_the_last_version_wins(store
         assert [(a.alert_id, a.count) for a in page.alerts] == [(f"{run}-1", 256), (f"{run}-0", 1)]
     finally:
         cluster.shutdown()
+
+
+def test_a_large_write_is_cut_into_batches_within_the_byte_bound(
+    store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alert batches span partitions, so Cassandra's batch size limit applies to them: a write is
+    cut by the store's ``max_batch_bytes`` (here 16 KiB), and every alert still lands."""
+    run = uuid.uuid4().hex[:8]
+    alerts = [_alert(run, k, wedding_id=f"wed-{run}", explanation="x" * 1000) for k in range(60)]
+    sent: list[int] = []
+    real_execute = cqlbatch.execute
+
+    def recorded(session: Any, batch: cqlbatch.EncodedBatch, timeout: float) -> Any:
+        sent.append(sum(cqlbatch.ROW_OVERHEAD + len(row) for row in batch.rows))
+        return real_execute(session, batch, timeout)
+
+    monkeypatch.setattr(cqlbatch, "execute", recorded)
+    cluster = Cluster([store_config.hosts[0]], port=store_config.port, protocol_version=4)
+    try:
+        store = AlertStore(cluster.connect(), store_config.keyspace, 16 * 1024)
+        asyncio.run(store.put(alerts))
+        page = asyncio.run(
+            store.list(
+                apb.AlertFilter(wedding_id=f"wed-{run}"),
+                since_ms=1_764_800_000_000,
+                until_ms=1_764_800_001_000,
+                page_size=100,
+            )
+        )
+    finally:
+        cluster.shutdown()
+    assert sorted(a.alert_id for a in page.alerts) == sorted(a.alert_id for a in alerts)
+    assert len(sent) >= 120 * 1000 // (16 * 1024) and max(sent) <= 16 * 1024
+
+
+def test_a_table_of_other_column_types_fails_every_write() -> None:
+    """The insert is checked against the encoding before it is kept: a mismatch refuses every
+    write, not only the first (a pure unit: the session only prepares)."""
+    columns = [SimpleNamespace(name=f"c{i}", type=cqltypes.VarcharType) for i in range(7)]
+    session = SimpleNamespace(
+        prepare=lambda text: SimpleNamespace(column_metadata=columns, query_string=text, query_id=b"q")
+    )
+    store = AlertStore(session, "ks", 64 * 1024)
+    for _ in range(2):
+        with pytest.raises(PermanentError, match="schema mismatch"):
+            asyncio.run(store.put([_alert("x", 0)]))

@@ -280,7 +280,7 @@ def test_running_counts_are_stored_every_store_updates_s_and_at_shutdown(
     async def go() -> list[int]:
         store = EventStore.connect(store_config)
         client = redis.asyncio.Redis.from_url(state_db)
-        alerts = AlertStore(store.session, store_config.keyspace)
+        alerts = AlertStore(store.session, store_config.keyspace, store_config.max_batch_bytes)
         cfg = DetectionConfig(rules_dir=str(PACK), store_updates_s=3600)
         detector = Detector(cfg, client, alerts, f"ks_{uuid.uuid4().hex[:8]}")
         detector.load()

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +159,9 @@ def _filter_digest(f: apb.AlertFilter, since_ms: int, until_ms: int) -> str:
     return hashlib.sha256(bound).hexdigest()[:16]
 
 
-async def _execute(session: Any, statement: Any, params: Sequence[Any] = ()) -> Any:
-    """Run one statement on the driver's threads and wait for it without blocking the loop."""
+async def _answer(future: Any, on_answer: Callable[[], None] | None = None) -> Any:
+    """A driver request's rows (or its error), awaited without blocking the loop; ``on_answer``
+    runs on the driver's thread once Cassandra has answered."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Any] = loop.create_future()
 
@@ -172,40 +173,24 @@ async def _execute(session: Any, statement: Any, params: Sequence[Any] = ()) -> 
         else:
             done.set_result(rows)
 
-    def ok(rows: Any) -> None:
-        loop.call_soon_threadsafe(settle, rows, None)
+    def answered(rows: Any, exc: BaseException | None = None) -> None:
+        if on_answer is not None:
+            on_answer()
+        loop.call_soon_threadsafe(settle, rows, exc)
 
-    def failed(exc: BaseException) -> None:
-        loop.call_soon_threadsafe(settle, None, exc)
-
-    future = session.execute_async(statement, params or None, timeout=REQUEST_TIMEOUT_S)
-    future.add_callbacks(ok, failed)
+    future.add_callbacks(answered, lambda exc: answered(None, exc))
     return await done
 
 
+async def _execute(session: Any, statement: Any, params: Sequence[Any] = ()) -> Any:
+    """Run one statement on the driver's threads and wait for it without blocking the loop."""
+    return await _answer(session.execute_async(statement, params or None, timeout=REQUEST_TIMEOUT_S))
+
+
 async def _send(session: Any, batch: cqlbatch.EncodedBatch) -> None:
-    """Send an encoded batch and wait for its answer without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def answered(_: Any, exc: BaseException | None = None) -> None:
-        # The driver's request is in a reference cycle that only the cyclic collector frees:
-        # emptying the answered batch frees its rows now.
-        batch.clear()
-        loop.call_soon_threadsafe(_settle, done, exc)
-
-    future = cqlbatch.execute(session, batch, REQUEST_TIMEOUT_S)
-    future.add_callbacks(answered, lambda exc: answered(None, exc))
-    await done
-
-
-def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
-    if done.done():
-        return
-    if exc is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
+    """Send an encoded batch and wait for its answer. The driver's request is in a reference
+    cycle that only the cyclic collector frees: emptying the answered batch frees its rows now."""
+    await _answer(cqlbatch.execute(session, batch, REQUEST_TIMEOUT_S), batch.clear)
 
 
 class AlertStore:

@@ -198,6 +198,13 @@ class ProcessorLink:
                     # critical request would queue behind bulk data in its send buffer and
                     # wait on the connection's HTTP/2 flow-control window that bulk fills.
                     ("grpc.use_local_subchannel_pool", 1),
+                    # gRPC's own connect backoff (1 s, x1.6 up to 2 min) can sleep through
+                    # a processor that came up (or back) after the first refused attempt,
+                    # past channel_ready's deadline: a restarted processor then got no
+                    # traffic for several deadlines. Retry every 100 ms to 1 s instead.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
                 ],
             )
             try:

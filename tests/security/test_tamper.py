@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from auditmesh.client import AuditClient
 from auditmesh.config import StoreConfig
+from auditmesh.mesh import MeshLayout
 from auditmesh.security.digests import decode_index
 from auditmesh.security.verify import Report, verify
 from auditmesh.store import BUCKET_MS
 from auditmesh.supervisor import wait_healthy
+from auditmesh.telemetry.scrape import fetch
 from auditpb.v1 import audit_pb2 as pb
 from tests.conftest import TEST_KEYSPACE, assert_eventually, own_mesh
 from tests.security.conftest import SecureMesh, make_event, submit
@@ -281,6 +283,19 @@ def test_the_verify_command_names_the_first_broken_link(
     assert f"event {written.events[4].event_id} is missing from events_by_wedding (deleted)" in broken.stdout
 
 
+def _written(layout: MeshLayout, name: str) -> float:
+    """Events the processor ``name`` wrote since it started (0 while its endpoint does not answer)."""
+    try:
+        scrape = fetch(layout.metrics_targets()[name], timeout=5)
+    except OSError:
+        return 0.0
+    return scrape.total("auditmesh_processor_events_written_total") or 0.0
+
+
+def _acked_past(client: AuditClient, count: int) -> Callable[[], bool]:
+    return lambda: client.stats.acked > count
+
+
 def test_a_range_verifies_clean_after_kill_9_of_a_processor_mid_run(
     tmp_path_factory: pytest.TempPathFactory, session: Session
 ) -> None:
@@ -298,9 +313,9 @@ def test_a_range_verifies_clean_after_kill_9_of_a_processor_mid_run(
         logged = [0]
 
         def produce() -> None:
-            # As fast as the mesh takes them (a backlog of at most 5,000 in the SDK): the
-            # processors always have batches in flight when one is killed.
-            while not stop.is_set() and logged[0] < 30_000:
+            # As fast as the mesh takes them (a backlog of at most 5,000 in the SDK) until the
+            # kills are over: the processors always have batches in flight when one is killed.
+            while not stop.is_set():
                 if client.stats.pending > 5000:
                     time.sleep(0.005)
                     continue
@@ -313,9 +328,10 @@ def test_a_range_verifies_clean_after_kill_9_of_a_processor_mid_run(
         try:
             assert_eventually(lambda: client.stats.acked > 500, timeout=30)
             for _ in range(3):  # until a kill catches batches in flight, whose resends the chain must absorb
+                # Killed only once it takes its share of the stream (ingest has reconnected).
+                assert_eventually(lambda: _written(layout, "processor-0") > 500, timeout=30)
                 supervisor.kill("processor-0")  # SIGKILL, reaped
-                acked = client.stats.acked
-                assert_eventually(lambda acked=acked: client.stats.acked > acked + 500, timeout=30)
+                assert_eventually(_acked_past(client, client.stats.acked + 500), timeout=30)
                 supervisor.start(layout.processor(0))
                 wait_healthy(layout.processor(0).target, 60, supervisor.log_file("processor-0"))
                 if client.stats.resent:

@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.cost
 	$(BIN)/python -m bench.secure
 	$(BIN)/python -m bench.alerts
+	$(BIN)/python -m bench.alert_updates
 	$(BIN)/python -m bench.spool_cost
 
 bench-smoke: $(STAMP)
@@ -56,6 +57,7 @@ bench-smoke: $(STAMP)
 	$(BIN)/python -m bench.cost --smoke
 	$(BIN)/python -m bench.secure --smoke
 	$(BIN)/python -m bench.alerts --smoke
+	$(BIN)/python -m bench.alert_updates
 	$(BIN)/python -m bench.spool_cost --smoke
 
 faults-report: $(STAMP)

@@ -14,7 +14,8 @@ batch holding a P0 event is evaluated without waiting for earlier rounds' calls 
 ``_MAX_UNSETTLED`` rounds ahead), so P0 alerts never wait for Redis, not even while a slow call
 or its retries hold up the rounds before them; one that arrives while a round is evaluated joins
 it at the next chunk, so it does not wait for the round either. Updates of open alerts (their
-running counts) are coalesced, published once a second and stored every ``store_updates_s``.
+running counts) are coalesced, published once a second (by one processor of those that counted
+them: see :mod:`.state`) and stored every ``store_updates_s``.
 
 A failed or timed-out correlation call is retried with the same round (``redis_retries``; the
 state script makes a repeat harmless), so a call lost under load costs time, not counts. When
@@ -44,7 +45,7 @@ from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.evaluator import Evaluation, Hit, Update, evaluate
 from auditmesh.detection.roles import RoleFile
 from auditmesh.detection.rules import RuleError, RuleSet, load_rules
-from auditmesh.detection.state import CorrelationState, Firing
+from auditmesh.detection.state import LATER, SENT, CorrelationState, Firing
 from auditmesh.detection.webhook import WebhookSender
 from auditmesh.metrics import Reservoir
 from auditpb.v1 import alerts_pb2 as apb
@@ -61,6 +62,9 @@ _UPDATE_EVERY_S = 1.0
 """How often the running counts of open alerts are re-published: an attack of thousands of events
 a second costs one update per alert per second, not one per round. They are re-stored less often
 (``DetectionConfig.store_updates_s``)."""
+_CLAIM_EVERY_MS = int(_UPDATE_EVERY_S * 900)
+"""Least time between two publications of an alert's count, a little under the flush interval so
+that a processor whose flushes drift late still wins its claims."""
 _MAX_UNSETTLED = 8
 """Most rounds evaluated ahead of their correlation calls, when batches holding P0 events keep
 the evaluation going while Redis is slow."""
@@ -125,6 +129,7 @@ class Detector:
         self.rounds = 0
         self.alerts_raised = 0
         self.alerts_updated = 0
+        self.updates_deferred = 0  # running counts left to another processor's publication or the next flush
         self.redis_errors = 0
         self.redis_retries = 0
         self.degraded_updates = 0
@@ -232,15 +237,15 @@ class Detector:
                 log.exception("open alerts' counts not flushed")
 
     async def _flush(self, final: bool = False) -> None:
-        """Publish the latest version of every alert whose count moved since the last flush; every
+        """Publish the latest version of every alert whose count moved since the last flush and whose
+        claim this processor wins (the others wait for the next flush, or are out already); every
         ``store_updates_s`` (and when ``final``) store the latest version of each one moved since it
         was last stored."""
         if self._updated:
-            moved = list(self._updated.values())
-            self._unstored.update(self._updated)
-            self._updated.clear()
-            alerts, _ = await self._latest(moved)
-            await self._publish(alerts)
+            moved = self._updated
+            self._unstored.update(moved)
+            self._updated = {}
+            await self._publish(await self._claimed(moved, final))
         now = time.monotonic()
         if self._unstored and (final or now - self._stored_at >= self.cfg.store_updates_s):
             self._stored_at = now
@@ -252,6 +257,30 @@ class Detector:
                 if self._unstored.get(alert_id) is entry:
                     del self._unstored[alert_id]
             self._deliver(alerts, [])
+
+    async def _claimed(self, moved: dict[str, tuple[Firing, int]], final: bool) -> list[apb.Alert]:
+        """The moved alerts this processor publishes now, with their counts as they are in Redis: those
+        whose claim it won (see :mod:`.state`); those claimed too soon wait for the next flush (unless
+        ``final``: then and when Redis does not answer, every one goes out as counted)."""
+        entries = list(moved.values())
+        if self._state is None:
+            return [alert_of_firing(firing, now_ms) for firing, now_ms in entries]
+        try:
+            verdicts = await asyncio.wait_for(
+                self._state.claim_updates([f for f, _ in entries], int(time.time() * 1000), _CLAIM_EVERY_MS),
+                self.cfg.redis_timeout_s,
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
+            return [alert_of_firing(firing, now_ms) for firing, now_ms in entries]
+        out: list[apb.Alert] = []
+        for (alert_id, entry), verdict in zip(moved.items(), verdicts, strict=True):
+            if verdict == LATER and not final:
+                self._updated.setdefault(alert_id, entry)  # unless a newer round moved it meanwhile
+            elif verdict != SENT:
+                out.append(alert_of_firing(*entry))
+        self.updates_deferred += sum(v == LATER for v in verdicts)
+        return out
 
     async def _latest(self, moved: list[tuple[Firing, int]]) -> tuple[list[apb.Alert], bool]:
         """The alerts with their counts as they are in Redis now, and whether Redis answered:
@@ -472,6 +501,7 @@ class Detector:
                 "dropped": self.dropped,
                 "alerts_raised": self.alerts_raised,
                 "alerts_updated": self.alerts_updated,
+                "updates_deferred": self.updates_deferred,
                 "redis_errors": self.redis_errors,
                 "redis_retries": self.redis_retries,
                 "degraded_updates": self.degraded_updates,

@@ -19,6 +19,13 @@ raises a new alert each time its condition holds and starts its window afresh.
 State lives in Redis only, so it is right however events are spread over processors and outlives
 any of them.
 
+Running counts go out once a second per alert, not once per processor that counted it: before
+publishing, a processor claims each update (:meth:`CorrelationState.claim_updates`). The open
+alert's hash keeps the last count published (``pc``) and when (``pat``); a claim is granted when
+the count is above ``pc`` and the last publication is a second old, and records both. A count
+already published is dropped; a newer one claimed too soon is kept by the caller for its next
+flush, so the last count of an attack still goes out, whichever processor counted it.
+
 A call whose answer is lost (a timeout under load, a dropped connection) may or may not have run,
 so the caller retries it with the same :class:`Round`, and the script makes a second run of a
 round a no-op: windows hold event ids, values and newest times (adding them twice changes
@@ -40,7 +47,7 @@ import redis.asyncio as aioredis
 from auditmesh.detection.evaluator import Update
 from auditmesh.detection.rules import Correlation
 
-__all__ = ["CorrelationState", "Firing", "Round"]
+__all__ = ["CLAIMED", "CLOSED", "LATER", "SENT", "CorrelationState", "Firing", "Round"]
 
 _STATE_LUA = """
 local payload = cjson.decode(ARGV[1])
@@ -142,7 +149,7 @@ for i, it in ipairs(items) do
         sadd(ek, redis.call('ZRANGE', ck, 0, -1))
       end
       sadd(ek, ids_of(it))
-      redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur)
+      redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur, 'pc', cur, 'pat', now)
       redis.call('PEXPIRE', sk, it.sms)
       redis.call('PEXPIRE', ek, it.sms)
       out[i] = {1, 1, it.aid, cur, now}
@@ -153,6 +160,34 @@ for i, it in ipairs(items) do
 end
 return out
 """
+
+
+_CLAIM_LUA = """
+local now, every = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 2 do
+  local sk = 'am:d:s:' .. ARGV[i]
+  local h = redis.call('HMGET', sk, 'id', 'count', 'pc', 'pat')
+  if h[1] ~= ARGV[i + 1] or not h[2] then
+    out[#out + 1] = {-1, 0}
+  else
+    local count, pc, pat = tonumber(h[2]), tonumber(h[3] or '0'), tonumber(h[4] or '0')
+    if count <= pc then
+      out[#out + 1] = {0, count}
+    elseif now - pat < every then
+      out[#out + 1] = {2, count}
+    else
+      redis.call('HSET', sk, 'pc', count, 'pat', now)
+      out[#out + 1] = {1, count}
+    end
+  end
+end
+return out
+"""
+
+CLAIMED, SENT, LATER, CLOSED = 1, 0, 2, -1
+"""Answers of a claim: publish now; this count (or a higher one) is out already; claimed too soon
+after the last publication (try at the next flush); the alert is no longer its group's open one."""
 
 
 @dataclass
@@ -180,6 +215,7 @@ class CorrelationState:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._script = client.register_script(_STATE_LUA)
+        self._claim = client.register_script(_CLAIM_LUA)
 
     @staticmethod
     def prepare(updates: list[Update]) -> Round:
@@ -225,6 +261,20 @@ class CorrelationState:
         for firing, (alert_id, count) in zip(firings, answers, strict=True):
             if alert_id is not None and alert_id.decode() == firing.alert_id and count is not None:
                 firing.count = max(firing.count, int(count))
+
+    async def claim_updates(self, firings: list[Firing], now_ms: int, every_ms: int) -> list[int]:
+        """One answer per firing (:data:`CLAIMED`, :data:`SENT`, :data:`LATER` or :data:`CLOSED`), in
+        one script call; each firing's count is raised to its open alert's count in Redis now."""
+        args: list[str | int] = [now_ms, every_ms]
+        for firing in firings:
+            args += [firing.update.key, firing.alert_id]
+        answers = await self._claim(args=args)
+        verdicts: list[int] = []
+        for firing, (verdict, count) in zip(firings, answers, strict=True):
+            if verdict != CLOSED:
+                firing.count = max(firing.count, int(count))
+            verdicts.append(int(verdict))
+        return verdicts
 
     async def apply(self, updates: list[Update] | Round, now_ms: int) -> list[Firing]:
         """One script call for the round (prepared here when given bare updates); safe to repeat

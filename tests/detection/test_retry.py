@@ -310,35 +310,57 @@ def test_running_counts_are_stored_every_store_updates_s_and_at_shutdown(
     assert asyncio.run(go()) == [10, 10, 100]
 
 
-def test_an_open_alert_goes_out_with_its_latest_count_whichever_processor_flushes_last(state_db: str) -> None:
-    """Two processors count one brute force; the one whose last round saw fewer events flushes its
-    running count last, and still sends the latest count, re-read from Redis."""
+def test_an_open_alert_goes_out_once_a_second_with_its_latest_count_whichever_processor_counted_it(
+    state_db: str,
+) -> None:
+    """Two processors count one brute force. Each count goes out once: the processor that flushes
+    first publishes the count both made (re-read from Redis), the other's flush sends nothing; a
+    count claimed within a second of the last publication waits for the next flush, and then goes
+    out from the processor that counted it even when the other counts no more."""
     keyspace = f"ks_{uuid.uuid4().hex[:8]}"
 
-    async def go() -> list[int]:
+    async def go() -> list[tuple[str, int]]:
         clients = [redis.asyncio.Redis.from_url(state_db) for _ in range(3)]
         first, second = (Detector(DetectionConfig(rules_dir=str(PACK)), c, None, keyspace) for c in clients[:2])
         first.load()
         second.load()
-        counts: list[int] = []
+        published: list[tuple[str, int]] = []
         try:
             async with clients[2].pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel(keyspace))
-                await first.process(failures(10, "u-two", 0))  # opens the alert
-                await first.process(failures(90, "u-two", 10))  # 100, to be flushed
-                await second.process(failures(100, "u-two", 100))  # 200, to be flushed
-                await second._flush()
-                await first._flush()  # last, with its own round's 100
-                deadline = time.monotonic() + 30
-                while len(counts) < 3 and time.monotonic() < deadline:
-                    message = await pubsub.get_message(timeout=1)
-                    if message is not None:
-                        alert = apb.Alert.FromString(message["data"])
-                        if alert.rule == "brute_force_user":
-                            counts.append(alert.count)
+
+                async def take(label: str) -> None:
+                    """What was published since the last take (what reaches the subscriber in 0.3 s)."""
+                    until = time.monotonic() + 0.3
+                    while time.monotonic() < until:
+                        message = await pubsub.get_message(timeout=0.1)
+                        if message is not None:
+                            alert = apb.Alert.FromString(message["data"])
+                            if alert.rule == "brute_force_user":
+                                published.append((label, alert.count))
+
+                await first.process(failures(10, "u-two", 0))  # opens the alert: published at once
+                await take("opened")
+                await asyncio.sleep(1.0)  # a second after the opening: the next count may go out
+                await first.process(failures(90, "u-two", 10))  # 100
+                await second.process(failures(100, "u-two", 100))  # 200
+                await second._flush()  # publishes 200
+                await first._flush()  # 200 is out already: nothing
+                await take("first flushes")
+                await first.process(failures(50, "u-two", 200))  # 250, claimed too soon after 200
+                deferred = first.updates_deferred
+                await first._flush()
+                await take("too soon")
+                assert first.updates_deferred > deferred
+                await asyncio.sleep(1.0)
+                await second._flush()  # nothing moved on the second processor: nothing to send
+                await first._flush()  # the deferred 250 goes out now
+                await take("next flush")
+                await first._flush()
+                await take("nothing left")
         finally:
             for c in clients:
                 await c.aclose()
-        return counts
+        return published
 
-    assert asyncio.run(go()) == [10, 200, 200]
+    assert asyncio.run(go()) == [("opened", 10), ("first flushes", 200), ("next flush", 250)]

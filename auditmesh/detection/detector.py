@@ -110,6 +110,8 @@ class Detector:
         self._updated: dict[str, tuple[Firing, int]] = {}
         # Open alerts whose count moved since they were last stored, by id: stored every store_updates_s.
         self._unstored: dict[str, tuple[Firing, int]] = {}
+        # Open alerts whose count this processor may have claimed and not published, by id: the count.
+        self._owed: dict[str, int] = {}
         self._stored_at = time.monotonic()
         self._unwritten: list[apb.Alert] = []  # delivered, waiting for the write in progress
         self._writing: asyncio.Task[None] | None = None
@@ -245,7 +247,19 @@ class Detector:
             moved = self._updated
             self._unstored.update(moved)
             self._updated = {}
-            await self._publish(await self._claimed(moved, final))
+            try:
+                claimed = await self._claimed(moved, final)
+                published = await self._publish([alert for _, alert in claimed])
+            except BaseException:
+                # Cancelled (shutdown) between a claim and its publication: the claim may be
+                # recorded, so what moved is owed, and the final flush sends it.
+                self._owe(moved)
+                raise
+            if published:
+                for alert_id, _ in claimed:
+                    self._owed.pop(alert_id, None)
+            else:  # claimed, not published: no other processor will send these counts
+                self._owe({alert_id: moved[alert_id] for alert_id, _ in claimed})
         now = time.monotonic()
         if self._unstored and (final or now - self._stored_at >= self.cfg.store_updates_s):
             self._stored_at = now
@@ -258,28 +272,40 @@ class Detector:
                     del self._unstored[alert_id]
             self._deliver(alerts, [])
 
-    async def _claimed(self, moved: dict[str, tuple[Firing, int]], final: bool) -> list[apb.Alert]:
-        """The moved alerts this processor publishes now, with their counts as they are in Redis: those
-        whose claim it won (see :mod:`.state`); those claimed too soon wait for the next flush (unless
-        ``final``: then and when Redis does not answer, every one goes out as counted)."""
-        entries = list(moved.values())
+    def _owe(self, entries: dict[str, tuple[Firing, int]]) -> None:
+        """Counts this processor may have claimed without publishing them: sent at the next flush
+        even though their claim is recorded (unless another processor has sent a higher one)."""
+        for alert_id, entry in entries.items():
+            self._updated.setdefault(alert_id, entry)
+            self._owed[alert_id] = max(self._owed.get(alert_id, 0), entry[0].count)
+
+    async def _claimed(self, moved: dict[str, tuple[Firing, int]], final: bool) -> list[tuple[str, apb.Alert]]:
+        """The moved alerts this processor publishes now, by id, with their counts as they are in
+        Redis: those whose claim it wins (see :mod:`.state`) and those it claimed before without
+        publishing them; those claimed too soon wait for the next flush (unless ``final``: then and
+        when Redis does not answer, every one goes out as counted)."""
         if self._state is None:
-            return [alert_of_firing(firing, now_ms) for firing, now_ms in entries]
+            return [(alert_id, alert_of_firing(*entry)) for alert_id, entry in moved.items()]
         try:
             verdicts = await asyncio.wait_for(
-                self._state.claim_updates([f for f, _ in entries], int(time.time() * 1000), _CLAIM_EVERY_MS),
+                self._state.claim_updates([f for f, _ in moved.values()], _CLAIM_EVERY_MS),
                 self.cfg.redis_timeout_s,
             )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
-            return [alert_of_firing(firing, now_ms) for firing, now_ms in entries]
-        out: list[apb.Alert] = []
+            return [(alert_id, alert_of_firing(*entry)) for alert_id, entry in moved.items()]
+        out: list[tuple[str, apb.Alert]] = []
         for (alert_id, entry), verdict in zip(moved.items(), verdicts, strict=True):
-            if verdict == LATER and not final:
+            if verdict == SENT:
+                owed = self._owed.get(alert_id)
+                if owed is None or not (final or entry[0].count <= owed):
+                    self._owed.pop(alert_id, None)  # out already, this count or a higher one
+                    continue
+            elif verdict == LATER and not final:
                 self._updated.setdefault(alert_id, entry)  # unless a newer round moved it meanwhile
-            elif verdict != SENT:
-                out.append(alert_of_firing(*entry))
-        self.updates_deferred += sum(v == LATER for v in verdicts)
+                self.updates_deferred += 1
+                continue
+            out.append((alert_id, alert_of_firing(*entry)))
         return out
 
     async def _latest(self, moved: list[tuple[Firing, int]]) -> tuple[list[apb.Alert], bool]:
@@ -456,9 +482,10 @@ class Detector:
         log.warning("correlation state not updated (%d groups lost): %s", len(updates), error)
         return []
 
-    async def _publish(self, alerts: list[apb.Alert]) -> None:
-        if self._redis is None:
-            return
+    async def _publish(self, alerts: list[apb.Alert]) -> bool:
+        """Whether Redis took them (True for none, or without Redis)."""
+        if self._redis is None or not alerts:
+            return True
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for alert in alerts:
@@ -467,6 +494,8 @@ class Detector:
         except (RedisError, OSError, TimeoutError) as exc:
             self.publish_errors += 1
             log.warning("%d alerts not published: %s", len(alerts), exc)
+            return False
+        return True
 
     def _deliver(self, alerts: list[apb.Alert], new: list[apb.Alert]) -> None:
         """Store every alert (an update rewrites its rows); page only for new ones."""

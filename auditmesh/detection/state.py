@@ -21,10 +21,12 @@ any of them.
 
 Running counts go out once a second per alert, not once per processor that counted it: before
 publishing, a processor claims each update (:meth:`CorrelationState.claim_updates`). The open
-alert's hash keeps the last count published (``pc``) and when (``pat``); a claim is granted when
-the count is above ``pc`` and the last publication is a second old, and records both. A count
-already published is dropped; a newer one claimed too soon is kept by the caller for its next
-flush, so the last count of an attack still goes out, whichever processor counted it.
+alert's hash keeps the last count claimed (``pc``) and when (``pat``, Redis's clock); a claim is
+granted when the count is above ``pc`` and the last claim is about a second old, and records
+both. A count already claimed is dropped; a newer one claimed too soon is kept by the caller for
+its next flush, so the last count of an attack still goes out, whichever processor counted it. A
+claim whose publication failed (or was cancelled at shutdown) is owed by its processor, which
+sends it at its next flush unless the count has moved on (and so is another processor's to send).
 
 A call whose answer is lost (a timeout under load, a dropped connection) may or may not have run,
 so the caller retries it with the same :class:`Round`, and the script makes a second run of a
@@ -149,7 +151,9 @@ for i, it in ipairs(items) do
         sadd(ek, redis.call('ZRANGE', ck, 0, -1))
       end
       sadd(ek, ids_of(it))
-      redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur, 'pc', cur, 'pat', now)
+      local t = redis.call('TIME')
+      local pat = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      redis.call('HSET', sk, 'id', it.aid, 'created', now, 'count', cur, 'pc', cur, 'pat', pat)
       redis.call('PEXPIRE', sk, it.sms)
       redis.call('PEXPIRE', ek, it.sms)
       out[i] = {1, 1, it.aid, cur, now}
@@ -163,9 +167,11 @@ return out
 
 
 _CLAIM_LUA = """
-local now, every = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local every = tonumber(ARGV[1])
 local out = {}
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local sk = 'am:d:s:' .. ARGV[i]
   local h = redis.call('HMGET', sk, 'id', 'count', 'pc', 'pat')
   if h[1] ~= ARGV[i + 1] or not h[2] then
@@ -262,10 +268,11 @@ class CorrelationState:
             if alert_id is not None and alert_id.decode() == firing.alert_id and count is not None:
                 firing.count = max(firing.count, int(count))
 
-    async def claim_updates(self, firings: list[Firing], now_ms: int, every_ms: int) -> list[int]:
+    async def claim_updates(self, firings: list[Firing], every_ms: int) -> list[int]:
         """One answer per firing (:data:`CLAIMED`, :data:`SENT`, :data:`LATER` or :data:`CLOSED`), in
-        one script call; each firing's count is raised to its open alert's count in Redis now."""
-        args: list[str | int] = [now_ms, every_ms]
+        one script call; each firing's count is raised to its open alert's count in Redis now. Times
+        are Redis's clock (``TIME``), so processors' clocks need not agree."""
+        args: list[str | int] = [every_ms]
         for firing in firings:
             args += [firing.update.key, firing.alert_id]
         answers = await self._claim(args=args)

@@ -201,9 +201,11 @@ class ProcessorLink:
                     # gRPC's own connect backoff (1 s, x1.6 up to 2 min) can sleep through
                     # a processor that came up (or back) after the first refused attempt,
                     # past channel_ready's deadline: a restarted processor then got no
-                    # traffic for several deadlines. Retry every 100 ms to 1 s instead.
+                    # traffic for several deadlines. Retry from 100 ms, at most every 1 s.
+                    # (Not grpc.min_reconnect_backoff_ms: core uses it as the least time
+                    # an attempt may take, 20 s by default, and a loaded processor or a
+                    # TLS handshake may need more than a second.)
                     ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.min_reconnect_backoff_ms", 100),
                     ("grpc.max_reconnect_backoff_ms", 1000),
                 ],
             )

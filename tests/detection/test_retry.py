@@ -242,9 +242,9 @@ def test_a_p0_batch_queued_while_a_round_is_evaluated_joins_it_at_the_next_chunk
         publish = detector._publish
         published: list[tuple[int, list[str]]] = []  # (evaluate calls so far, rules) per publish
 
-        async def recorded(alerts: list[apb.Alert]) -> None:
+        async def recorded(alerts: list[apb.Alert]) -> bool:
             published.append((chunks, [a.rule for a in alerts]))
-            await publish(alerts)
+            return await publish(alerts)
 
         detector._publish = recorded  # type: ignore[method-assign]
         bulk = [event("guestlist.viewed", user_id=f"u-bulk-{k % 50}") for k in range(5000)]
@@ -364,3 +364,44 @@ def test_an_open_alert_goes_out_once_a_second_with_its_latest_count_whichever_pr
         return published
 
     assert asyncio.run(go()) == [("opened", 10), ("first flushes", 200), ("next flush", 250)]
+
+
+def test_a_count_claimed_but_not_published_goes_out_at_the_next_flush(state_db: str) -> None:
+    """A processor whose publication of a claimed count fails sends that count at its next flush:
+    the claim is recorded, so no other processor would, and the attack's last count would never
+    reach a subscriber."""
+    keyspace = f"ks_{uuid.uuid4().hex[:8]}"
+
+    async def go() -> list[int]:
+        clients = [redis.asyncio.Redis.from_url(state_db) for _ in range(2)]
+        detector = Detector(DetectionConfig(rules_dir=str(PACK)), clients[0], None, keyspace)
+        detector.load()
+        counts: list[int] = []
+        try:
+            async with clients[1].pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel(keyspace))
+                await detector.process(failures(10, "u-owed", 0))  # opens the alert
+                await asyncio.sleep(1.0)
+                await detector.process(failures(90, "u-owed", 10))  # 100
+                publish = detector._publish
+
+                async def lost(alerts: list[apb.Alert]) -> bool:
+                    return False
+
+                detector._publish = lost  # type: ignore[method-assign]
+                await detector._flush()  # 100 claimed, its publication lost
+                detector._publish = publish  # type: ignore[method-assign]
+                await detector._flush()
+                until = time.monotonic() + 1.0
+                while time.monotonic() < until:
+                    message = await pubsub.get_message(timeout=0.1)
+                    if message is not None:
+                        alert = apb.Alert.FromString(message["data"])
+                        if alert.rule == "brute_force_user":
+                            counts.append(alert.count)
+        finally:
+            for c in clients:
+                await c.aclose()
+        return counts
+
+    assert asyncio.run(go()) == [10, 100]

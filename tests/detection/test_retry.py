@@ -102,6 +102,17 @@ def brute_force(alerts: list[apb.Alert]) -> list[apb.Alert]:
     return [a for a in alerts if a.rule == "brute_force_user"]
 
 
+async def published_counts(pubsub: Any, seconds: float) -> list[int]:
+    """The counts of the brute_force_user alerts that reach ``pubsub`` within ``seconds``."""
+    counts: list[int] = []
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        message = await pubsub.get_message(timeout=0.1)
+        if message is not None:
+            counts += [a.count for a in brute_force([apb.Alert.FromString(message["data"])])]
+    return counts
+
+
 def test_a_lost_call_or_a_lost_answer_is_retried_and_counts_stay_exact(state_db: str) -> None:
     """A first round whose answer is lost (the call ran) still raises its alert once, as new; a
     second whose call is lost (it never ran) is sent again, and the alert's count is every event's."""
@@ -333,13 +344,7 @@ def test_an_open_alert_goes_out_once_a_second_with_its_latest_count_whichever_pr
 
                 async def take(label: str) -> None:
                     """What was published since the last take (what reaches the subscriber in 0.3 s)."""
-                    until = time.monotonic() + 0.3
-                    while time.monotonic() < until:
-                        message = await pubsub.get_message(timeout=0.1)
-                        if message is not None:
-                            alert = apb.Alert.FromString(message["data"])
-                            if alert.rule == "brute_force_user":
-                                published.append((label, alert.count))
+                    published.extend((label, count) for count in await published_counts(pubsub, 0.3))
 
                 await first.process(failures(10, "u-two", 0))  # opens the alert: published at once
                 await take("opened")
@@ -394,13 +399,7 @@ def test_a_count_claimed_but_not_published_goes_out_at_the_next_flush(state_db: 
                 await detector._flush()  # 100 claimed, its publication lost
                 detector._publish = publish  # type: ignore[method-assign]
                 await detector._flush()
-                until = time.monotonic() + 1.0
-                while time.monotonic() < until:
-                    message = await pubsub.get_message(timeout=0.1)
-                    if message is not None:
-                        alert = apb.Alert.FromString(message["data"])
-                        if alert.rule == "brute_force_user":
-                            counts.append(alert.count)
+                counts += await published_counts(pubsub, 1.0)
         finally:
             for c in clients:
                 await c.aclose()

@@ -296,12 +296,32 @@ def render_saturday(r: dict[str, Any]) -> str:
 
 
 def render_write_path(w: dict[str, Any]) -> str:
-    """``bench.write_path``'s result as the README's sentence."""
-    return (
+    """``bench.write_path``'s result as the README's sentence and table."""
+    text = (
         f"`python -m bench.write_path` compares the processor's row encoding with the driver's `bind` "
         f"in one run ({w['driver_bind_us_per_event']} against {w['rowcodec_us_per_event']} us of CPU per "
         f"event, {w['speedup']}x; {w['events']:,} events, the batches checked equal; run {w['started']} at "
         f"commit `{str(w['git_commit'])[:10]}`, `bench/results/write-path-latest.json`)."
+    )
+    written = w.get("written")
+    if not written:
+        return text
+    names = {
+        "store": "the store (rowcodec rows, cassandra-driver)",
+        "driver_bind": f"cassandra-driver {written['cassandra_driver_version']}, `BatchStatement.add`",
+        "acsylla": f"acsylla {written['acsylla_version']} (the C++ driver)",
+    }
+    rows = [
+        f"| {names.get(name, name)} | {us} | {written['events_per_second'][name]:,} |"
+        for name, us in written["cpu_us_per_event"].items()
+    ]
+    return (
+        text + f" The same run then wrote {written['events_per_round']:,} events a round through each writer, "
+        f"alternating for {written['rounds']} rounds (same rows, unlogged batches of up to 100 rows, "
+        "8 in flight; every event's locator and a sample of events read back):\n\n"
+        + "\n".join(["| writer | process CPU per event, us (median) | events/s (median) |", "| --- | --- | --- |"])
+        + "\n"
+        + "\n".join(rows)
     )
 
 

@@ -1,20 +1,30 @@
-"""CPU cost of turning events into Cassandra batches, side by side in one run: the driver's
-``BatchStatement.add(prepared, values)`` against the store's :mod:`auditmesh.rowcodec`.
+"""CPU cost of writing events into Cassandra, side by side in one run.
 
     python -m bench.write_path
 
-Needs the local Cassandra (for the prepared statements' metadata); sends nothing. Both paths
-start from the same 500-event batches and end with batches of the same rows, grouped the way
-the processor groups them; the run checks that the two produce the same statements, byte for
-byte, and only then writes ``bench/results/write-path-latest.json`` (which
+Two phases against the local Cassandra:
+
+- **building**: turning events into batches, the driver's ``BatchStatement.add(prepared,
+  values)`` against the store's :mod:`auditmesh.rowcodec` (sends nothing). Both paths start
+  from the same 500-event batches and end with batches of the same rows, grouped the way the
+  processor groups them; the run checks that the two produce the same statements, byte for byte.
+- **written**: the same rows written and acknowledged (:mod:`bench.writers`): the store, the
+  driver's bound batches, and acsylla, alternating round by round; the CPU of the whole process
+  (every thread, the drivers' I/O threads included) per event. Each writer has events of its
+  own, and the run reads every one of its locator rows and a sample of its events back.
+
+Only a run whose checks pass writes ``bench/results/write-path-latest.json`` (which
 ``python -m bench.report write-path`` renders into the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
+import importlib.metadata
 import json
+import statistics
 import sys
 import time
 import uuid
@@ -22,26 +32,32 @@ from typing import Any
 
 from cassandra.query import BatchStatement, BatchType
 
-from auditmesh import rowcodec
+from auditmesh import event_ids, rowcodec
 from auditmesh.config import StoreConfig
 from auditmesh.mesh import infra
-from auditmesh.schema import create_schema
+from auditmesh.schema import create_schema, drop_keyspace
 from auditmesh.store import EventStore, bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
+from bench import writers
 from bench.report import RESULTS, git_commit, machine, render_write_path, update_readme
 
 ROWS_PER_BATCH = 100
+KEYSPACE = "auditmesh_bench_write_path"
 
 
-def _events(batches: int, size: int) -> list[list[pb.Event]]:
+def _events(batches: int, size: int, prefix: str | None = None) -> list[list[pb.Event]]:
+    """Synthetic batches; with ``prefix``, ids in the SDK's form (``{prefix}{sequence:x}``)."""
     synthetic = Synthetic(seed=11)
     now = time.time_ns()
     out = []
+    sequence = 0
     for _ in range(batches):
         batch = []
         for i, kwargs in enumerate(synthetic.events(size)):
-            ev = pb.Event(event_id=uuid.uuid4().hex, source_service="bench", **kwargs)
+            sequence += 1
+            event_id = uuid.uuid4().hex if prefix is None else f"{prefix}{sequence:x}"
+            ev = pb.Event(event_id=event_id, source_service="bench", **kwargs)
             ev.occurred_at.FromNanoseconds(now - i * 1_000_000)
             batch.append(ev)
         out.append(batch)
@@ -94,6 +110,84 @@ def _statements(batches: list[BatchStatement]) -> list[tuple[bytes, tuple[bytes,
     return [(query_id, tuple(values)) for b in batches for _, query_id, values in b._statements_and_parameters]
 
 
+def _building(store: EventStore, batches: int, rounds: int) -> dict[str, Any] | None:
+    """Best round's CPU per event of building the batches both ways, or None when they differ."""
+    data = _events(batches, 500)
+    events = sum(len(b) for b in data)
+    for batch in data:
+        if _statements(_with_bind(store, batch)) != _statements(_with_rowcodec(store, batch)):
+            print("the two paths do not produce the same statements; no result written")
+            return None
+    best: dict[str, float] = {}
+    for _ in range(rounds):  # alternate, keep each path's best round
+        for name, build in (("driver_bind", _with_bind), ("rowcodec", _with_rowcodec)):
+            started = time.thread_time()
+            for batch in data:
+                build(store, batch)
+            us = (time.thread_time() - started) / events * 1e6
+            best[name] = min(best.get(name, us), us)
+    return {
+        "events": events,
+        "driver_bind_us_per_event": round(best["driver_bind"], 2),
+        "rowcodec_us_per_event": round(best["rowcodec"], 2),
+        "speedup": round(best["driver_bind"] / best["rowcodec"], 1),
+    }
+
+
+async def _written(store: EventStore, cfg: StoreConfig, batches: int, rounds: int) -> dict[str, Any] | None:
+    """Each writer's median CPU per event and rate over ``rounds`` alternating rounds, or None
+    when a writer's events are not all found afterwards."""
+    acsylla = writers.AcsyllaWriter(cfg)
+    await acsylla.open()
+    try:
+        chosen = [writers.StoreWriter(store), writers.DriverWriter(store, cfg), acsylla]
+        data = {w.name: _events(batches, 500, event_ids.new_client_prefix()) for w in chosen}
+        events = batches * 500
+        for w in chosen:  # warm up; the store lists its partitions once, as a processor does
+            for batch in data[w.name]:
+                await w.write(batch)
+        cpu: dict[str, list[float]] = {w.name: [] for w in chosen}
+        rate: dict[str, list[float]] = {w.name: [] for w in chosen}
+        for _ in range(rounds):
+            for w in chosen:
+                started, wall = time.process_time(), time.perf_counter()
+                for batch in data[w.name]:
+                    await w.write(batch)
+                cpu[w.name].append((time.process_time() - started) / events * 1e6)
+                rate[w.name].append(events / (time.perf_counter() - wall))
+    finally:
+        await acsylla.close()
+    for w in chosen:
+        missing = await _missing(store, cfg.keyspace, data[w.name])
+        if missing:
+            print(f"{w.name}: {missing} events not found after the run; no result written")
+            return None
+    return {
+        "events_per_round": events,
+        "rounds": rounds,
+        "cpu_us_per_event": {name: round(statistics.median(v), 1) for name, v in cpu.items()},
+        "cpu_us_per_event_rounds": {name: [round(x, 1) for x in v] for name, v in cpu.items()},
+        "events_per_second": {name: round(statistics.median(v)) for name, v in rate.items()},
+        "acsylla_version": importlib.metadata.version("acsylla"),
+        "cassandra_driver_version": importlib.metadata.version("cassandra-driver"),
+    }
+
+
+async def _missing(store: EventStore, keyspace: str, data: list[list[pb.Event]]) -> int:
+    """Events of ``data`` without their locator row, plus sampled events that do not read back."""
+    events = [ev for batch in data for ev in batch]
+    count = store.session.prepare(f"SELECT COUNT(*) FROM {keyspace}.events_by_id WHERE id_group = ? AND id_block = ?")
+    located = sum(
+        store.session.execute(count, block).one()[0]
+        for block in {event_ids.locator_partition(ev.event_id) for ev in events}
+    )
+    sample = events[:: max(1, len(events) // 200)]
+    unread = 0
+    for ev in sample:
+        unread += await store.get(ev.event_id) != ev.SerializeToString()
+    return len(events) - located + unread
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--batches", type=int, default=40)
@@ -102,32 +196,22 @@ def main() -> int:
     args = parser.parse_args()
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     infra("up")
-    cfg = StoreConfig(keyspace="auditmesh_bench")  # the benchmarks' keyspace; only its statements are used
+    cfg = StoreConfig(keyspace=KEYSPACE)
+    drop_keyspace(cfg)
     create_schema(cfg)
     store = EventStore.connect(cfg)
     try:
-        data = _events(args.batches, 500)
-        events = sum(len(b) for b in data)
-        for batch in data:
-            if _statements(_with_bind(store, batch)) != _statements(_with_rowcodec(store, batch)):
-                print("the two paths do not produce the same statements; no result written")
-                return 1
-        best: dict[str, float] = {}
-        for _ in range(args.rounds):  # alternate, keep each path's best round
-            for name, build in (("driver_bind", _with_bind), ("rowcodec", _with_rowcodec)):
-                started = time.thread_time()
-                for batch in data:
-                    build(store, batch)
-                us = (time.thread_time() - started) / events * 1e6
-                best[name] = min(best.get(name, us), us)
+        building = _building(store, args.batches, args.rounds)
+        written = asyncio.run(_written(store, cfg, args.batches, args.rounds)) if building else None
     finally:
         store.close()
+        drop_keyspace(cfg)
+    if building is None or written is None:
+        return 1
     result = {
         "started": started_at,
-        "events": events,
-        "driver_bind_us_per_event": round(best["driver_bind"], 2),
-        "rowcodec_us_per_event": round(best["rowcodec"], 2),
-        "speedup": round(best["driver_bind"] / best["rowcodec"], 1),
+        **building,
+        "written": written,
         "machine": machine(),
         "git_commit": git_commit(),
         "command": " ".join(["python -m bench.write_path", *sys.argv[1:]]),
@@ -135,11 +219,14 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "write-path-latest.json").write_text(json.dumps(result, indent=2))
     print(
-        f"building batches, CPU per event (best of {args.rounds} rounds, {events} events):\n"
+        f"building batches, CPU per event (best of {args.rounds} rounds, {building['events']} events):\n"
         f"  driver BatchStatement.add(prepared, values): {result['driver_bind_us_per_event']} us\n"
         f"  auditmesh.rowcodec:                          {result['rowcodec_us_per_event']} us"
         f"  ({result['speedup']}x less)"
     )
+    print(f"written and acknowledged, process CPU per event (median of {args.rounds} rounds):")
+    for name, us in written["cpu_us_per_event"].items():
+        print(f"  {name:12s} {us:6.1f} us  {written['events_per_second'][name]:>8,} ev/s")
     if not args.no_readme:
         update_readme(
             result, "<!-- bench:write-path:start -->", "<!-- bench:write-path:end -->", render_write_path(result)

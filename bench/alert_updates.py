@@ -94,7 +94,7 @@ async def run() -> dict[str, object]:
         "seconds": SECONDS,
         "publications": len(counts),
         "last_count": counts[-1] if counts else None,
-        "deferred": sum(d.updates_deferred for d in detectors),
+        "deferred": sum(d.counts.deferred for d in detectors),
     }
 
 

@@ -15,7 +15,7 @@ batch holding a P0 event is evaluated without waiting for earlier rounds' calls 
 or its retries hold up the rounds before them; one that arrives while a round is evaluated joins
 it at the next chunk, so it does not wait for the round either. Updates of open alerts (their
 running counts) are coalesced, published once a second (by one processor of those that counted
-them: see :mod:`.state`) and stored every ``store_updates_s``.
+them) and stored every ``store_updates_s``: see :mod:`.counts`.
 
 A failed or timed-out correlation call is retried with the same round (``redis_retries``; the
 state script makes a repeat harmless), so a call lost under load costs time, not counts. When
@@ -42,10 +42,11 @@ from redis.exceptions import RedisError
 
 from auditmesh.detection.alerts import REQUEST_TIMEOUT_S, AlertStore, alert_of_firing, alert_of_hit, channel
 from auditmesh.detection.config import DetectionConfig
+from auditmesh.detection.counts import UPDATE_EVERY_S, RunningCounts
 from auditmesh.detection.evaluator import Evaluation, Hit, Update, evaluate
 from auditmesh.detection.roles import RoleFile
 from auditmesh.detection.rules import RuleError, RuleSet, load_rules
-from auditmesh.detection.state import LATER, SENT, CorrelationState, Firing
+from auditmesh.detection.state import CorrelationState, Firing
 from auditmesh.detection.webhook import WebhookSender
 from auditmesh.metrics import Reservoir
 from auditpb.v1 import alerts_pb2 as apb
@@ -58,13 +59,6 @@ _ROUND_EVENTS = 5000
 """Most events evaluated in one round (one Redis call)."""
 _CHUNK = 500
 """Events evaluated between yields to the event loop, so a critical write is not held up."""
-_UPDATE_EVERY_S = 1.0
-"""How often the running counts of open alerts are re-published: an attack of thousands of events
-a second costs one update per alert per second, not one per round. They are re-stored less often
-(``DetectionConfig.store_updates_s``)."""
-_CLAIM_EVERY_MS = int(_UPDATE_EVERY_S * 900)
-"""Least time between two publications of an alert's count, a little under the flush interval so
-that a processor whose flushes drift late still wins its claims."""
 _MAX_UNSETTLED = 8
 """Most rounds evaluated ahead of their correlation calls, when batches holding P0 events keep
 the evaluation going while Redis is slow."""
@@ -106,13 +100,13 @@ class Detector:
         self._unsettled = 0  # rounds evaluated whose correlation call has not ended yet
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        # Open alerts whose count moved, by id, with the round's time: flushed every second.
-        self._updated: dict[str, tuple[Firing, int]] = {}
-        # Open alerts whose count moved since they were last stored, by id: stored every store_updates_s.
-        self._unstored: dict[str, tuple[Firing, int]] = {}
-        # Open alerts whose count this processor may have claimed and not published, by id: the count.
-        self._owed: dict[str, int] = {}
-        self._stored_at = time.monotonic()
+        self.counts = RunningCounts(
+            self._state,
+            self._publish,
+            lambda alerts: self._deliver(alerts, []),
+            redis_timeout_s=cfg.redis_timeout_s,
+            store_every_s=cfg.store_updates_s,
+        )
         self._unwritten: list[apb.Alert] = []  # delivered, waiting for the write in progress
         self._writing: asyncio.Task[None] | None = None
         self.webhook = (
@@ -131,7 +125,6 @@ class Detector:
         self.rounds = 0
         self.alerts_raised = 0
         self.alerts_updated = 0
-        self.updates_deferred = 0  # running counts left to another processor's publication or the next flush
         self.redis_errors = 0
         self.redis_retries = 0
         self.degraded_updates = 0
@@ -220,7 +213,7 @@ class Detector:
             tries = self.cfg.redis_attempts
             retrying_s = self.cfg.redis_timeout_s * (2**tries - 1) + _RETRY_PAUSE_S * (2 ** (tries - 1) - 1)
             await asyncio.wait(self._background, timeout=max(5.0, retrying_s + 0.5))
-        await self._flush(final=True)
+        await self.counts.flush(final=True)
         if self._background:
             # The final alerts may wait behind a write in flight: the driver's request timeout each.
             await asyncio.wait(self._background, timeout=2 * REQUEST_TIMEOUT_S + 1)
@@ -232,94 +225,11 @@ class Detector:
 
     async def _flush_updates(self) -> None:
         while True:
-            await asyncio.sleep(_UPDATE_EVERY_S)
+            await asyncio.sleep(UPDATE_EVERY_S)
             try:
-                await self._flush()
+                await self.counts.flush()
             except Exception:  # one bad flush must not stop the running counts for good
                 log.exception("open alerts' counts not flushed")
-
-    async def _flush(self, final: bool = False) -> None:
-        """Publish the latest version of every alert whose count moved since the last flush and whose
-        claim this processor wins (the others wait for the next flush, or are out already); every
-        ``store_updates_s`` (and when ``final``) store the latest version of each one moved since it
-        was last stored."""
-        if self._updated:
-            moved = self._updated
-            self._unstored.update(moved)
-            self._updated = {}
-            try:
-                claimed = await self._claimed(moved, final)
-                published = await self._publish([alert for _, alert in claimed])
-            except BaseException:
-                # Cancelled (shutdown) between a claim and its publication: the claim may be
-                # recorded, so what moved is owed, and the final flush sends it.
-                self._owe(moved)
-                raise
-            if published:
-                for alert_id, _ in claimed:
-                    self._owed.pop(alert_id, None)
-            else:  # claimed, not published: no other processor will send these counts
-                self._owe({alert_id: moved[alert_id] for alert_id, _ in claimed})
-        now = time.monotonic()
-        if self._unstored and (final or now - self._stored_at >= self.cfg.store_updates_s):
-            self._stored_at = now
-            due = dict(self._unstored)
-            alerts, fresh = await self._latest(list(due.values()))
-            if not fresh and not final:
-                return  # kept for the next tick: a count not re-read could undo a higher one stored
-            for alert_id, entry in due.items():  # those that moved again meanwhile stay due
-                if self._unstored.get(alert_id) is entry:
-                    del self._unstored[alert_id]
-            self._deliver(alerts, [])
-
-    def _owe(self, entries: dict[str, tuple[Firing, int]]) -> None:
-        """Counts this processor may have claimed without publishing them: sent at the next flush
-        even though their claim is recorded (unless another processor has sent a higher one)."""
-        for alert_id, entry in entries.items():
-            self._updated.setdefault(alert_id, entry)
-            self._owed[alert_id] = max(self._owed.get(alert_id, 0), entry[0].count)
-
-    async def _claimed(self, moved: dict[str, tuple[Firing, int]], final: bool) -> list[tuple[str, apb.Alert]]:
-        """The moved alerts this processor publishes now, by id, with their counts as they are in
-        Redis: those whose claim it wins (see :mod:`.state`) and those it claimed before without
-        publishing them; those claimed too soon wait for the next flush (unless ``final``: then and
-        when Redis does not answer, every one goes out as counted)."""
-        if self._state is None:
-            return [(alert_id, alert_of_firing(*entry)) for alert_id, entry in moved.items()]
-        try:
-            verdicts = await asyncio.wait_for(
-                self._state.claim_updates([f for f, _ in moved.values()], _CLAIM_EVERY_MS),
-                self.cfg.redis_timeout_s,
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
-            return [(alert_id, alert_of_firing(*entry)) for alert_id, entry in moved.items()]
-        out: list[tuple[str, apb.Alert]] = []
-        for (alert_id, entry), verdict in zip(moved.items(), verdicts, strict=True):
-            if verdict == SENT:
-                owed = self._owed.get(alert_id)
-                if owed is None or not (final or entry[0].count <= owed):
-                    self._owed.pop(alert_id, None)  # out already, this count or a higher one
-                    continue
-            elif verdict == LATER and not final:
-                self._updated.setdefault(alert_id, entry)  # unless a newer round moved it meanwhile
-                self.updates_deferred += 1
-                continue
-            out.append((alert_id, alert_of_firing(*entry)))
-        return out
-
-    async def _latest(self, moved: list[tuple[Firing, int]]) -> tuple[list[apb.Alert], bool]:
-        """The alerts with their counts as they are in Redis now, and whether Redis answered:
-        another processor may have counted more of the same alert since this one's last round,
-        and flush after it, so whichever processor sends or stores last sends the latest count."""
-        fresh = True
-        if self._state is not None:
-            try:
-                await asyncio.wait_for(self._state.refresh_counts([f for f, _ in moved]), self.cfg.redis_timeout_s)
-            except (RedisError, OSError, TimeoutError) as exc:
-                fresh = False
-                log.warning("open alerts' counts not re-read (sent as counted): %s", exc)
-        return [alert_of_firing(firing, now_ms) for firing, now_ms in moved], fresh
 
     async def _watch(self) -> None:
         while True:
@@ -440,7 +350,7 @@ class Detector:
             opened = [alert_of_firing(firing, now_ms) for firing in firings if firing.new]
             for firing in firings:
                 if not firing.new:
-                    self._updated[firing.alert_id] = (firing, now_ms)
+                    self.counts.moved(firing, now_ms)
             if opened:
                 await self._publish(opened)
                 self._deliver(opened, opened)
@@ -530,7 +440,7 @@ class Detector:
                 "dropped": self.dropped,
                 "alerts_raised": self.alerts_raised,
                 "alerts_updated": self.alerts_updated,
-                "updates_deferred": self.updates_deferred,
+                "updates_deferred": self.counts.deferred,
                 "redis_errors": self.redis_errors,
                 "redis_retries": self.redis_retries,
                 "degraded_updates": self.degraded_updates,

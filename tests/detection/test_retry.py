@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from auditmesh.config import StoreConfig
+from auditmesh.detection import counts as counts_module
 from auditmesh.detection import detector as detector_module
 from auditmesh.detection.alerts import AlertStore, channel
 from auditmesh.detection.config import DetectionConfig
@@ -309,7 +310,7 @@ def test_running_counts_are_stored_every_store_updates_s_and_at_shutdown(
             await detector.process(failures(10, user, 0))  # opens the alert: stored at once
             counts.append(await stored())
             await detector.process(failures(90, user, 10))
-            await detector._flush()  # published; stored only an hour after the last store
+            await detector.counts.flush()  # published; stored only an hour after the last store
             counts.append(await stored())
             await detector.shutdown()  # stores what moved
             counts.append(await stored())
@@ -329,7 +330,7 @@ def test_an_open_alert_goes_out_once_a_second_with_its_latest_count_whichever_pr
     count claimed within a second of the last publication waits for the next flush, and then goes
     out from the processor that counted it even when the other counts no more."""
     # Claims 2.5 s apart instead of 0.9 s: a "too soon" claim stays too soon on a slow host.
-    monkeypatch.setattr(detector_module, "_CLAIM_EVERY_MS", 2500)
+    monkeypatch.setattr(counts_module, "CLAIM_EVERY_MS", 2500)
     keyspace = f"ks_{uuid.uuid4().hex[:8]}"
 
     async def go() -> list[tuple[str, int]]:
@@ -351,19 +352,19 @@ def test_an_open_alert_goes_out_once_a_second_with_its_latest_count_whichever_pr
                 await asyncio.sleep(2.6)  # a claim's interval after the opening: the next count may go out
                 await first.process(failures(90, "u-two", 10))  # 100
                 await second.process(failures(100, "u-two", 100))  # 200
-                await second._flush()  # publishes 200
-                await first._flush()  # 200 is out already: nothing
+                await second.counts.flush()  # publishes 200
+                await first.counts.flush()  # 200 is out already: nothing
                 await take("first flushes")
                 await first.process(failures(50, "u-two", 200))  # 250, claimed too soon after 200
-                deferred = first.updates_deferred
-                await first._flush()
+                deferred = first.counts.deferred
+                await first.counts.flush()
                 await take("too soon")
-                assert first.updates_deferred > deferred
+                assert first.counts.deferred > deferred
                 await asyncio.sleep(2.6)
-                await second._flush()  # nothing moved on the second processor: nothing to send
-                await first._flush()  # the deferred 250 goes out now
+                await second.counts.flush()  # nothing moved on the second processor: nothing to send
+                await first.counts.flush()  # the deferred 250 goes out now
                 await take("next flush")
-                await first._flush()
+                await first.counts.flush()
                 await take("nothing left")
         finally:
             for c in clients:
@@ -390,15 +391,15 @@ def test_a_count_claimed_but_not_published_goes_out_at_the_next_flush(state_db: 
                 await detector.process(failures(10, "u-owed", 0))  # opens the alert
                 await asyncio.sleep(1.0)
                 await detector.process(failures(90, "u-owed", 10))  # 100
-                publish = detector._publish
+                publish = detector.counts.publish
 
                 async def lost(alerts: list[apb.Alert]) -> bool:
                     return False
 
-                detector._publish = lost  # type: ignore[method-assign]
-                await detector._flush()  # 100 claimed, its publication lost
-                detector._publish = publish  # type: ignore[method-assign]
-                await detector._flush()
+                detector.counts.publish = lost
+                await detector.counts.flush()  # 100 claimed, its publication lost
+                detector.counts.publish = publish
+                await detector.counts.flush()
                 counts += await published_counts(pubsub, 1.0)
         finally:
             for c in clients:

@@ -36,7 +36,7 @@ from auditmesh.config import StoreConfig
 from auditmesh.cqlbatch import BATCH_ROWS, ROW_OVERHEAD
 from auditmesh.event_ids import locator_partition, new_client_prefix
 from auditmesh.priority import CalendarSnapshot, assign_priority
-from auditmesh.store import _KNOWN_PARTITIONS, bucket_of, occurred_ms
+from auditmesh.store import _KNOWN_PARTITIONS, SOCKET_OPTIONS, bucket_of, occurred_ms
 from auditmesh.synthetic import Synthetic
 from auditpb.v1 import audit_pb2 as pb
 
@@ -194,7 +194,13 @@ def run_loader(
         consistency_level=ConsistencyLevel.ONE,
         request_timeout=30,
     )
-    cluster = Cluster(["127.0.0.1"], protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    # The store's socket options (Nagle's algorithm off), so that the two differ in how they write only.
+    cluster = Cluster(
+        ["127.0.0.1"],
+        protocol_version=4,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        sockopts=SOCKET_OPTIONS,
+    )
     session = cluster.connect()
     cols = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
     marks = "?, ?, ?, ?, ?, ?, ?, ?, ?"

@@ -322,6 +322,25 @@ def render_write_path(w: dict[str, Any]) -> str:
         + "\n".join(["| writer | process CPU per event, us (median) | events/s (median) |", "| --- | --- | --- |"])
         + "\n"
         + "\n".join(rows)
+        + _render_write_latency(w.get("latency"))
+    )
+
+
+def _render_write_latency(latency: dict[str, Any] | None) -> str:
+    if not latency:
+        return ""
+    names = {"store": "the store's connections (Nagle off)", "driver_default_sockets": "driver's socket defaults"}
+    sizes = list(next(iter(latency["ms"].values())))
+    head = "| one write of | " + " | ".join(names.get(name, name) for name in latency["ms"]) + " |"
+    rows = [
+        f"| {int(size):,} events | "
+        + " | ".join(f"{v[size]['p50']} ms (max {v[size]['max']})" for v in latency["ms"].values())
+        + " |"
+        for size in sizes
+    ]
+    return (
+        f"\n\nOne write at a time, {latency['writes_per_size']} of each size, the two stores alternating "
+        "(p50, and the slowest write):\n\n" + "\n".join([head, "| --- | --- | --- |", *rows])
     )
 
 

@@ -13,6 +13,11 @@ Two phases against the local Cassandra:
   (every thread, the drivers' I/O threads included) per event. Each writer has events of its
   own, and the run reads every one of its locator rows and a sample of its events back.
 
+- **latency**: one write of 1 to 500 events at a time (a group commit's sizes at moderate
+  load), the store's connections against the same store on the driver's socket defaults
+  (Nagle's algorithm on), alternating write by write; p50 and max per size, every event read
+  back by its locator.
+
 Only a run whose checks pass writes ``bench/results/write-path-latest.json`` (which
 ``python -m bench.report write-path`` renders into the README).
 """
@@ -46,12 +51,13 @@ ROWS_PER_BATCH = 100
 KEYSPACE = "auditmesh_bench_write_path"
 
 
-def _events(batches: int, size: int, prefix: str | None = None) -> list[list[pb.Event]]:
-    """Synthetic batches; with ``prefix``, ids in the SDK's form (``{prefix}{sequence:x}``)."""
-    synthetic = Synthetic(seed=11)
+def _events(batches: int, size: int, prefix: str | None = None, start: int = 0) -> list[list[pb.Event]]:
+    """Synthetic batches; with ``prefix``, ids in the SDK's form (``{prefix}{sequence:x}``, the
+    sequence counted on from ``start``)."""
+    synthetic = Synthetic(seed=11 + start)
     now = time.time_ns()
     out = []
-    sequence = 0
+    sequence = start
     for _ in range(batches):
         batch = []
         for i, kwargs in enumerate(synthetic.events(size)):
@@ -173,6 +179,44 @@ async def _written(store: EventStore, cfg: StoreConfig, batches: int, rounds: in
     }
 
 
+LATENCY_SIZES = (1, 10, 50, 100, 500)
+
+
+async def _latency(cfg: StoreConfig, writes: int) -> dict[str, Any] | None:
+    """Per write size, p50 and max (ms) of a lone write with the store's socket options and with
+    the driver's defaults, or None when an event is not found afterwards."""
+    stores = {"store": EventStore.connect(cfg), "driver_default_sockets": EventStore.connect(cfg, sockopts=None)}
+    try:
+        written: dict[str, list[list[pb.Event]]] = {name: [] for name in stores}
+        took: dict[str, dict[int, list[float]]] = {name: {size: [] for size in LATENCY_SIZES} for name in stores}
+        prefixes = {name: event_ids.new_client_prefix() for name in stores}
+        for size in LATENCY_SIZES:
+            for _ in range(writes + 2):  # the first two of each size warm up
+                for name, store in stores.items():
+                    (batch,) = _events(1, size, prefixes[name], start=sum(map(len, written[name])))
+                    started = time.perf_counter()
+                    await store.write(batch)
+                    took[name][size].append((time.perf_counter() - started) * 1e3)
+                    written[name].append(batch)
+        for name, batches in written.items():
+            missing = await _missing(stores["store"], cfg.keyspace, batches)
+            if missing:
+                print(f"latency, {name}: {missing} events not found after the run; no result written")
+                return None
+    finally:
+        for store in stores.values():
+            store.close()
+
+    def summary(values: list[float]) -> dict[str, float]:
+        ordered = sorted(values[2:])
+        return {"p50": round(statistics.median(ordered), 2), "max": round(ordered[-1], 2)}
+
+    return {
+        "writes_per_size": writes,
+        "ms": {name: {str(size): summary(v) for size, v in sizes.items()} for name, sizes in took.items()},
+    }
+
+
 async def _missing(store: EventStore, keyspace: str, data: list[list[pb.Event]]) -> int:
     """Events of ``data`` without their locator row, plus sampled events that do not read back."""
     events = [ev for batch in data for ev in batch]
@@ -192,6 +236,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--writes", type=int, default=40, help="writes of each size in the latency phase")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -203,15 +248,17 @@ def main() -> int:
     try:
         building = _building(store, args.batches, args.rounds)
         written = asyncio.run(_written(store, cfg, args.batches, args.rounds)) if building else None
+        latency = asyncio.run(_latency(cfg, args.writes)) if written else None
     finally:
         store.close()
         drop_keyspace(cfg)
-    if building is None or written is None:
+    if building is None or written is None or latency is None:
         return 1
     result = {
         "started": started_at,
         **building,
         "written": written,
+        "latency": latency,
         "machine": machine(),
         "git_commit": git_commit(),
         "command": " ".join(["python -m bench.write_path", *sys.argv[1:]]),
@@ -227,6 +274,10 @@ def main() -> int:
     print(f"written and acknowledged, process CPU per event (median of {args.rounds} rounds):")
     for name, us in written["cpu_us_per_event"].items():
         print(f"  {name:12s} {us:6.1f} us  {written['events_per_second'][name]:>8,} ev/s")
+    print(f"one write at a time, ms (p50 / max of {args.writes} writes):")
+    for name, sizes in latency["ms"].items():
+        cells = "  ".join(f"{size}: {v['p50']}/{v['max']}" for size, v in sizes.items())
+        print(f"  {name:24s} {cells}")
     if not args.no_readme:
         update_readme(
             result, "<!-- bench:write-path:start -->", "<!-- bench:write-path:end -->", render_write_path(result)

@@ -238,7 +238,8 @@ class ProcessorLink:
 
 
 class Router:
-    """Picks a processor link per request; owns the in-flight budgets.
+    """Picks a processor link per request (the fewest events in flight, ties taken in turn);
+    owns the in-flight budgets.
 
     The critical lane has links and a budget of its own: a P0 event never waits for room
     behind bulk batches, neither in ingest's budget nor in a stream's buffers on the way to
@@ -274,6 +275,7 @@ class Router:
         self.wedding_day_budget = wedding_day_budget or budget
         self._link_factory = link_factory
         self._retiring: set[asyncio.Task[None]] = set()
+        self._turn = 0
 
     def _all_links(self) -> list[ProcessorLink]:
         return self.links + self.critical_links + self.wedding_day_links
@@ -329,7 +331,13 @@ class Router:
             live = [link for link in self.links if link.connected.is_set()]
         if not live:
             raise StoreUnavailable("no processor is connected", 500)
-        link = min(live, key=lambda candidate: candidate.in_flight_events)
+        # Fewest events in flight; among equals, the next one in turn. A processor that answers
+        # before the next request arrives has none in flight, so without the turn every link
+        # would tie at zero under moderate load and the first would take every request:
+        # processors added by the scaler would stand idle until it was saturated.
+        self._turn += 1
+        start = self._turn % len(live)
+        link = min(live[start:] + live[:start], key=lambda candidate: candidate.in_flight_events)
         return await link.send(req)
 
 

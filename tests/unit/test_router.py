@@ -70,3 +70,28 @@ def test_a_slow_processor_gets_fewer_requests() -> None:
     assert slow_requests + fast_requests == 160
     # An even split (a pick blind to load) gives 1:1; all to the first link gives 160:0.
     assert slow_requests < 0.5 * fast_requests, (slow_requests, fast_requests)
+
+
+def test_processors_that_answer_at_once_share_the_requests() -> None:
+    """One sender at a time, processors that answer before the next request: every link has
+    nothing in flight at each pick, so the tie is taken in turn. Taken by list order, the first
+    processor got every request, and processors the scaler added stood idle."""
+
+    async def go() -> list[int]:
+        processors = [StandInProcessor(0.0) for _ in range(3)]
+        servers = [await serve(p) for p in processors]
+        links = [ProcessorLink(target, timeout_s=10, max_message_bytes=1 << 20) for _, target in servers]
+        router = Router(links, Budget(max_events=100_000, max_bytes=1 << 30))
+        router.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(link.connected.wait() for link in links)), 10)
+            for i in range(30):
+                answer = await router.send(Forward(pb.LANE_NORMAL, [pb.Event(event_id=f"one-{i}")]))
+                assert answer.ok
+            return [p.requests for p in processors]
+        finally:
+            await router.stop()
+            for server, _ in servers:
+                await server.stop(None)
+
+    assert asyncio.run(go()) == [10, 10, 10]

@@ -143,7 +143,7 @@ def _building(store: EventStore, batches: int, rounds: int) -> dict[str, Any] | 
 async def _written(store: EventStore, cfg: StoreConfig, batches: int, rounds: int) -> dict[str, Any] | None:
     """Each writer's median CPU per event and rate over ``rounds`` alternating rounds, or None
     when a writer's events are not all found afterwards."""
-    acsylla = writers.AcsyllaWriter(cfg)
+    acsylla = writers.AcsyllaWriter(store, cfg)
     await acsylla.open()
     try:
         chosen = [writers.StoreWriter(store), writers.DriverWriter(store, cfg), acsylla]

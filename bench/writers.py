@@ -21,7 +21,10 @@ from auditmesh.config import StoreConfig
 from auditmesh.store import BUCKET_MS, EventStore
 from auditpb.v1 import audit_pb2 as pb
 
-_COLUMNS = "occurred_at, event_id, severity, outcome, event_type, organization_id, payload"
+
+def _prepared(store: EventStore) -> dict[str, Any]:
+    """The store's prepared inserts, by the table letters of :func:`_rows`."""
+    return {"w": store._ins_wedding, "u": store._ins_user, "l": store._ins_locator}
 
 
 def _rows(events: Sequence[pb.Event]) -> dict[tuple[str, str, int], list[tuple[str, list[Any]]]]:
@@ -65,7 +68,7 @@ class DriverWriter:
     def __init__(self, store: EventStore, cfg: StoreConfig) -> None:
         self._store = store
         self._slots = asyncio.Semaphore(cfg.max_write_statements)
-        self._prepared = {"w": store._ins_wedding, "u": store._ins_user, "l": store._ins_locator}
+        self._prepared = _prepared(store)
 
     def _batch(self, rows: list[tuple[str, list[Any]]]) -> BatchStatement:
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
@@ -82,8 +85,9 @@ class AcsyllaWriter:
 
     name = "acsylla"
 
-    def __init__(self, cfg: StoreConfig) -> None:
+    def __init__(self, store: EventStore, cfg: StoreConfig) -> None:
         self._cfg = cfg
+        self._queries = {table: prepared.query_string for table, prepared in _prepared(store).items()}
         self._slots = asyncio.Semaphore(cfg.max_write_statements)
         self._session: Any = None
         self._prepared: dict[str, Any] = {}
@@ -99,17 +103,9 @@ class AcsyllaWriter:
             log_level="error",  # its shard-awareness notice on connect to a non-Scylla node
         )
         self._session = await cluster.create_session()
-        ks = self._cfg.keyspace
-        marks = "?, ?, ?, ?, ?, ?, ?, ?, ?"
         prepare = self._session.create_prepared
-        self._prepared = {
-            "w": await prepare(f"INSERT INTO {ks}.events_by_wedding (wedding_id, bucket, {_COLUMNS}) VALUES ({marks})"),
-            "u": await prepare(f"INSERT INTO {ks}.events_by_user (user_id, bucket, {_COLUMNS}) VALUES ({marks})"),
-            "l": await prepare(
-                f"INSERT INTO {ks}.events_by_id (id_group, id_block, event_id, user_id, bucket, occurred_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
-            ),
-        }
+        # The store's own inserts, so that both drivers write the same statements.
+        self._prepared = {table: await prepare(query) for table, query in self._queries.items()}
 
     async def close(self) -> None:
         if self._session is not None:

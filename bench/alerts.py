@@ -77,13 +77,14 @@ class Probe:
         self._call = apb_grpc.AlertServiceStub(self._channel).SubscribeAlerts(apb.SubscribeAlertsRequest())
         self._call.initial_metadata()
         self._client = AuditClient(layout.ingest_target, source_service="bench-probe")
-        self._sent: dict[str, tuple[str, float, float]] = {}  # key -> (kind, log time, its wall clock)
+        # key -> (kind, log time of the event timed, wall clock of the first event logged)
+        self._sent: dict[str, tuple[str, float, float]] = {}
         self.latency_ms: dict[str, list[float]] = {"p0": [], "normal": []}
-        # Where a P0 alert's time went, by hop (wall clock, ms): logged -> received by ingest (the
-        # alert's trigger_received_at_us), -> alert created by the detector, -> on the subscription.
-        # Not for the brute forces: their alert's trigger time is their first event's, not the
-        # tenth one timed here.
-        self.hops_ms: dict[str, list[float]] = {h: [] for h in _HOPS}
+        # Where an alert's time went, by hop (wall clock, ms): first event logged -> received by
+        # ingest (the alert's trigger_received_at_us, its first event's), -> alert created by the
+        # detector, -> on the subscription. A brute force's ten events are logged back to back,
+        # so its hops start from the first of them and its end-to-end time from the tenth.
+        self.hops_ms: dict[str, dict[str, list[float]]] = {k: {h: [] for h in _HOPS} for k in self.latency_ms}
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._writer = threading.Thread(target=self._write, daemon=True)
@@ -102,11 +103,11 @@ class Probe:
                 if sent is not None:
                     kind, logged, logged_wall = sent
                     self.latency_ms[kind].append((now - logged) * 1000)
-                    if kind == "p0":
-                        received, created = alert.trigger_received_at_us / 1000, alert.created_at.ToMilliseconds()
-                        self.hops_ms["to_ingest"].append(received - logged_wall * 1000)
-                        self.hops_ms["to_alert"].append(created - received)
-                        self.hops_ms["to_subscriber"].append(wall * 1000 - created)
+                    hops = self.hops_ms[kind]
+                    received, created = alert.trigger_received_at_us / 1000, alert.created_at.ToMilliseconds()
+                    hops["to_ingest"].append(received - logged_wall * 1000)
+                    hops["to_alert"].append(created - received)
+                    hops["to_subscriber"].append(wall * 1000 - created)
         except grpc.RpcError:
             pass
 
@@ -119,9 +120,10 @@ class Probe:
                 self._sent[user] = ("p0", time.perf_counter(), time.time())
                 self._client.log("auth.account.locked", user_id=user, severity=pb.P0_CRITICAL)
                 continue
+            first_wall = time.time()
             for _ in range(9):
                 self._client.log("auth.login.failed", user_id=user, outcome=pb.OUTCOME_FAILURE)
-            self._sent[f"user_id={user}"] = ("normal", time.perf_counter(), time.time())
+            self._sent[f"user_id={user}"] = ("normal", time.perf_counter(), first_wall)
             self._client.log("auth.login.failed", user_id=user, outcome=pb.OUTCOME_FAILURE)
 
     def stop(self) -> dict[str, Any]:
@@ -138,8 +140,8 @@ class Probe:
                 "count": len(values),
                 "p50_ms": percentile(values, 50) if values else None,
                 "p99_ms": percentile(values, 99) if values else None,
+                "hops": {hop: _percentiles(times) for hop, times in self.hops_ms[kind].items()},
             }
-        out["p0"]["hops"] = {hop: _percentiles(times) for hop, times in self.hops_ms.items()}
         out["missing"] = len(self._sent)
         return out
 
@@ -239,10 +241,11 @@ def render(data: dict[str, Any]) -> str:
         lat = data[key]
         measured = f"p50 {ms(lat['p50_ms'])}, p99 {ms(lat['p99_ms'])} ({lat['count']} alerts)"
         rows.append(f"| {label} | {target} | {measured} |")
-    hops = ((data["moderate_phase"].get("latency") or {}).get("p0") or {}).get("hops")
-    if hops:
-        parts = [f"{hop.replace('_', ' ')} p50 {ms(t['p50_ms'])}, p99 {ms(t['p99_ms'])}" for hop, t in hops.items()]
-        rows.append(f"| P0 event -> alert, {data['moderate_rate']:,.0f} ev/s, by hop | - | {'; '.join(parts)} |")
+    for kind, label in (("normal", "normal event"), ("p0", "P0 event")):
+        hops = ((data["moderate_phase"].get("latency") or {}).get(kind) or {}).get("hops")
+        if hops:
+            parts = [f"{hop.replace('_', ' ')} p50 {ms(t['p50_ms'])}, p99 {ms(t['p99_ms'])}" for hop, t in hops.items()]
+            rows.append(f"| {label} -> alert, {data['moderate_rate']:,.0f} ev/s, by hop | - | {'; '.join(parts)} |")
     phases = ", ".join(f"{p['eps']:,.0f}" for p in data["throughput_phases"])
     rows.append(
         f"| sustained throughput, rules on vs off | cost <= 10% | {on:,.0f} vs {off:,.0f} ev/s ({cost:+.1f}% cost;"

@@ -106,6 +106,20 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{text}{unit}"
 
 
+def _store_pauses(full: dict[str, Any] | None, fixed: dict[str, Any] | None) -> str:
+    """Cassandra's JVM pauses of each phase (bench.store_pauses), beside the write latency."""
+    parts = []
+    for label, p in (("full speed", full), ("fixed rate", fixed)):
+        if p and p["count"]:
+            parts.append(
+                f"{label} {p['count']} pauses, p50 {_fmt(p['p50_ms'], ' ms')}, p99 {_fmt(p['p99_ms'], ' ms')},"
+                f" longest {_fmt(p['max_ms'], ' ms')}, {p['share'] * 100:.1f}% of the phase"
+            )
+        elif p:
+            parts.append(f"{label} none")
+    return f"; Cassandra stood still (JVM safepoints >= 1 ms): {'; '.join(parts)}" if parts else ""
+
+
 def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "missed")
 
@@ -168,7 +182,8 @@ def render_table(r: dict[str, Any]) -> str:
             "storage write per batch p99",
             "< 5 ms",
             f"{_fmt(r.get('write_p99_ms'), ' ms')} (p50 {_fmt(r.get('write_p50_ms'), ' ms')}; at the fixed rate "
-            f"{_fmt(r.get('write_p99_ms_fixed_rate'), ' ms')})",
+            f"{_fmt(r.get('write_p99_ms_fixed_rate'), ' ms')})"
+            + _store_pauses(r.get("store_pauses"), r.get("store_pauses_fixed_rate")),
             _verdict(None if r.get("write_p99_ms") is None else r["write_p99_ms"] < 5),
         ),
         (

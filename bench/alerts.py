@@ -274,6 +274,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     infra("up")
     run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-alerts-"))
     order = [("off-1", False), ("on-1", True), ("on-2", True), ("off-2", False)]
@@ -282,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     on = [p for p in throughput if p["rules"]]
     off = [p for p in throughput if not p["rules"]]
     return {
-        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "started": started,
         "commit": git_commit(),
         "machine": machine(),
         "smoke": args.smoke,

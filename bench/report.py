@@ -111,8 +111,9 @@ def _store_pauses(full: dict[str, Any] | None, fixed: dict[str, Any] | None) -> 
     parts = []
     for label, p in (("full speed", full), ("fixed rate", fixed)):
         if p and p["count"]:
+            pauses = "pause" if p["count"] == 1 else "pauses"
             parts.append(
-                f"{label} {p['count']} {'pause' if p['count'] == 1 else 'pauses'}, p50 {_fmt(p['p50_ms'], ' ms')}, p99 {_fmt(p['p99_ms'], ' ms')},"
+                f"{label} {p['count']} {pauses}, p50 {_fmt(p['p50_ms'], ' ms')}, p99 {_fmt(p['p99_ms'], ' ms')},"
                 f" longest {_fmt(p['max_ms'], ' ms')}, {p['share'] * 100:.1f}% of the phase"
             )
         elif p:

@@ -32,7 +32,13 @@ class DetectionConfig:
     store_updates_s: float = 10.0
     """How often the running counts of open alerts are re-stored in Cassandra
     (AUDITMESH_DETECTION_STORE_UPDATES_S): ``ListAlerts`` shows a count at most this much older
-    than the one ``SubscribeAlerts`` streams (published every second). A new alert is stored at once."""
+    than the one ``SubscribeAlerts`` streams (published every second). A new alert is stored within
+    ``store_linger_s``."""
+    store_linger_s: float = 0.1
+    """How long the alerts delivered (already published) wait for company before they are written
+    to Cassandra in one request (AUDITMESH_DETECTION_STORE_LINGER_S): a write costs the processor
+    about the same whatever the number of alerts in it, and rounds of evaluation come tens of
+    times a second. 0 writes as soon as the write before has ended."""
     webhook_url: str = ""
     """Where new alerts are POSTed (AUDITMESH_ALERT_WEBHOOK_URL); empty: no webhook."""
     webhook_secret: str = ""
@@ -53,6 +59,7 @@ class DetectionConfig:
             redis_timeout_s=e.number("AUDITMESH_DETECTION_REDIS_TIMEOUT_S", cls.redis_timeout_s, minimum=0.01),
             redis_attempts=e.integer("AUDITMESH_DETECTION_REDIS_ATTEMPTS", cls.redis_attempts, minimum=1),
             store_updates_s=e.number("AUDITMESH_DETECTION_STORE_UPDATES_S", cls.store_updates_s, minimum=0.0),
+            store_linger_s=e.number("AUDITMESH_DETECTION_STORE_LINGER_S", cls.store_linger_s, minimum=0.0),
             webhook_url=e.text("AUDITMESH_ALERT_WEBHOOK_URL", cls.webhook_url),
             webhook_secret=e.text("AUDITMESH_ALERT_WEBHOOK_SECRET", cls.webhook_secret),
             webhook_attempts=e.integer("AUDITMESH_ALERT_WEBHOOK_ATTEMPTS", cls.webhook_attempts, minimum=1),

@@ -420,9 +420,12 @@ class Detector:
     async def _write(self) -> None:
         """Store the alerts delivered so far, then those delivered meanwhile, until none are left:
         one write at a time, so a later version of an alert is never overtaken by an earlier one,
-        and alerts that arrive during a write go together in the next (group commit)."""
+        and alerts that arrive during a write, or during the ``store_linger_s`` before it, go
+        together in one (group commit)."""
         assert self._store is not None
         while self._unwritten:
+            if self.cfg.store_linger_s:
+                await asyncio.sleep(self.cfg.store_linger_s)
             alerts, self._unwritten = self._unwritten, []
             try:
                 await self._store.put(alerts)

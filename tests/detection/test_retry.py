@@ -322,6 +322,43 @@ def test_running_counts_are_stored_every_store_updates_s_and_at_shutdown(
     assert asyncio.run(go()) == [10, 10, 100]
 
 
+def test_alerts_delivered_within_the_store_linger_go_to_cassandra_in_one_write(
+    store_config: StoreConfig, state_db: str
+) -> None:
+    """The P0 alerts of three rounds delivered within ``store_linger_s`` are stored by one write
+    (a write costs the processor the same whatever its size), and every one of them is stored."""
+    run = uuid.uuid4().hex[:6]
+
+    async def go() -> tuple[list[int], list[str]]:
+        store = EventStore.connect(store_config)
+        client = redis.asyncio.Redis.from_url(state_db)
+        alerts = AlertStore(store.session, store_config.keyspace, store_config.max_batch_bytes)
+        writes: list[int] = []
+        write = alerts.put
+
+        async def counted(batch: list[apb.Alert]) -> None:  # the real store writes them
+            writes.append(len(batch))
+            await write(batch)
+
+        alerts.put = counted  # type: ignore[method-assign,assignment]
+        cfg = DetectionConfig(rules_dir=str(PACK), store_linger_s=0.5)
+        detector = Detector(cfg, client, alerts, f"ks_{uuid.uuid4().hex[:8]}")
+        detector.load()
+        try:
+            for k in range(3):
+                await detector.process([event("auth.account.locked", user_id=f"u-{run}-{k}", severity=pb.P0_CRITICAL)])
+            await asyncio.wait(detector._background)
+            page = await alerts.list(apb.AlertFilter(rule="p0_event"), page_size=1000)
+        finally:
+            await client.aclose()
+            store.close()
+        return writes, sorted(a.user_id for a in page.alerts if a.user_id.startswith(f"u-{run}-"))
+
+    writes, stored = asyncio.run(go())
+    assert writes == [3]
+    assert stored == [f"u-{run}-{k}" for k in range(3)]
+
+
 def test_an_open_alert_goes_out_once_a_second_with_its_latest_count_whichever_processor_counted_it(
     state_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _mix(n: int, roles_share: float = 0.0) -> tuple[list[pb.Event], _Roles | None]:
+def synthetic_mix(n: int, roles_share: float = 0.0) -> tuple[list[pb.Event], _Roles | None]:
     """``n`` events of the synthetic mix as ingest passes them on, with the attributes the pack reads
     on some of them, and optionally a role relation that knows ``roles_share`` of the weddings."""
     rng = random.Random(11)
@@ -340,7 +340,7 @@ def eval_cost(events: int, repeats: int) -> dict[str, Any]:
     rules = load_rules(RULES)
     out: dict[str, Any] = {"events": events, "repeats": repeats, "rules": len(rules.detections)}
     for label, share in (("no_roles", 0.0), ("roles", 0.5)):
-        batch, roles = _mix(events, share)
+        batch, roles = synthetic_mix(events, share)
         times: dict[str, list[float]] = {"index": [], "every_predicate": []}
         for _ in range(repeats):
             started = time.process_time()

@@ -29,7 +29,7 @@ from auditmesh.detection.service import build_detector, close_detector
 from auditmesh.schema import create_schema, drop_keyspace
 from auditmesh.store import EventStore
 from auditpb.v1 import audit_pb2 as pb
-from bench.alerts import _mix
+from bench.alerts import synthetic_mix
 from bench.report import BENCH_REDIS_URL
 
 KEYSPACE = "auditmesh_bench_detector_rounds"
@@ -41,7 +41,7 @@ async def _one(store: EventStore, cfg: StoreConfig, batch: int, rate: float, n: 
     detector = build_detector({"AUDITMESH_DETECTION_RULES": str(RULES)}, BENCH_REDIS_URL, store.session, cfg)
     detector.load()
     detector.start()
-    events, _ = _mix(n)
+    events, _ = synthetic_mix(n)
     for ev in events:
         ev.event_id = uuid.uuid4().hex  # fresh ids: each size's windows count its own events
     batches = [events[i : i + batch] for i in range(0, n, batch)]

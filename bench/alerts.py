@@ -2,7 +2,7 @@
 subscriber), normal and P0, and what the rule pack costs in sustained throughput, rules on vs
 off side by side in one run.
 
-    python -m bench.alerts            # about 9 minutes; writes bench/results/alerts-latest.json
+    python -m bench.alerts            # about 14 minutes; writes bench/results/alerts-latest.json
     python -m bench.alerts --smoke    # a few seconds per phase (what to run on a shared host)
     python -m bench.pipeline --alerts # the same phases after the pipeline benchmark
     python -m bench.alerts --eval     # evaluation alone, CPU us/event, no services (seconds)
@@ -12,8 +12,10 @@ on, off, each phase from an empty keyspace, an empty Redis database and a quiet 
 configuration's figure is the mean of its two phases. Latency: a probe in this process logs,
 through its own SDK client, P0 events (alert: ``p0_event``) and ten failed logins for a fresh
 user (alert: ``brute_force_user``, timed from the tenth), and times each to the alert reaching
-its subscriber; once during the rules-on full-speed phases ("full load") and once at a fixed
-moderate rate. The probe's clock is the one of log(), so the figures include the SDK's
+its subscriber; during the rules-on full-speed phases ("saturation": a closed loop that keeps
+every queue of the mesh full), at fixed rates of 50, 65 and 80% of the rules-on capacity just
+measured (the load curve: up to which share of its capacity the mesh keeps alerts under
+100 ms), and at a fixed moderate rate. The probe's clock is the one of log(), so the figures include the SDK's
 batching, ingest, the processor's detection round, Redis pub/sub and the query service.
 """
 
@@ -233,14 +235,23 @@ def render(data: dict[str, Any]) -> str:
         "| --- | --- | --- |",
     ]
     for label, key, target in (
-        ("normal event -> alert, full load", "full_normal", "p99 < 100 ms"),
-        ("P0 event -> alert, full load", "full_p0", "p99 < 100 ms"),
+        ("normal event -> alert, saturation (full speed)", "full_normal", "p99 < 100 ms"),
+        ("P0 event -> alert, saturation (full speed)", "full_p0", "p99 < 100 ms"),
         (f"normal event -> alert, {data['moderate_rate']:,.0f} ev/s", "moderate_normal", "p99 < 20 ms (aim)"),
         (f"P0 event -> alert, {data['moderate_rate']:,.0f} ev/s", "moderate_p0", "p99 < 20 ms"),
     ):
         lat = data[key]
         measured = f"p50 {ms(lat['p50_ms'])}, p99 {ms(lat['p99_ms'])} ({lat['count']} alerts)"
         rows.append(f"| {label} | {target} | {measured} |")
+    for point in data.get("load_curve", []):
+        parts = [
+            f"{label} p50 {ms(point[kind]['p50_ms'])}, p99 {ms(point[kind]['p99_ms'])}"
+            for kind, label in (("p0", "P0"), ("normal", "normal"))
+        ]
+        rows.append(
+            f"| event -> alert at {point['share']:.0%} of capacity ({point['eps']:,.0f} ev/s) | p99 < 100 ms |"
+            f" {'; '.join(parts)} |"
+        )
     for kind, label in (("normal", "normal event"), ("p0", "P0 event")):
         hops = ((data["moderate_phase"].get("latency") or {}).get(kind) or {}).get("hops")
         if hops:
@@ -266,7 +277,8 @@ def render(data: dict[str, Any]) -> str:
     rows.append("")
     rows.append(
         f"Phases off, on, on, off at full speed ({data['duration_s']:.0f} s each after {data['warmup_s']:.0f} s of"
-        f" warm-up), then on at a fixed rate; {m['cpus']} cores, everything on one machine."
+        f" warm-up), then on at fixed rates: shares of the rules-on capacity (the mean of the two on phases)"
+        f" and the moderate rate; {m['cpus']} cores, everything on one machine."
         f" Run {data['started']} at commit `{data['commit']}` with `python -m bench.alerts`"
         + (" --smoke (not a measurement)." if data["smoke"] else ".")
     )
@@ -279,9 +291,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="auditmesh-alerts-"))
     order = [("off-1", False), ("on-1", True), ("on-2", True), ("off-2", False)]
     throughput = [_phase(name, on, args, run_dir, 0.0) for name, on in order]
-    moderate = _phase("on-moderate", True, args, run_dir, args.rate)
     on = [p for p in throughput if p["rules"]]
     off = [p for p in throughput if not p["rules"]]
+    capacity = statistics.mean(p["eps"] for p in on)
+    curve = [
+        _phase(f"on-{share:.0%}", True, args, run_dir, round(capacity * share, -2)) | {"share": share}
+        for share in args.shares
+    ]
+    moderate = _phase("on-moderate", True, args, run_dir, args.rate)
     return {
         "started": started,
         "commit": git_commit(),
@@ -291,8 +308,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "moderate_rate": args.rate,
         "throughput_phases": throughput,
+        "load_curve": [
+            {k: p[k] for k in ("phase", "share", "rate", "eps")}
+            | {"p0": _merge_latency([p], "p0"), "normal": _merge_latency([p], "normal")}
+            for p in curve
+        ],
+        "load_curve_phases": curve,
         "moderate_phase": moderate,
-        "eps_on": statistics.mean(p["eps"] for p in on),
+        "eps_on": capacity,
         "eps_off": statistics.mean(p["eps"] for p in off),
         "cpu_on": _mean_cpu(on),
         "cpu_off": _mean_cpu(off),
@@ -359,6 +382,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alerts-duration", dest="duration", type=float, default=60.0)
     parser.add_argument("--alerts-warmup", dest="warmup", type=float, default=10.0)
     parser.add_argument("--alerts-rate", dest="rate", type=float, default=3000.0, help="ev/s of the moderate phase")
+    parser.add_argument(
+        "--alerts-shares",
+        dest="shares",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        default=[0.5, 0.65, 0.8],
+        help="the load curve: fixed rates as shares of the rules-on capacity (comma-separated; empty for none)",
+    )
     parser.add_argument("--probe-interval", type=float, default=0.2, help="seconds between probe triggers")
     parser.add_argument("--quiet", type=float, default=60.0, help="most seconds to wait for a quiet store")
 
@@ -399,6 +429,7 @@ def from_pipeline(pipeline_args: argparse.Namespace) -> int:
 
 def smoke(args: argparse.Namespace) -> None:
     args.duration, args.warmup, args.clients, args.quiet, args.rate = 4.0, 1.0, 1, 5.0, 1000.0
+    args.shares = [0.8]
 
 
 def finish(data: dict[str, Any], *, readme: bool) -> int:

@@ -3,37 +3,92 @@
 
 The subscription is opened when the service starts and reopened (after a short pause) whenever
 Redis drops it, so a caller's stream outlives a Redis restart; alerts published while it was
-down are not replayed (``ListAlerts`` has them). Each caller has a bounded queue: a caller that
-does not read loses its oldest alerts (counted), never slows the others.
+down are not replayed (``ListAlerts`` has them).
+
+Each caller has a :class:`Subscription` of its own, so a caller that does not read never slows
+the others. New alerts go out before updates of open ones: every processor re-publishes the
+running counts of its open alerts once a second, hundreds at a time during a wide attack, and a
+new alert must not wait behind that burst. Updates are coalesced by alert: a caller gets an open
+alert's latest count, not every count it went through while the caller was busy. Past the
+bounds a caller loses its oldest new alerts or pending updates (counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from auditpb.v1 import alerts_pb2 as apb
 
-__all__ = ["AlertFeed"]
+__all__ = ["AlertFeed", "Subscription", "is_update"]
 
 log = logging.getLogger("auditmesh.detection")
 _QUEUE = 1000
 _RECONNECT_S = 0.5
 
 
+def is_update(alert: apb.Alert) -> bool:
+    """A later version of an open alert (its running count moved), not the alert's first."""
+    return alert.updated_at.ToNanoseconds() > alert.created_at.ToNanoseconds()
+
+
+class Subscription:
+    """One caller's alerts still to send: new ones in order of arrival, then the latest version of
+    each open alert that was updated meanwhile."""
+
+    def __init__(self, bound: int = _QUEUE) -> None:
+        self._bound = bound
+        self._new: deque[apb.Alert] = deque()
+        self._updates: dict[str, apb.Alert] = {}
+        self._ready = asyncio.Event()
+        self.dropped = 0
+        self.coalesced = 0
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._updates)
+
+    def put(self, alert: apb.Alert) -> None:
+        if not is_update(alert):
+            if len(self._new) >= self._bound:
+                self._new.popleft()
+                self.dropped += 1
+            self._new.append(alert)
+        elif alert.alert_id in self._updates:
+            # Keeps its place in line; the caller gets the latest count.
+            self._updates[alert.alert_id] = alert
+            self.coalesced += 1
+        else:
+            if len(self._updates) >= self._bound:
+                del self._updates[next(iter(self._updates))]
+                self.dropped += 1
+            self._updates[alert.alert_id] = alert
+        self._ready.set()
+
+    async def get(self) -> apb.Alert:
+        while not self:
+            self._ready.clear()
+            await self._ready.wait()
+        if self._new:
+            return self._new.popleft()
+        alert_id = next(iter(self._updates))
+        return self._updates.pop(alert_id)
+
+
 class AlertFeed:
     def __init__(self, url: str, channel: str) -> None:
         self._url = url
         self._channel = channel
-        self._subscribers: set[asyncio.Queue[apb.Alert]] = set()
+        self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         self.received = 0
-        self.dropped = 0
         self.reconnects = 0
+        self._gone_dropped = 0
+        self._gone_coalesced = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -45,13 +100,40 @@ class AlertFeed:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    def join(self) -> asyncio.Queue[apb.Alert]:
-        queue: asyncio.Queue[apb.Alert] = asyncio.Queue(_QUEUE)
-        self._subscribers.add(queue)
-        return queue
+    def join(self) -> Subscription:
+        subscription = Subscription()
+        self._subscribers.add(subscription)
+        return subscription
 
-    def leave(self, queue: asyncio.Queue[apb.Alert]) -> None:
-        self._subscribers.discard(queue)
+    def leave(self, subscription: Subscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.discard(subscription)
+            self._gone_dropped += subscription.dropped
+            self._gone_coalesced += subscription.coalesced
+
+    @property
+    def dropped(self) -> int:
+        """Alerts that callers too slow to read lost (the bounds of :class:`Subscription`)."""
+        return self._gone_dropped + sum(s.dropped for s in self._subscribers)
+
+    @property
+    def coalesced(self) -> int:
+        """Updates replaced by a later version of their alert before a caller read them."""
+        return self._gone_coalesced + sum(s.coalesced for s in self._subscribers)
+
+    @property
+    def connected(self) -> int:
+        return int(self.subscribed.is_set())
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "subscribers": self.subscribers,
+            "connected": self.connected,
+            "received": self.received,
+            "coalesced": self.coalesced,
+            "dropped": self.dropped,
+            "reconnects": self.reconnects,
+        }
 
     @property
     def subscribers(self) -> int:
@@ -84,8 +166,5 @@ class AlertFeed:
             log.warning("alert feed: a message that is not an Alert (%d bytes)", len(data))
             return
         self.received += 1
-        for queue in self._subscribers:
-            if queue.full():
-                queue.get_nowait()
-                self.dropped += 1
-            queue.put_nowait(alert)
+        for subscription in self._subscribers:
+            subscription.put(alert)

@@ -16,7 +16,7 @@ from auditmesh.detection.detector import Detector
 from auditmesh.detection.feed import AlertFeed
 from auditmesh.telemetry.prometheus import counter, gauge
 
-__all__ = ["build_detector", "build_feed", "close_detector", "detector_metrics"]
+__all__ = ["build_detector", "build_feed", "close_detector", "detector_metrics", "feed_metrics"]
 
 
 def build_detector(env: Mapping[str, str], redis_url: str, session: Any, store: StoreConfig) -> Detector:
@@ -38,6 +38,22 @@ async def close_detector(detector: Detector) -> None:
 
 def build_feed(redis_url: str, keyspace: str) -> AlertFeed:
     return AlertFeed(redis_url, channel(keyspace))
+
+
+def feed_metrics(f: AlertFeed) -> Iterator[str]:
+    """The query service's live alert feed (SubscribeAlerts)."""
+    yield gauge("auditmesh_alert_feed_subscribers", "SubscribeAlerts callers on the live feed.", f.subscribers)
+    yield gauge("auditmesh_alert_feed_connected", "1 while the feed holds its Redis subscription.", f.connected)
+    yield counter("auditmesh_alert_feed_received_total", "Alerts and updates received from Redis.", f.received)
+    yield counter(
+        "auditmesh_alert_feed_coalesced_total",
+        "Updates of an open alert replaced by a later one before a slow caller read them.",
+        f.coalesced,
+    )
+    yield counter(
+        "auditmesh_alert_feed_dropped_total", "Alerts lost by callers too slow to read (bounded queues).", f.dropped
+    )
+    yield counter("auditmesh_alert_feed_reconnects_total", "Redis subscriptions lost and reopened.", f.reconnects)
 
 
 def detector_metrics(d: Detector) -> Iterator[str]:

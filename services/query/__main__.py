@@ -8,7 +8,7 @@ import os
 
 from auditmesh import cache
 from auditmesh.detection.alerts import AlertStore
-from auditmesh.detection.service import build_feed
+from auditmesh.detection.service import build_feed, feed_metrics
 from auditmesh.metrics import RuntimeStats, StatsPublisher
 from auditmesh.serving import freeze_startup_objects, run_service
 from auditmesh.store import EventStore
@@ -33,13 +33,20 @@ async def main(stop: asyncio.Event) -> None:
         alerts = AlertServicer(AlertStore(store.session, cfg.store.keyspace, cfg.store.max_batch_bytes), feed)
         alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
         feed.start()
-    publisher = StatsPublisher(os.environ.get("AUDITMESH_STATS_FILE"), lambda: {"cache": servicer.cache.stats()})
+    publisher = StatsPublisher(
+        os.environ.get("AUDITMESH_STATS_FILE"),
+        lambda: {"cache": servicer.cache.stats()} | ({"alert_feed": feed.stats()} if feed is not None else {}),
+    )
     publishing = asyncio.create_task(publisher.run())
     runtime = RuntimeStats()
     runtime.start()
     metrics = prometheus.serve(
         "query",
-        [lambda: collectors.query_metrics(page_cache, reads), lambda: prometheus.runtime_metrics(runtime)],
+        [
+            lambda: collectors.query_metrics(page_cache, reads),
+            lambda: prometheus.runtime_metrics(runtime),
+            *([lambda: feed_metrics(feed)] if feed is not None else []),
+        ],
         host=cfg.host,
         port=cfg.metrics_port,
     )

@@ -76,17 +76,17 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
     ) -> AsyncIterator[apb.Alert]:
         principal = current()
         wanted = await _admitted(principal, request.filter, context)
-        queue = self._feed.join()
+        subscription = self._feed.join()
         try:
             # Headers go out once this caller is on the feed: a client that waits for them knows
             # every alert published from then on reaches it.
             await context.send_initial_metadata((("x-auditmesh-subscribed", "1"),))
             while True:
-                alert = await queue.get()
+                alert = await subscription.get()
                 if matches(alert, wanted) and _visible(principal, alert):
                     yield alert
         finally:
-            self._feed.leave(queue)
+            self._feed.leave(subscription)
 
     async def ListAlerts(  # noqa: N802 - gRPC method name
         self, request: apb.ListAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]

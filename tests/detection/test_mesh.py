@@ -307,6 +307,26 @@ def test_detection_status_is_exported(detect_mesh: MeshLayout) -> None:
     assert "auditmesh_detection_rules 11" in text.replace(".0", "")
 
 
+def test_alert_feed_status_is_exported(detect_mesh: MeshLayout, subscriber: Subscriber) -> None:
+    """The query service exports its live feed: callers on it, its Redis subscription, alerts received."""
+    import urllib.request
+
+    run = uuid.uuid4().hex[:6]
+    send_to(
+        detect_mesh.processor(0).target, [event("auth.account.locked", severity=pb.P0_CRITICAL, user_id=f"feed-{run}")]
+    )
+    assert_eventually(lambda: any(run in a.user_id for a in subscriber.latest("p0_event").values()), timeout=10)
+    port = detect_mesh.metrics_port(detect_mesh.query_port)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("auditmesh_alert_feed")
+    }
+    assert values["auditmesh_alert_feed_subscribers"] >= 1
+    assert values["auditmesh_alert_feed_connected"] == 1
+    assert values["auditmesh_alert_feed_received_total"] >= 1
+    assert values["auditmesh_alert_feed_dropped_total"] == 0
+
+
 def test_cli_alerts_list_and_check(detect_mesh: MeshLayout) -> None:
     """`auditmesh alerts list` prints a stored alert of the mesh; `alerts check` accepts the pack and
     names the file, rule and field of a bad rule with exit status 1."""

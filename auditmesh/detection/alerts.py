@@ -36,6 +36,7 @@ __all__ = [
     "BadPageToken",
     "alert_of_firing",
     "alert_of_hit",
+    "batch_messages",
     "channel",
     "matches",
 ]
@@ -49,9 +50,23 @@ _DEFAULT_RANGE_MS = 7 * _DAY_MS
 _EPOCH = dt.datetime(1970, 1, 1)
 
 
+PUBLISH_BATCH = 200
+"""Most alerts in one message on the channel (an :class:`AlertBatch`)."""
+
+
 def channel(keyspace: str) -> str:
-    """The Redis pub/sub channel of a deployment's alerts (channels are not per database)."""
-    return f"am:alerts:{keyspace}"
+    """The Redis pub/sub channel of a deployment's alerts (channels are not per database). Each
+    message is an ``AlertBatch``; the name carries the format (``b``), so a process of a version
+    that published one alert per message never reads a batch as an alert, nor the other way."""
+    return f"am:alerts:b:{keyspace}"
+
+
+def batch_messages(alerts: list[apb.Alert]) -> list[bytes]:
+    """``alerts`` as the channel's messages: ``AlertBatch``es of up to ``PUBLISH_BATCH``."""
+    return [
+        apb.AlertBatch(alerts=alerts[i : i + PUBLISH_BATCH]).SerializeToString()
+        for i in range(0, len(alerts), PUBLISH_BATCH)
+    ]
 
 
 def _ts(ms: int) -> Timestamp:

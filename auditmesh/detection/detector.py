@@ -40,7 +40,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from auditmesh.detection.alerts import REQUEST_TIMEOUT_S, AlertStore, alert_of_firing, alert_of_hit, channel
+from auditmesh.detection.alerts import (
+    REQUEST_TIMEOUT_S,
+    AlertStore,
+    alert_of_firing,
+    alert_of_hit,
+    batch_messages,
+    channel,
+)
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.counts import UPDATE_EVERY_S, RunningCounts
 from auditmesh.detection.evaluator import Evaluation, Hit, Update, evaluate
@@ -397,10 +404,14 @@ class Detector:
         if self._redis is None or not alerts:
             return True
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for alert in alerts:
-                    pipe.publish(self._channel, alert.SerializeToString())
-                await asyncio.wait_for(pipe.execute(), self.cfg.redis_timeout_s)
+            messages = batch_messages(alerts)
+            if len(messages) == 1:
+                await asyncio.wait_for(self._redis.publish(self._channel, messages[0]), self.cfg.redis_timeout_s)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for message in messages:
+                        pipe.publish(self._channel, message)
+                    await asyncio.wait_for(pipe.execute(), self.cfg.redis_timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             self.publish_errors += 1
             log.warning("%d alerts not published: %s", len(alerts), exc)

@@ -1,5 +1,6 @@
 """The live alert feed of a query service: one Redis subscription fanned out to every
-``SubscribeAlerts`` caller.
+``SubscribeAlerts`` caller. Processors publish ``AlertBatch`` messages (a round's alerts, or a
+second's running counts, in one message).
 
 The subscription is opened when the service starts and reopened (after a short pause) whenever
 Redis drops it, so a caller's stream outlives a Redis restart; alerts published while it was
@@ -57,9 +58,11 @@ class Subscription:
                 self._new.popleft()
                 self.dropped += 1
             self._new.append(alert)
-        elif alert.alert_id in self._updates:
-            # Keeps its place in line; the caller gets the latest count.
-            self._updates[alert.alert_id] = alert
+        elif (pending := self._updates.get(alert.alert_id)) is not None:
+            # Keeps its place in line; the caller gets the highest count (counts only grow, and
+            # two processors' publications may arrive out of order).
+            if alert.count >= pending.count:
+                self._updates[alert.alert_id] = alert
             self.coalesced += 1
         else:
             if len(self._updates) >= self._bound:
@@ -161,10 +164,11 @@ class AlertFeed:
 
     def _fan_out(self, data: bytes) -> None:
         try:
-            alert = apb.Alert.FromString(data)
+            alerts = apb.AlertBatch.FromString(data).alerts
         except Exception:
-            log.warning("alert feed: a message that is not an Alert (%d bytes)", len(data))
+            log.warning("alert feed: a message that is not an AlertBatch (%d bytes)", len(data))
             return
-        self.received += 1
-        for subscription in self._subscribers:
-            subscription.put(alert)
+        self.received += len(alerts)
+        for alert in alerts:
+            for subscription in self._subscribers:
+                subscription.put(alert)

@@ -96,6 +96,31 @@ class Alert(_message.Message):
 Global___Alert: _TypeAlias = Alert  # noqa: Y015
 
 @_typing.final
+class AlertBatch(_message.Message):
+    """What the processors publish on a deployment's Redis channel for the query services' live
+    feed: the alerts of one detection round, or one second's running counts of open alerts, in
+    one message rather than one message each.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]: ...
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertBatch: _TypeAlias = AlertBatch  # noqa: Y015
+
+@_typing.final
 class AlertFilter(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

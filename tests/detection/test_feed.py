@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from auditmesh.detection.alerts import PUBLISH_BATCH, batch_messages
 from auditmesh.detection.feed import Subscription, is_update
 from auditpb.v1 import alerts_pb2 as apb
 
@@ -49,8 +50,9 @@ def test_updates_of_one_alert_coalesce_to_the_latest_in_its_place() -> None:
     s.put(alert("b", 20, updated_ms=2_000))
     s.put(alert("a", 12, updated_ms=3_000))
     s.put(alert("a", 13, updated_ms=4_000))
+    s.put(alert("a", 12, updated_ms=4_000))  # another processor's older count, arriving late
     assert drain(s) == [("a", 13), ("b", 20)]
-    assert s.coalesced == 2 and s.dropped == 0
+    assert s.coalesced == 3 and s.dropped == 0
 
 
 def test_bounds_drop_the_oldest_and_count_them() -> None:
@@ -73,3 +75,11 @@ def test_a_waiting_caller_wakes_for_an_alert() -> None:
         return (await asyncio.wait_for(waiting, 1.0)).alert_id
 
     assert asyncio.run(scenario()) == "late"
+
+
+def test_alerts_go_out_in_batches_of_a_bounded_size() -> None:
+    alerts = [alert(f"a{i}") for i in range(2 * PUBLISH_BATCH + 50)]
+    messages = batch_messages(alerts)
+    assert [len(apb.AlertBatch.FromString(m).alerts) for m in messages] == [PUBLISH_BATCH, PUBLISH_BATCH, 50]
+    assert [a for m in messages for a in apb.AlertBatch.FromString(m).alerts] == alerts
+    assert batch_messages([]) == []

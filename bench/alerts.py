@@ -2,7 +2,7 @@
 subscriber), normal and P0, and what the rule pack costs in sustained throughput, rules on vs
 off side by side in one run.
 
-    python -m bench.alerts            # about 14 minutes; writes bench/results/alerts-latest.json
+    python -m bench.alerts            # about 15 minutes; writes bench/results/alerts-latest.json
     python -m bench.alerts --smoke    # a few seconds per phase (what to run on a shared host)
     python -m bench.pipeline --alerts # the same phases after the pipeline benchmark
     python -m bench.alerts --eval     # evaluation alone, CPU us/event, no services (seconds)

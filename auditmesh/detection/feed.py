@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from auditmesh.metrics import Reservoir
 from auditpb.v1 import alerts_pb2 as apb
 
 __all__ = ["AlertFeed", "Subscription", "is_update"]
@@ -92,6 +94,8 @@ class AlertFeed:
         self.reconnects = 0
         self._gone_dropped = 0
         self._gone_coalesced = 0
+        self.delivery_us = Reservoir()
+        """New alerts, ingest's receipt of the first triggering event to the handoff to a caller."""
 
     def start(self) -> None:
         if self._task is None:
@@ -124,12 +128,20 @@ class AlertFeed:
         """Updates replaced by a later version of their alert before a caller read them."""
         return self._gone_coalesced + sum(s.coalesced for s in self._subscribers)
 
+    def handed(self, alert: apb.Alert) -> None:
+        """``alert`` goes to a caller now: a new one's delivery time is recorded (an update's is not:
+        running counts go out once a second by design)."""
+        received_us = alert.trigger_received_at_us
+        if received_us and not is_update(alert):
+            self.delivery_us.add(max(0, int(time.time() * 1_000_000) - received_us))
+
     @property
     def connected(self) -> int:
         return int(self.subscribed.is_set())
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, object]:
         return {
+            "delivery_us": self.delivery_us.summary(),
             "subscribers": self.subscribers,
             "connected": self.connected,
             "received": self.received,

@@ -14,7 +14,7 @@ from auditmesh.detection.alerts import AlertStore, channel
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
 from auditmesh.detection.feed import AlertFeed
-from auditmesh.telemetry.prometheus import counter, gauge
+from auditmesh.telemetry.prometheus import counter, gauge, histogram
 
 __all__ = ["build_detector", "build_feed", "close_detector", "detector_metrics", "feed_metrics"]
 
@@ -45,6 +45,11 @@ def feed_metrics(f: AlertFeed) -> Iterator[str]:
     yield gauge("auditmesh_alert_feed_subscribers", "SubscribeAlerts callers on the live feed.", f.subscribers)
     yield gauge("auditmesh_alert_feed_connected", "1 while the feed holds its Redis subscription.", f.connected)
     yield counter("auditmesh_alert_feed_received_total", "Alerts and updates received from Redis.", f.received)
+    yield histogram(
+        "auditmesh_alert_delivery_seconds",
+        "New alerts: from ingest's receipt of the first triggering event to the handoff to a SubscribeAlerts caller.",
+        f.delivery_us,
+    )
     yield counter(
         "auditmesh_alert_feed_coalesced_total",
         "Updates of an open alert replaced by a later one before a slow caller read them.",

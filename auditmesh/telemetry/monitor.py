@@ -7,7 +7,9 @@ Checks (each a number per interval, compared with its threshold):
     storage_write        p99 of the processors' store writes in the interval, or the age of   < 5 ms
                          the oldest write under way when that is larger (a hung store shows
                          at once, not when its writes finally end)
-    alert_delivery       not measured until the mesh delivers alerts                         < 100 ms
+    alert_delivery       p99 of the query services' alert delivery (a new alert, from ingest's  < 100 ms
+                         receipt of its first triggering event to its handoff to a
+                         SubscribeAlerts caller)
     system_overhead      CPU share of the busiest service's metrics endpoint over the last   < 0.1 %
                          10 s, from 5 s on (one interval holds one scrape: too few for a share)
     metrics_unreachable  services whose metrics endpoint did not answer (the others' checks  0
@@ -217,7 +219,7 @@ def measure(
                 _max(s.maximum("auditmesh_processor_write_oldest_seconds") for s in live.values()),
             ]
         ),
-        "alert_delivery": None,
+        "alert_delivery": _p99(prev, live, "auditmesh_alert_delivery_seconds"),
         "system_overhead": _max(
             rate(base.get(t), s, "auditmesh_telemetry_seconds_total") for t, s in live.items() if t in base
         ),

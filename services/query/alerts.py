@@ -84,6 +84,7 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
             while True:
                 alert = await subscription.get()
                 if matches(alert, wanted) and _visible(principal, alert):
+                    self._feed.handed(alert)
                     yield alert
         finally:
             self._feed.leave(subscription)

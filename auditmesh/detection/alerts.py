@@ -97,7 +97,7 @@ def _explain(rule: Correlation | Detection, update: Update | None, count: int) -
     return f"{rule.description.rstrip('.')}: {seen}"
 
 
-def alert_of_hit(hit: Hit, now_ms: int) -> apb.Alert:
+def alert_of_hit(hit: Hit, now_ms: int, traceparent: str = "") -> apb.Alert:
     ev = hit.event
     return apb.Alert(
         alert_id=uuid.uuid4().hex,
@@ -113,10 +113,11 @@ def alert_of_hit(hit: Hit, now_ms: int) -> apb.Alert:
         created_at=_ts(now_ms),
         updated_at=_ts(now_ms),
         trigger_received_at_us=ev.received_at_us,
+        traceparent=traceparent,
     )
 
 
-def alert_of_firing(firing: Firing, now_ms: int) -> apb.Alert:
+def alert_of_firing(firing: Firing, now_ms: int, traceparent: str = "") -> apb.Alert:
     u = firing.update
     last = u.last or pb.Event()
     return apb.Alert(
@@ -134,6 +135,7 @@ def alert_of_firing(firing: Firing, now_ms: int) -> apb.Alert:
         created_at=_ts(firing.created_ms),
         updated_at=_ts(now_ms),
         trigger_received_at_us=u.first_received_us,
+        traceparent=traceparent,
     )
 
 

@@ -81,6 +81,18 @@ class _Round:
     now_ms: int
     raised: list[apb.Alert]
     updates: list[Update]
+    traces: dict[str, str]
+    """Event id -> traceparent of the request that carried it, for the round's traced requests."""
+
+
+def _trace_of(update: Update, traces: dict[str, str]) -> str:
+    """The traceparent of the first of an update's events that came in a traced request."""
+    if traces:
+        for event_id in update.ids:
+            found = traces.get(event_id)
+            if found:
+                return found
+    return ""
 
 
 class Detector:
@@ -102,6 +114,10 @@ class Detector:
         self._pending: deque[Sequence[pb.Event]] = deque()
         self._urgent: deque[Sequence[pb.Event]] = deque()  # batches holding a P0 event: evaluated first
         self._pending_events = 0
+        # Traced requests' batches (by id) -> their traceparent, then, once taken for a round, their
+        # events' ids -> it: a new alert carries its trigger's, so its delivery span joins that trace.
+        self._batch_traces: dict[int, str] = {}
+        self._traces_taken: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._urgent_queued = asyncio.Event()
         self._unsettled = 0  # rounds evaluated whose correlation call has not ended yet
@@ -154,13 +170,16 @@ class Detector:
     def queue_events(self) -> int:
         return self._pending_events
 
-    def offer(self, events: Sequence[pb.Event]) -> None:
-        """Queue a batch for evaluation; never blocks. Past the bound the batch is counted and skipped."""
+    def offer(self, events: Sequence[pb.Event], traceparent: str = "") -> None:
+        """Queue a batch for evaluation; never blocks. Past the bound the batch is counted and skipped.
+        ``traceparent``: the span of the request that carried it, when it is traced."""
         if not events or not self.enabled:
             return
         if self._pending_events + len(events) > self.cfg.max_pending_events:
             self.dropped += len(events)
             return
+        if traceparent:
+            self._batch_traces[id(events)] = traceparent
         urgent = any(ev.severity == pb.P0_CRITICAL for ev in events)
         (self._urgent if urgent else self._pending).append(events)
         self._pending_events += len(events)
@@ -281,6 +300,10 @@ class Detector:
             batch = queue.popleft()
             self._pending_events -= len(batch)
             events.extend(batch)
+            if self._batch_traces:
+                traceparent = self._batch_traces.pop(id(batch), "")
+                if traceparent:
+                    self._traces_taken.update(dict.fromkeys((ev.event_id for ev in batch), traceparent))
         return events
 
     async def _evaluate(self, events: Sequence[pb.Event]) -> _Round:
@@ -292,26 +315,29 @@ class Detector:
         rules = self.rules
         result = Evaluation()
         raised: list[apb.Alert] = []
+        traces, self._traces_taken = self._traces_taken, {}
         for i in range(0, len(events), _CHUNK):
             if i:
                 await asyncio.sleep(0)
                 if self._urgent:
                     urgent = self._take(self._urgent, _CHUNK)
+                    traces.update(self._traces_taken)
+                    self._traces_taken = {}
                     evaluate(rules, urgent, self._roles, into=result)
                     self.evaluated += len(urgent)
-                    raised += await self._raise(result.hits[len(raised) :])
+                    raised += await self._raise(result.hits[len(raised) :], traces)
             evaluate(rules, events[i : i + _CHUNK], self._roles, into=result)
         self.evaluated += len(events)
         self.rounds += 1
-        raised += await self._raise(result.hits[len(raised) :])
-        return _Round(started, int(time.time() * 1000), raised, list(result.updates.values()))
+        raised += await self._raise(result.hits[len(raised) :], traces)
+        return _Round(started, int(time.time() * 1000), raised, list(result.updates.values()), traces)
 
-    async def _raise(self, hits: list[Hit]) -> list[apb.Alert]:
+    async def _raise(self, hits: list[Hit], traces: dict[str, str]) -> list[apb.Alert]:
         """Alerts of rules without state: published at once, then stored and delivered."""
         if not hits:
             return []
         now_ms = int(time.time() * 1000)
-        raised = [alert_of_hit(h, now_ms) for h in hits]
+        raised = [alert_of_hit(h, now_ms, traces.get(h.event.event_id, "") if traces else "") for h in hits]
         await self._publish(raised)
         self.alerts_raised += len(raised)
         self._deliver(raised, raised)
@@ -354,7 +380,11 @@ class Detector:
         if evaluated.updates:
             now_ms = evaluated.now_ms
             firings = await self._correlate(evaluated.updates, now_ms)
-            opened = [alert_of_firing(firing, now_ms) for firing in firings if firing.new]
+            opened = [
+                alert_of_firing(firing, now_ms, _trace_of(firing.update, evaluated.traces))
+                for firing in firings
+                if firing.new
+            ]
             for firing in firings:
                 if not firing.new:
                     self.counts.moved(firing, now_ms)

@@ -26,7 +26,7 @@ from auditpb.v1 import audit_pb2 as auditpb_dot_v1_dot_audit__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61uditpb/v1/alerts.proto\x12\nauditpb.v1\x1a\x16\x61uditpb/v1/audit.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12&\n\x08severity\x18\x04 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12\x12\n\nwedding_id\x18\x05 \x01(\t\x12\x17\n\x0forganization_id\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\r\n\x05group\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x04\x12\x11\n\tevent_ids\x18\n \x03(\t\x12\x13\n\x0b\x65xplanation\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16trigger_received_at_us\x18\x0e \x01(\x03\"/\n\nAlertBatch\x12!\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x11.auditpb.v1.Alert\"t\n\x0b\x41lertFilter\x12\x12\n\nwedding_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12*\n\x0cmin_severity\x18\x03 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12\x0c\n\x04rule\x18\x04 \x01(\t\"A\n\x16SubscribeAlertsRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.auditpb.v1.AlertFilter\"\xb9\x01\n\x11ListAlertsRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.auditpb.v1.AlertFilter\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"P\n\x12ListAlertsResponse\x12!\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x11.auditpb.v1.Alert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa7\x01\n\x0c\x41lertService\x12J\n\x0fSubscribeAlerts\x12\".auditpb.v1.SubscribeAlertsRequest\x1a\x11.auditpb.v1.Alert0\x01\x12K\n\nListAlerts\x12\x1d.auditpb.v1.ListAlertsRequest\x1a\x1e.auditpb.v1.ListAlertsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61uditpb/v1/alerts.proto\x12\nauditpb.v1\x1a\x16\x61uditpb/v1/audit.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12&\n\x08severity\x18\x04 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12\x12\n\nwedding_id\x18\x05 \x01(\t\x12\x17\n\x0forganization_id\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\r\n\x05group\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x04\x12\x11\n\tevent_ids\x18\n \x03(\t\x12\x13\n\x0b\x65xplanation\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16trigger_received_at_us\x18\x0e \x01(\x03\x12\x13\n\x0btraceparent\x18\x0f \x01(\t\"/\n\nAlertBatch\x12!\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x11.auditpb.v1.Alert\"t\n\x0b\x41lertFilter\x12\x12\n\nwedding_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12*\n\x0cmin_severity\x18\x03 \x01(\x0e\x32\x14.auditpb.v1.Severity\x12\x0c\n\x04rule\x18\x04 \x01(\t\"A\n\x16SubscribeAlertsRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.auditpb.v1.AlertFilter\"\xb9\x01\n\x11ListAlertsRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.auditpb.v1.AlertFilter\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"P\n\x12ListAlertsResponse\x12!\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x11.auditpb.v1.Alert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa7\x01\n\x0c\x41lertService\x12J\n\x0fSubscribeAlerts\x12\".auditpb.v1.SubscribeAlertsRequest\x1a\x11.auditpb.v1.Alert0\x01\x12K\n\nListAlerts\x12\x1d.auditpb.v1.ListAlertsRequest\x1a\x1e.auditpb.v1.ListAlertsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'auditpb.v1.alerts_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ALERT']._serialized_start=97
-  _globals['_ALERT']._serialized_end=451
-  _globals['_ALERTBATCH']._serialized_start=453
-  _globals['_ALERTBATCH']._serialized_end=500
-  _globals['_ALERTFILTER']._serialized_start=502
-  _globals['_ALERTFILTER']._serialized_end=618
-  _globals['_SUBSCRIBEALERTSREQUEST']._serialized_start=620
-  _globals['_SUBSCRIBEALERTSREQUEST']._serialized_end=685
-  _globals['_LISTALERTSREQUEST']._serialized_start=688
-  _globals['_LISTALERTSREQUEST']._serialized_end=873
-  _globals['_LISTALERTSRESPONSE']._serialized_start=875
-  _globals['_LISTALERTSRESPONSE']._serialized_end=955
-  _globals['_ALERTSERVICE']._serialized_start=958
-  _globals['_ALERTSERVICE']._serialized_end=1125
+  _globals['_ALERT']._serialized_end=472
+  _globals['_ALERTBATCH']._serialized_start=474
+  _globals['_ALERTBATCH']._serialized_end=521
+  _globals['_ALERTFILTER']._serialized_start=523
+  _globals['_ALERTFILTER']._serialized_end=639
+  _globals['_SUBSCRIBEALERTSREQUEST']._serialized_start=641
+  _globals['_SUBSCRIBEALERTSREQUEST']._serialized_end=706
+  _globals['_LISTALERTSREQUEST']._serialized_start=709
+  _globals['_LISTALERTSREQUEST']._serialized_end=894
+  _globals['_LISTALERTSRESPONSE']._serialized_start=896
+  _globals['_LISTALERTSRESPONSE']._serialized_end=976
+  _globals['_ALERTSERVICE']._serialized_start=979
+  _globals['_ALERTSERVICE']._serialized_end=1146
 # @@protoc_insertion_point(module_scope)

@@ -38,6 +38,7 @@ class Alert(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     TRIGGER_RECEIVED_AT_US_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     """Stable for the life of the alert: updates of a suppressed alert keep it."""
     rule: _builtins.str
@@ -60,6 +61,11 @@ class Alert(_message.Message):
     trigger_received_at_us: _builtins.int
     """When ingest received the earliest triggering event of the batch that raised or updated
     this alert (microseconds since the Unix epoch): alert latency is measured from it.
+    """
+    traceparent: _builtins.str
+    """W3C traceparent of the processor's span for the request that carried a triggering event,
+    when that request was traced: the query service's delivery span (alert.deliver) joins
+    that trace. Empty otherwise.
     """
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -86,10 +92,11 @@ class Alert(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         trigger_received_at_us: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "count", b"count", "created_at", b"created_at", "event_ids", b"event_ids", "explanation", b"explanation", "group", b"group", "organization_id", b"organization_id", "rule", b"rule", "severity", b"severity", "title", b"title", "trigger_received_at_us", b"trigger_received_at_us", "updated_at", b"updated_at", "user_id", b"user_id", "wedding_id", b"wedding_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "count", b"count", "created_at", b"created_at", "event_ids", b"event_ids", "explanation", b"explanation", "group", b"group", "organization_id", b"organization_id", "rule", b"rule", "severity", b"severity", "title", b"title", "traceparent", b"traceparent", "trigger_received_at_us", b"trigger_received_at_us", "updated_at", b"updated_at", "user_id", b"user_id", "wedding_id", b"wedding_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ def create(
     store: EventWriter,
     versions: VersionBumper,
     digests: tuple[Digest, Digest] | None = None,
-    observe: Callable[[Sequence[pb.Event]], None] | None = None,
+    observe: Callable[[Sequence[pb.Event], str], None] | None = None,
 ) -> tuple[grpc.aio.Server, int, CountedProcessorServicer, health.HealthServicer]:
     servicer = CountedProcessorServicer(
         store,

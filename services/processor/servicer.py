@@ -26,7 +26,7 @@ from auditmesh.logthrottle import Throttle
 from auditmesh.metrics import Reservoir
 from auditmesh.serving import respond_concurrently, send_all
 from auditmesh.store import WriteStats
-from auditmesh.telemetry.tracing import LANE, context_of, lane_name, tracer
+from auditmesh.telemetry.tracing import LANE, context_of, lane_name, traceparent, tracer
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from services.processor.group_commit import Digest, GroupCommitter
@@ -58,12 +58,12 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         wedding_day_writes: int = 2,
         max_group_events: int = 500,
         digests: tuple[Digest, Digest] | None = None,
-        observe: Callable[[Sequence[pb.Event]], None] | None = None,
+        observe: Callable[[Sequence[pb.Event], str], None] | None = None,
     ) -> None:
         """``digests``: the tamper-evidence chains of the bulk lane and of the urgent lanes (critical
         and wedding day share one: its appends are serialized), or None. ``observe``: threat
-        detection, which sees each request's events as they arrive, before the write; it must
-        not block."""
+        detection, which sees each request's events as they arrive, before the write, with the
+        traceparent of the request's span when it is traced; it must not block."""
         self._observe = observe
         self.written = 0
         self.failed = 0
@@ -127,8 +127,6 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         await send_all(context, answers)
 
     async def _handle(self, req: pb.ProcessRequest) -> pb.ProcessResponse:
-        if self._observe is not None:
-            self._observe(req.events)
         attributes: dict[str, str | int] = {
             LANE: lane_name(req.lane),
             "auditmesh.events": len(req.events),
@@ -137,6 +135,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         with _tracer.start_as_current_span(
             "processor.request", context=parent, kind=SpanKind.SERVER, attributes=attributes
         ) as span:
+            if self._observe is not None:
+                self._observe(req.events, traceparent(span) if span.is_recording() else "")
             answer = await self._write(req)
             if not answer.ok:
                 span.set_status(StatusCode.ERROR, answer.error[:200])

@@ -7,17 +7,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from opentelemetry.trace import SpanKind
 
 from auditmesh.detection.alerts import AlertStore, BadPageToken, matches
-from auditmesh.detection.feed import AlertFeed
+from auditmesh.detection.feed import AlertFeed, is_update
 from auditmesh.security.auth import current
 from auditmesh.security.tokens import Principal
+from auditmesh.telemetry.tracing import context_of, tracer
 from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import alerts_pb2_grpc as apb_grpc
 
 __all__ = ["AlertServicer"]
 
 _MAX_ID = 128
+_tracer = tracer("auditmesh.query")
 
 
 def _check(f: apb.AlertFilter) -> str:
@@ -66,6 +69,21 @@ def _visible(principal: Principal | None, alert: apb.Alert) -> bool:
     return principal is None or principal.may_see(alert.wedding_id, alert.organization_id)
 
 
+def _delivery_span(alert: apb.Alert) -> None:
+    """``alert.deliver`` in the trace of the request that carried the alert's trigger, when it was
+    traced: from ingest's receipt of the triggering event to this handoff to a caller."""
+    if not alert.traceparent or is_update(alert) or not alert.trigger_received_at_us:
+        return
+    span = _tracer.start_span(
+        "alert.deliver",
+        context=context_of(alert.traceparent),
+        kind=SpanKind.PRODUCER,
+        start_time=alert.trigger_received_at_us * 1000,
+        attributes={"auditmesh.rule": alert.rule, "auditmesh.alert_id": alert.alert_id},
+    )
+    span.end()
+
+
 class AlertServicer(apb_grpc.AlertServiceServicer):
     def __init__(self, store: AlertStore, feed: AlertFeed) -> None:
         self._store = store
@@ -85,6 +103,7 @@ class AlertServicer(apb_grpc.AlertServiceServicer):
                 alert = await subscription.get()
                 if matches(alert, wanted) and _visible(principal, alert):
                     self._feed.handed(alert)
+                    _delivery_span(alert)
                     yield alert
         finally:
             self._feed.leave(subscription)

@@ -20,6 +20,8 @@ from auditmesh.telemetry.spans import JaegerQuery, SpanRecord
 from auditpb.v1 import audit_pb2 as pb
 from auditpb.v1 import audit_pb2_grpc as pb_grpc
 from tests.conftest import assert_eventually, own_mesh
+from tests.detection.conftest import PACK
+from tests.detection.mesh_helpers import Subscriber
 
 OTLP = {
     "OTEL_TRACES_EXPORTER": "otlp",
@@ -47,7 +49,8 @@ def traced_mesh(
     jaeger: JaegerQuery, spans_file: Path, store_config: object, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MeshLayout]:
     env = {**OTLP, "AUDITMESH_SPANS_FILE": str(spans_file)}
-    with own_mesh(tmp_path_factory, "traced", 22351, env=env) as (layout, _):
+    rules = {"processor": {"AUDITMESH_DETECTION_RULES": str(PACK)}}
+    with own_mesh(tmp_path_factory, "traced", 22351, env=env, service_env=rules) as (layout, _):
         yield layout
 
 
@@ -142,6 +145,32 @@ def test_a_search_has_its_redis_and_cassandra_spans(
     parents = {span.span_id: span.name for span in spans}
     assert {parents.get(s.parent_id) for s in spans if s.name in {"cache.lookup", "store.read"}} == {"query.search"}
     assert parents[next(s.parent_id for s in spans if s.name == "query.search")] == "caller.search"
+
+
+def test_an_alert_delivery_joins_its_trigger_s_trace(traced_mesh: MeshLayout, jaeger: JaegerQuery) -> None:
+    """A P0 event (its request always traced) raises an alert; its handoff to a SubscribeAlerts
+    caller adds the query service's alert.deliver span to the event's trace, under the processor's
+    request, lasting from ingest's receipt of the event to the handoff."""
+    run = uuid.uuid4().hex[:8]
+    subscriber = Subscriber(traced_mesh.query_target)
+    try:
+        with AuditClient(traced_mesh.ingest_target, source_service="tracing") as client:
+            p0 = client.log("auth.account.locked", user_id=f"u-{run}", severity=pb.P0_CRITICAL)
+            assert client.flush(timeout=30)
+        assert_eventually(lambda: any(a.user_id == f"u-{run}" for a in subscriber.alerts), timeout=20)
+        alert = next(a for a in subscriber.alerts if a.user_id == f"u-{run}")
+    finally:
+        subscriber.close()
+    assert alert.traceparent
+    with grpc.insecure_channel(traced_mesh.query_target) as channel:
+        trace_id = pb_grpc.QueryServiceStub(channel).GetEvent(pb.GetEventRequest(event_id=p0), timeout=10).trace_id
+    assert len(trace_id) == 32 and trace_id in alert.traceparent
+    spans = _trace_of(jaeger, trace_id, {"processor.request", "alert.deliver"})
+    parents = {span.span_id: span.name for span in spans}
+    deliver = next(s for s in spans if s.name == "alert.deliver")
+    assert parents[deliver.parent_id] == "processor.request"
+    assert deliver.service == "auditmesh-query" and deliver.attributes["auditmesh.rule"] == "p0_event"
+    assert deliver.duration_us > 0 and deliver.start_us == alert.trigger_received_at_us
 
 
 def test_budget_reads_the_services_spans(traced_mesh: MeshLayout, spans_file: Path) -> None:

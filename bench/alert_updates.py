@@ -19,10 +19,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from auditmesh.detection.alerts import channel
+from auditmesh.detection.alerts import alerts_of_message, channel
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
-from auditpb.v1 import alerts_pb2 as apb
 from auditpb.v1 import audit_pb2 as pb
 from bench.report import BENCH_REDIS_URL
 
@@ -68,9 +67,9 @@ async def run() -> dict[str, object]:
                 while True:
                     message = await pubsub.get_message(timeout=0.1)
                     if message is not None:
-                        alert = apb.Alert.FromString(message["data"])
-                        if alert.rule == "brute_force_user":
-                            counts.append(alert.count)
+                        for alert in alerts_of_message(message["data"]):
+                            if alert.rule == "brute_force_user":
+                                counts.append(alert.count)
 
             listener = asyncio.create_task(listen())
             ids = itertools.count()

@@ -36,6 +36,7 @@ __all__ = [
     "BadPageToken",
     "alert_of_firing",
     "alert_of_hit",
+    "alerts_of_message",
     "batch_messages",
     "channel",
     "matches",
@@ -59,6 +60,11 @@ def channel(keyspace: str) -> str:
     message is an ``AlertBatch``; the name carries the format (``b``), so a process of a version
     that published one alert per message never reads a batch as an alert, nor the other way."""
     return f"am:alerts:b:{keyspace}"
+
+
+def alerts_of_message(data: bytes) -> list[apb.Alert]:
+    """The alerts of one message of the channel (see :func:`batch_messages`)."""
+    return list(apb.AlertBatch.FromString(data).alerts)
 
 
 def batch_messages(alerts: list[apb.Alert]) -> list[bytes]:

@@ -24,6 +24,7 @@ from collections import deque
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from auditmesh.detection.alerts import alerts_of_message
 from auditmesh.metrics import Reservoir
 from auditpb.v1 import alerts_pb2 as apb
 
@@ -176,7 +177,7 @@ class AlertFeed:
 
     def _fan_out(self, data: bytes) -> None:
         try:
-            alerts = apb.AlertBatch.FromString(data).alerts
+            alerts = alerts_of_message(data)
         except Exception:
             log.warning("alert feed: a message that is not an AlertBatch (%d bytes)", len(data))
             return

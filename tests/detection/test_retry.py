@@ -21,7 +21,7 @@ import redis
 from auditmesh.config import StoreConfig
 from auditmesh.detection import counts as counts_module
 from auditmesh.detection import detector as detector_module
-from auditmesh.detection.alerts import AlertStore, channel
+from auditmesh.detection.alerts import AlertStore, alerts_of_message, channel
 from auditmesh.detection.config import DetectionConfig
 from auditmesh.detection.detector import Detector
 from auditmesh.detection.state import _STATE_LUA
@@ -105,7 +105,7 @@ def brute_force(alerts: list[apb.Alert]) -> list[apb.Alert]:
 
 def alerts_in(message: dict[str, Any]) -> list[apb.Alert]:
     """The alerts of one message on the channel (an AlertBatch)."""
-    return list(apb.AlertBatch.FromString(message["data"]).alerts)
+    return alerts_of_message(message["data"])
 
 
 async def published_counts(pubsub: Any, seconds: float) -> list[int]:

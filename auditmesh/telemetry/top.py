@@ -20,9 +20,9 @@ from auditmesh.telemetry.scrape import Scrape, fetch, quantile, rate, window
 
 __all__ = ["BUDGETS", "Endpoint", "Row", "View", "alerts", "rows", "run"]
 
-BUDGETS = {"handling": 0.0005, "write": 0.005, "read": 0.010}
+BUDGETS = {"handling": 0.0005, "write": 0.005, "read": 0.010, "deliver": 0.100}
 """The latency budget of each stage shown (seconds): ingest handling 500 us, storage write
-5 ms, query 10 ms."""
+5 ms, query 10 ms, alert delivery (ingest to a SubscribeAlerts caller) 100 ms."""
 _INGEST_LANES = ("critical", "wedding_day", "normal")
 _WRITE_LANES = ("critical", "bulk")
 
@@ -129,6 +129,21 @@ def rows(endpoints: list[Endpoint], prev: Mapping[str, Scrape], cur: Mapping[str
                     _errors(before, scrape, "auditmesh_query_cache_errors_total", "auditmesh_query_store_errors_total"),
                 )
             )
+            if "auditmesh_alert_feed_received_total" in scrape.samples:
+                # The live alert feed: alerts received a second, callers on it, delivery p99.
+                out.append(
+                    Row(
+                        ep.name,
+                        "alerts",
+                        rate(before, scrape, "auditmesh_alert_feed_received_total"),
+                        scrape.total("auditmesh_alert_feed_subscribers"),
+                        "deliver",
+                        _p99(before, scrape, "auditmesh_alert_delivery_seconds"),
+                        BUDGETS["deliver"],
+                        None,
+                        _errors(before, scrape, "auditmesh_alert_feed_dropped_total"),
+                    )
+                )
         elif "auditmesh_monitor_checks_total" in scrape.samples:
             active = scrape.total("auditmesh_monitor_alert_active")
             out.append(Row(ep.name, "-", rate(before, scrape, "auditmesh_monitor_checks_total"), active, "alerts"))

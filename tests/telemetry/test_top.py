@@ -117,6 +117,7 @@ def test_top_shows_every_service_and_a_live_rate_and_quits_on_q(mesh: MeshLayout
     assert_eventually(lambda: all(row in _pane(tmux) for row in rows) and "EVENTS/S" in _pane(tmux), timeout=20)
     lanes = [("ingest", lane) for lane in ("critical", "wedding_day", "normal")]
     lanes += [(f"processor-{i}", lane) for i in range(mesh.processors) for lane in ("critical", "bulk")]
+    lanes += [("query", "alerts")]  # the live alert feed: received a second (0 with no rules)
 
     def every_lane_has_a_rate() -> None:
         screen = _pane(tmux)

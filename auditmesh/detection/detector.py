@@ -111,13 +111,11 @@ class Detector:
         self._roles = RoleFile(cfg.roles_file) if cfg.roles_file else None
         self.rules = RuleSet()
         self._rules_signature: tuple[tuple[str, float, int], ...] | None = None
-        self._pending: deque[Sequence[pb.Event]] = deque()
-        self._urgent: deque[Sequence[pb.Event]] = deque()  # batches holding a P0 event: evaluated first
+        # Batches with the traceparent of the request that carried them ("" when not traced): a new
+        # alert carries its trigger's, so its delivery span joins that trace.
+        self._pending: deque[tuple[Sequence[pb.Event], str]] = deque()
+        self._urgent: deque[tuple[Sequence[pb.Event], str]] = deque()  # holding a P0 event: evaluated first
         self._pending_events = 0
-        # Traced requests' batches (by id) -> their traceparent, then, once taken for a round, their
-        # events' ids -> it: a new alert carries its trigger's, so its delivery span joins that trace.
-        self._batch_traces: dict[int, str] = {}
-        self._traces_taken: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._urgent_queued = asyncio.Event()
         self._unsettled = 0  # rounds evaluated whose correlation call has not ended yet
@@ -178,10 +176,8 @@ class Detector:
         if self._pending_events + len(events) > self.cfg.max_pending_events:
             self.dropped += len(events)
             return
-        if traceparent:
-            self._batch_traces[id(events)] = traceparent
         urgent = any(ev.severity == pb.P0_CRITICAL for ev in events)
-        (self._urgent if urgent else self._pending).append(events)
+        (self._urgent if urgent else self._pending).append((events, traceparent))
         self._pending_events += len(events)
         self._wake.set()
         if urgent:
@@ -272,9 +268,10 @@ class Detector:
             while self._urgent or self._pending:
                 # Batches holding P0 events make rounds of their own, ahead of the others: their
                 # alerts are not held up by the evaluation of a bulk backlog.
-                events = self._take(self._urgent or self._pending)
+                traces: dict[str, str] = {}
+                events = self._take(self._urgent or self._pending, traces)
                 try:
-                    evaluated = await self._evaluate(events)
+                    evaluated = await self._evaluate(events, traces)
                 except Exception:  # a bug in one round must not stop detection for good
                     log.exception("detection round of %d events failed", len(events))
                     continue
@@ -293,20 +290,21 @@ class Detector:
         publish what it raised, then store and deliver in the background. Every alert raised or updated."""
         return await self._settle(await self._evaluate(events), every=True)
 
-    def _take(self, queue: deque[Sequence[pb.Event]], most: int = _ROUND_EVENTS) -> list[pb.Event]:
-        """Batches off the front of a queue, until they hold ``most`` events or more."""
+    def _take(
+        self, queue: deque[tuple[Sequence[pb.Event], str]], traces: dict[str, str], most: int = _ROUND_EVENTS
+    ) -> list[pb.Event]:
+        """Batches off the front of a queue, until they hold ``most`` events or more; the ids of the
+        events of traced requests go into ``traces`` with their request's traceparent."""
         events: list[pb.Event] = []
         while queue and len(events) < most:
-            batch = queue.popleft()
+            batch, traceparent = queue.popleft()
             self._pending_events -= len(batch)
             events.extend(batch)
-            if self._batch_traces:
-                traceparent = self._batch_traces.pop(id(batch), "")
-                if traceparent:
-                    self._traces_taken.update(dict.fromkeys((ev.event_id for ev in batch), traceparent))
+            if traceparent:
+                traces.update(dict.fromkeys((ev.event_id for ev in batch), traceparent))
         return events
 
-    async def _evaluate(self, events: Sequence[pb.Event]) -> _Round:
+    async def _evaluate(self, events: Sequence[pb.Event], traces: dict[str, str] | None = None) -> _Round:
         """Evaluate a round and publish the alerts of rules without state at once (nothing slow first).
         Batches holding a P0 event that are queued while the round is evaluated join it at the next
         chunk (a chunk's worth at a time), and the alerts found so far go out then: a P0 alert
@@ -315,14 +313,12 @@ class Detector:
         rules = self.rules
         result = Evaluation()
         raised: list[apb.Alert] = []
-        traces, self._traces_taken = self._traces_taken, {}
+        traces = {} if traces is None else traces
         for i in range(0, len(events), _CHUNK):
             if i:
                 await asyncio.sleep(0)
                 if self._urgent:
-                    urgent = self._take(self._urgent, _CHUNK)
-                    traces.update(self._traces_taken)
-                    self._traces_taken = {}
+                    urgent = self._take(self._urgent, traces, _CHUNK)
                     evaluate(rules, urgent, self._roles, into=result)
                     self.evaluated += len(urgent)
                     raised += await self._raise(result.hits[len(raised) :], traces)
@@ -337,7 +333,7 @@ class Detector:
         if not hits:
             return []
         now_ms = int(time.time() * 1000)
-        raised = [alert_of_hit(h, now_ms, traces.get(h.event.event_id, "") if traces else "") for h in hits]
+        raised = [alert_of_hit(h, now_ms, traces.get(h.event.event_id, "")) for h in hits]
         await self._publish(raised)
         self.alerts_raised += len(raised)
         self._deliver(raised, raised)
@@ -434,14 +430,10 @@ class Detector:
         if self._redis is None or not alerts:
             return True
         try:
-            messages = batch_messages(alerts)
-            if len(messages) == 1:
-                await asyncio.wait_for(self._redis.publish(self._channel, messages[0]), self.cfg.redis_timeout_s)
-            else:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for message in messages:
-                        pipe.publish(self._channel, message)
-                    await asyncio.wait_for(pipe.execute(), self.cfg.redis_timeout_s)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for message in batch_messages(alerts):
+                    pipe.publish(self._channel, message)
+                await asyncio.wait_for(pipe.execute(), self.cfg.redis_timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             self.publish_errors += 1
             log.warning("%d alerts not published: %s", len(alerts), exc)

@@ -103,11 +103,6 @@ def brute_force(alerts: list[apb.Alert]) -> list[apb.Alert]:
     return [a for a in alerts if a.rule == "brute_force_user"]
 
 
-def alerts_in(message: dict[str, Any]) -> list[apb.Alert]:
-    """The alerts of one message on the channel (an AlertBatch)."""
-    return alerts_of_message(message["data"])
-
-
 async def published_counts(pubsub: Any, seconds: float) -> list[int]:
     """The counts of the brute_force_user alerts that reach ``pubsub`` within ``seconds``."""
     counts: list[int] = []
@@ -115,7 +110,7 @@ async def published_counts(pubsub: Any, seconds: float) -> list[int]:
     while time.monotonic() < until:
         message = await pubsub.get_message(timeout=0.1)
         if message is not None:
-            counts += [a.count for a in brute_force(alerts_in(message))]
+            counts += [a.count for a in brute_force(alerts_of_message(message["data"]))]
     return counts
 
 
@@ -219,7 +214,7 @@ def test_p0_alerts_go_out_while_an_earlier_rounds_correlation_call_is_held(state
                     message = await pubsub.get_message(timeout=1)  # None also for the subscription's own
                     if message is None:
                         continue
-                    seen += [(a.rule, relay.release.is_set()) for a in alerts_in(message)]
+                    seen += [(a.rule, relay.release.is_set()) for a in alerts_of_message(message["data"])]
                     if len(seen) == 1:
                         detector.offer([event("auth.account.locked", severity=pb.P0_CRITICAL, user_id="u-p0b")])
                     else:
@@ -277,7 +272,7 @@ def test_a_p0_batch_queued_while_a_round_is_evaluated_joins_it_at_the_next_chunk
                 while time.monotonic() < deadline:  # every message, to see a second one if there is
                     message = await pubsub.get_message(timeout=0.5)
                     if message is not None:
-                        received += [a.rule for a in alerts_in(message)]
+                        received += [a.rule for a in alerts_of_message(message["data"])]
         finally:
             await client.aclose()
         return published, received, detector.queue_events

@@ -129,9 +129,9 @@ def test_batches_holding_p0_events_are_evaluated_ahead_of_a_backlog() -> None:
     done = asyncio.Event()
     evaluate_round = detector._evaluate
 
-    async def recording(events: Sequence[pb.Event]) -> Any:
+    async def recording(events: Sequence[pb.Event], *rest: Any) -> Any:
         rounds.append([ev.severity for ev in events])
-        evaluated = await evaluate_round(events)
+        evaluated = await evaluate_round(events, *rest)
         if sum(len(r) for r in rounds) == 6001:
             done.set()
         return evaluated
